@@ -1,0 +1,210 @@
+"""Compute accounting: FLOPs per role, measured per call shape and cached; budgets.
+
+Every network call a method makes goes through `MeteredBase` / `MeteredReward`, which charge
+the meter. The first call of a (role, shapes, grad) key is measured with
+`torch.utils.flop_counter.FlopCounterMode`; if the call builds a graph (so the method will
+back-propagate through it) its backward cost is measured once on the same inputs with
+`torch.autograd.grad` (which leaves `.grad` untouched) and charged on every such call.
+The budget counts every role except "init" (student/fake initialisation from the teacher,
+identical for all methods and reported apart).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from rtdmd_bench.errors import UserError
+
+_SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKMGTP]?)\s*(tf)?\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget as written: FLOPs, or teacher-forward equivalents (suffix `tf`)."""
+
+    amount: float
+    unit: str  # "flops" | "teacher_forwards"
+
+    def flops(self, teacher_forward_flops: float) -> float:
+        if self.unit == "flops":
+            return self.amount
+        return self.amount * teacher_forward_flops
+
+    def __str__(self) -> str:
+        return f"{self.amount:g} {'FLOPs' if self.unit == 'flops' else 'teacher forwards'}"
+
+
+def parse_budget(text: str) -> Budget:
+    """'2e12', '2T', '500G', '1.5e3tf', '20ktf' (teacher-forward equivalents: one teacher
+    velocity call on one sample, no CFG)."""
+    m = _BUDGET_RE.match(str(text))
+    if not m:
+        raise UserError(
+            f"cannot parse budget {text!r}: write FLOPs as a number with an optional k/M/G/T/P "
+            "suffix (e.g. 2e12, 2T, 500G), or teacher-forward equivalents with a 'tf' suffix "
+            "(e.g. 20ktf)")
+    value = float(m.group(1)) * _SUFFIX[m.group(2)]
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"budget {text!r} must be a positive finite number")
+    return Budget(value, "teacher_forwards" if m.group(3) else "flops")
+
+
+def format_flops(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def measure_flops(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run `fn()` under FlopCounterMode; return (result, FLOPs)."""
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, float(counter.get_total_flops())
+
+
+def _shape_key(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return ("T", tuple(obj.shape), str(obj.dtype), obj.requires_grad)
+    if isinstance(obj, (list, tuple)):
+        if obj and all(isinstance(o, str) for o in obj):
+            return ("strings", len(obj))  # prompts: cost depends on the count, not the text
+        return tuple(_shape_key(o) for o in obj)
+    if isinstance(obj, dict):
+        return tuple(sorted((k, _shape_key(v)) for k, v in obj.items()))
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    return type(obj).__name__
+
+
+def _grad_inputs(args: Sequence[Any], params: Sequence[Tensor]) -> list[Tensor]:
+    leaves = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+    return leaves + [p for p in params if p.requires_grad]
+
+
+@dataclass
+class ComputeMeter:
+    """FLOPs used so far, per role and direction; stops training at the budget."""
+
+    budget_flops: float = math.inf
+    flops: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: {"fwd": 0.0, "bwd": 0.0}))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    cache: dict[Any, tuple[float, float]] = field(default_factory=dict)
+    teacher_forward_flops: float = 0.0  # one teacher call on one sample (the 'tf' unit)
+    measured_calls: int = 0  # how many calls were measured (cache misses)
+
+    def add(self, role: str, direction: str, flops: float, calls: int = 0) -> None:
+        self.flops[role][direction] += float(flops)
+        self.calls[role] += calls
+
+    def call(self, role: str, fn: Callable[..., Any], *args: Any,
+             params: Sequence[Tensor] = (), key_extra: Any = None, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) and charge its forward FLOPs (and backward FLOPs if the output
+        requires grad) to `role`. `params` are the parameters the call can train."""
+        grad_mode = torch.is_grad_enabled()
+        key = (role, _shape_key(args), _shape_key(kwargs), key_extra, grad_mode)
+        if key not in self.cache:
+            out, fwd = measure_flops(lambda: fn(*args, **kwargs))
+            bwd = 0.0
+            if isinstance(out, Tensor) and out.requires_grad:
+                inputs = _grad_inputs(list(args) + list(kwargs.values()), params)
+                if inputs:
+                    # Probe the backward once: grad w.r.t. inputs/params, .grad left untouched.
+                    with FlopCounterMode(display=False) as counter:
+                        torch.autograd.grad(out.float().sum(), inputs, retain_graph=True, allow_unused=True)
+                    bwd = float(counter.get_total_flops())
+            self.cache[key] = (fwd, bwd)
+            self.measured_calls += 1
+        else:
+            out = fn(*args, **kwargs)
+        fwd, bwd = self.cache[key]
+        self.add(role, "fwd", fwd, calls=1)
+        if isinstance(out, Tensor) and out.requires_grad:
+            self.add(role, "bwd", bwd)
+        return out
+
+    @property
+    def used(self) -> float:
+        """FLOPs charged against the budget (everything but 'init')."""
+        return sum(v["fwd"] + v["bwd"] for r, v in self.flops.items() if r != "init")
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.budget_flops
+
+    def breakdown(self) -> dict[str, Any]:
+        roles = {r: {"fwd": v["fwd"], "bwd": v["bwd"], "calls": self.calls.get(r, 0)}
+                 for r, v in sorted(self.flops.items())}
+        return {
+            "used_flops": self.used,
+            "budget_flops": self.budget_flops,
+            "teacher_forward_flops": self.teacher_forward_flops,
+            "used_teacher_forwards": self.used / self.teacher_forward_flops if self.teacher_forward_flops else None,
+            "init_flops": sum(self.flops["init"].values()) if "init" in self.flops else 0.0,
+            "roles": roles,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flops": {r: dict(v) for r, v in self.flops.items()}, "calls": dict(self.calls),
+                "teacher_forward_flops": self.teacher_forward_flops}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flops.clear()
+        self.calls.clear()
+        for r, v in state["flops"].items():
+            self.flops[r] = {"fwd": float(v["fwd"]), "bwd": float(v["bwd"])}
+        for r, n in state["calls"].items():
+            self.calls[r] = int(n)
+        self.teacher_forward_flops = float(state.get("teacher_forward_flops", 0.0))
+
+
+class MeteredBase:
+    """Wraps a Base so that every `velocity` / `decode` call is charged to the meter.
+
+    Methods receive this wrapper and never the raw base: they cannot bypass the budget."""
+
+    def __init__(self, base: Any, meter: ComputeMeter) -> None:
+        self._base = base
+        self.meter = meter
+
+    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Any, cfg: float | None = None,
+                 step: Tensor | None = None) -> Tensor:
+        params = self._base.trainable(role) if role in ("student", "fake") else ()
+        return self.meter.call(role, self._base.velocity, role, x, sigma, cond, cfg=cfg, step=step,
+                               params=params)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return self.meter.call("decode", self._base.decode, x)
+
+    @property
+    def raw(self) -> Any:
+        return self._base
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the base's own
+        return getattr(self._base, name)
+
+
+class MeteredReward:
+    """Wraps a Reward so that its calls are charged to role 'reward'."""
+
+    def __init__(self, reward: Any, meter: ComputeMeter) -> None:
+        self._reward = reward
+        self.meter = meter
+        self.name = reward.name
+        self.differentiable = reward.differentiable
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return self.meter.call("reward", self._reward, images, list(prompts),
+                               key_extra=self.name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reward, name)

@@ -1,0 +1,183 @@
+"""The four interfaces every component implements (DESIGN.md "The interfaces").
+
+Kept deliberately small. Methods talk to bases only through `Base`; bases never know
+which method runs them; rewards and suites see tensors, never PIL, in training.
+
+Conventions (METHODS.md section 1): flow matching with `x_sigma = (1-sigma) x0 + sigma eps`,
+sigma in [0, 1] (1 = pure noise), models predict velocity `v ~ eps - x0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+Role = Literal["teacher", "student", "fake"]
+ROLES: tuple[str, ...] = ("teacher", "student", "fake")
+
+
+@runtime_checkable
+class Base(Protocol):
+    """A generative base: teacher, student (generator) and fake score over one latent space.
+
+    Construction: `BaseClass(cfg)` where `cfg` is an instance of the nested `BaseClass.Config`
+    dataclass. Heavy work (loading weights, fitting the student to the teacher) happens in
+    `prepare(meter)`, called once by the training loop before the first step.
+    """
+
+    name: str
+    latent_shape: tuple[int, ...]  # per-sample shape of x, e.g. (2,) or (16, 64, 64)
+    default_cfg: float  # teacher classifier-free guidance scale used by DM terms
+
+    def prepare(self, meter: Any) -> None:
+        """Load or build the networks; initialise student/fake from the teacher.
+
+        The cost of initialisation is charged to `meter` under role "init" (outside the budget,
+        identical for every method)."""
+
+    def train_prompts(self) -> list[str]:
+        """The pool of training prompts (sampled uniformly by the loop)."""
+
+    def encode(self, prompts: Sequence[str]) -> Any:
+        """Text conditioning for a batch; opaque to methods (pass it back to `velocity`).
+
+        Methods that need K samples per prompt repeat the prompts before encoding."""
+
+    def velocity(
+        self,
+        role: str,
+        x: Tensor,  # (B, *latent_shape)
+        sigma: Tensor,  # (B,) noise level in [0, 1]
+        cond: Any,
+        cfg: float | None = None,  # teacher guidance scale; None = conditional only
+        step: Tensor | None = None,  # (B,) long, sampler step index (fake_step_conditioning)
+    ) -> Tensor:  # (B, *latent_shape) predicted velocity eps - x0
+        """Velocity prediction of one role. Gradients flow as the caller's autograd mode says."""
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents -> what rewards and suites see: images in [0, 1] (B, 3, H, W) for image bases;
+        the sample itself for `toy2d`."""
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        """(num_steps + 1,) descending noise levels with the base's shift, ending at 0."""
+
+    def trainable(self, role: str) -> list[nn.Parameter]:
+        """Parameters the method may optimise for `role` (student or fake)."""
+
+    def state_dict(self, role: str) -> dict[str, Tensor]:
+        """Trainable state of a role (LoRA adapters only on large bases)."""
+
+    def load_state_dict(self, role: str, state: dict[str, Tensor]) -> None:
+        """Inverse of `state_dict`."""
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """A scalar reward per image. Construction: `RewardClass(cfg)` with its nested `Config`."""
+
+    name: str
+    differentiable: bool
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
+        """Images from `Base.decode`; for image rewards in [0, 1] (B, 3, H, W)."""
+
+
+@dataclass
+class RewardSet:
+    """The rewards a run optimises, their weights and the tilt temperature beta.
+
+    The reward-tilted target is p*(x) ∝ p_teacher(x) exp(r(x)/beta) with r = sum_k w_k r_k
+    (METHODS.md section 4)."""
+
+    rewards: dict[str, Reward] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    beta: float = 1.0
+
+    def each(self, images: Tensor, prompts: Sequence[str], differentiable_only: bool = False
+             ) -> dict[str, Tensor]:
+        """Unweighted scores per reward name, each (B,)."""
+        return {n: r(images, prompts) for n, r in self.rewards.items()
+                if r.differentiable or not differentiable_only}
+
+    def total(self, images: Tensor, prompts: Sequence[str], differentiable_only: bool = False
+              ) -> Tensor:
+        """Weighted sum sum_k w_k r_k, (B,)."""
+        scores = self.each(images, prompts, differentiable_only)
+        if not scores:
+            raise ValueError("no rewards configured: set --rewards NAME[=WEIGHT],...")
+        return sum(self.weights[n] * s for n, s in scores.items())
+
+    def __bool__(self) -> bool:
+        return bool(self.rewards)
+
+
+@dataclass
+class Batch:
+    """One training batch handed to `Method.train_step`."""
+
+    prompts: list[str]  # B prompts (methods with groups repeat them K times themselves)
+    seed: int  # per-step seed shared by all ranks (subset choice, group noise)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A training method. Construction: `MethodClass(cfg, base, rewards, meter)`.
+
+    `stages` names the stages in order; `stage_of(flops_fraction)` tells which is active.
+    """
+
+    name: str
+    source: str  # "paper", "official code", "suite definition (...)" - recorded in results
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One iteration; returns finite scalar logs (loss terms by name)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+    def generator(self) -> Any:
+        """A context manager under which `base` role "student" holds the weights to evaluate
+        (the EMA weights where the method keeps an EMA)."""
+
+
+@runtime_checkable
+class Suite(Protocol):
+    """An evaluation suite. Construction: `SuiteClass(cfg)` with its nested `Config`."""
+
+    name: str
+    version: str
+    images_per_prompt: int
+    higher_is_better: dict[str, bool]
+
+    def prompts(self) -> list[str]:
+        ...
+
+    def score(self, images: Tensor, prompts: Sequence[str], ctx: "EvalContext") -> dict[str, Any]:
+        """Metrics for `images` (decoded samples, ordered prompt-major: prompt i's j-th sample
+        at i * images_per_prompt + j)."""
+
+
+@dataclass
+class EvalContext:
+    """What a suite may need beyond the images: the base (for exact targets), the run's
+    rewards and beta, the resolved run config as a dict, and a way to get the teacher's
+    samples on the same prompts and seeds (for FID-T)."""
+
+    base: Any
+    rewards: RewardSet
+    run_config: dict[str, Any]
+    teacher_samples: Any = None  # callable () -> Tensor like `images`, or None
+    seed: int = 0
+
+
+def device_of(module_or_params: Any) -> torch.device:
+    params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else iter(module_or_params)
+    for p in params:
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,116 @@
+"""Name -> lazy "module:Attr" registries for methods, bases, suites and rewards.
+
+Listing never imports model code: each entry is a string plus a one-line description.
+`resolve(kind, name)` imports on demand and checks the object is a class with a nested
+`Config` dataclass. Out-of-tree plugins register through the entry-point groups
+`rtdmd_bench.methods`, `rtdmd_bench.suites`, `rtdmd_bench.bases`, `rtdmd_bench.rewards`
+(value "module:Attr"; the description is taken from the object's docstring on resolve, and
+from the entry-point name until then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+
+class UnknownName(KeyError):
+    """An unknown method/base/suite/reward name; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain sentence
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str  # "module:Attr"
+    summary: str  # one line for `rtdmd-bench list`
+
+
+KINDS = ("methods", "bases", "suites", "rewards")
+
+METHODS: dict[str, Entry] = {
+    "dmd2": Entry("methods.dmd2:DMD2", "DMD2: fake-score TTUR, backward simulation, normalised DM gradient (paper + official code)"),
+    "acdmd": Entry("methods.acdmd:ACDMD", "AC-DMD: RTDMD stage 1, sub-interval ambient targets + consistency regulariser"),
+    "rtdmd": Entry("methods.rtdmd:RTDMD", "RTDMD: AC-DMD stage 1, then hybrid GRPO + reward backprop with SubGRPO"),
+    "dmd-rl": Entry("methods.dmd_rl:DMDRL", "naive DMD + RL sum (DMDR-like); RL form backprop | grpo"),
+    "gdmd": Entry("methods.gdmd:GDMD", "GDMD-style: rewards score DMD implicit targets (suite definition)"),
+    "gndm": Entry("methods.gndm:GNDM", "GNDM: group-normalised distribution-matching reward R_dm + PPO (suite definition)"),
+    "gndmr": Entry("methods.gndm:GNDMR", "GNDMR: GNDM + adaptive combination with external rewards (suite definition)"),
+}
+
+BASES: dict[str, Entry] = {
+    "toy2d": Entry("rtdmd_bench.bases.toy2d:Toy2D", "2-D Gaussian-mixture teacher with exact velocity and exact tilted target (CPU, seconds)"),
+    "toy2d-hard": Entry("rtdmd_bench.bases.toy2d:Toy2DHard", "harder 2-D mixture (unequal, close modes) for mode-coverage comparisons"),
+    "digits": Entry("rtdmd_bench.bases.digits:Digits", "8x8 handwritten digits: trained flow teacher + classifier, cached (CPU, minutes)"),
+    "tiny-sd3": Entry("rtdmd_bench.bases.diffusers_sd3:TinySD3", "real SD3 diffusers classes, tiny random config (CPU tests of the real path)"),
+    "tiny-flux2": Entry("rtdmd_bench.bases.diffusers_flux2:TinyFlux2", "real FLUX.2-klein diffusers classes, tiny random config (CPU tests)"),
+    "sd3": Entry("rtdmd_bench.bases.diffusers_sd3:SD3", "Stable Diffusion 3 medium (stabilityai/stable-diffusion-3-medium-diffusers), GPU"),
+    "sd35m": Entry("rtdmd_bench.bases.diffusers_sd3:SD35M", "Stable Diffusion 3.5 medium (stabilityai/stable-diffusion-3.5-medium), GPU"),
+    "sd35l": Entry("rtdmd_bench.bases.diffusers_sd3:SD35L", "Stable Diffusion 3.5 large (stabilityai/stable-diffusion-3.5-large), GPU"),
+    "flux2-4b": Entry("rtdmd_bench.bases.diffusers_flux2:Flux2Klein4B", "FLUX.2-klein 4B (teacher/fake: -base-4B, generator: -4B), GPU"),
+    "flux2-9b": Entry("rtdmd_bench.bases.diffusers_flux2:Flux2Klein9B", "FLUX.2-klein 9B (teacher/fake: -base-9B, generator: -9B), GPU"),
+    "flux1-dev": Entry("rtdmd_bench.bases.diffusers_flux1:Flux1Dev", "FLUX.1-dev (guidance embedding instead of CFG), GPU"),
+}
+
+SUITES: dict[str, Entry] = {
+    "toy-tilt": Entry("suites.toy_tilt:ToyTilt", "toy2d: KL/MMD/energy distance to the exact tilted target and teacher, reward, mode mass"),
+    "digits": Entry("suites.digits:DigitsSuite", "digits: class accuracy, rewards, FID/FID-T on classifier features, diversity"),
+}
+
+REWARDS: dict[str, Entry] = {
+    "toy-quadratic": Entry("rtdmd_bench.rewards.toy:QuadraticReward", "toy2d: r(x) = -(x-c)^T Q (x-c) / 2, bounded above, exact tilt"),
+    "toy-linear": Entry("rtdmd_bench.rewards.toy:CappedLinearReward", "toy2d: r(x) = min(a^T x, cap); the cap keeps it bounded"),
+    "digit-correct": Entry("rtdmd_bench.rewards.digits:DigitCorrect", "digits: log p(prompted class) under the cached CNN classifier"),
+    "digit-ink": Entry("rtdmd_bench.rewards.digits:DigitInk", "digits: stroke ink (mean brightness), a style reward that conflicts with fidelity"),
+}
+
+_TABLES = {"methods": METHODS, "bases": BASES, "suites": SUITES, "rewards": REWARDS}
+
+
+def _plugins(kind: str) -> dict[str, Entry]:
+    found: dict[str, Entry] = {}
+    for ep in entry_points(group=f"rtdmd_bench.{kind}"):
+        found[ep.name] = Entry(ep.value, f"(plugin {ep.value})")
+    return found
+
+
+def table(kind: str) -> dict[str, Entry]:
+    """All entries of a kind, built-in first, then plugins (a plugin may not shadow a built-in)."""
+    if kind not in _TABLES:
+        raise UnknownName(f"unknown registry kind {kind!r}; valid: {', '.join(KINDS)}")
+    out = dict(_TABLES[kind])
+    for name, entry in _plugins(kind).items():
+        out.setdefault(name, entry)
+    return out
+
+
+def names(kind: str) -> list[str]:
+    return sorted(table(kind))
+
+
+def entry(kind: str, name: str) -> Entry:
+    t = table(kind)
+    if name not in t:
+        singular = kind[:-1]
+        raise UnknownName(f"unknown {singular} {name!r}; valid {kind}: {', '.join(sorted(t))}")
+    return t[name]
+
+
+def resolve(kind: str, name: str) -> Any:
+    """Import the class registered under `name`; check it has a nested `Config` dataclass."""
+    target = entry(kind, name).target
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ImportError(f"{kind[:-1]} {name!r}: {module_name} has no attribute {attr!r}")
+    if not isinstance(obj, type):
+        raise TypeError(f"{kind[:-1]} {name!r}: {target} is not a class")
+    cfg = getattr(obj, "Config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"{kind[:-1]} {name!r}: {target} needs a nested `Config` dataclass")
+    return obj
