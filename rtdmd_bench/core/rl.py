@@ -1,0 +1,72 @@
+"""Policy-gradient pieces shared by RTDMD stage 2, DMD+RL (grpo), GNDM (METHODS.md 4, 5, 7)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def group_advantages(rewards: Tensor, group_size: int, std: str = "batch", eps: float = 1e-6) -> Tensor:
+    """(B,) -> (B,): (r - group mean) / std, groups are consecutive blocks of `group_size`.
+
+    std="batch": the std of the whole batch (RTDMD's global std); "group": per-group std."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"batch {rewards.numel()} is not a multiple of group size {group_size}")
+    r = rewards.view(-1, group_size)  # (G, K)
+    centred = r - r.mean(dim=1, keepdim=True)
+    scale = r.std(dim=1, keepdim=True) if std == "group" else rewards.std()
+    return (centred / (scale + eps)).reshape(-1)
+
+
+def combine_advantages(advantages: dict[str, Tensor], weights: dict[str, float], eps: float = 1e-6
+                       ) -> tuple[Tensor, Tensor]:
+    """Weighted sum of per-reward advantages, re-standardised over the batch.
+
+    Returns (A (B,), keep (B,) bool). `keep` drops samples whose weighted advantage is exactly
+    zero BEFORE re-standardisation (every member of their group scored the same: no signal)."""
+    total = sum(weights[k] * a for k, a in advantages.items())
+    keep = total.abs() > 1e-12
+    restd = (total - total.mean()) / (total.std() + eps) if total.numel() > 1 else total
+    return restd, keep
+
+
+def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_eps: float,
+                  adv_clip: float | None = None, mask: Tensor | None = None) -> Tensor:
+    """PPO-clip: mean over kept samples of -min(A rho, A clip(rho, 1-e, 1+e)), rho = exp(lp - lp_old)."""
+    adv = advantages if adv_clip is None else advantages.clamp(-adv_clip, adv_clip)
+    ratio = torch.exp(log_prob - old_log_prob)
+    per = -torch.minimum(adv * ratio, adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))  # (B,)
+    if mask is None:
+        return per.mean()
+    m = mask.to(per.dtype)
+    return (per * m).sum() / m.sum().clamp_min(1.0)
+
+
+def choose_subset(num_stochastic: int, size: int, seed: int) -> list[int]:
+    """SubGRPO: a sorted subset of `size` of the stochastic steps 0..num_stochastic-1, drawn from
+    an RNG seeded only by `seed` (the epoch seed shared by every rank)."""
+    if not 1 <= size <= num_stochastic:
+        raise ValueError(f"subset size {size} must be in [1, {num_stochastic}]")
+    g = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(num_stochastic, generator=g)[:size].tolist())
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from text parts that is identical across processes (unlike Python's hash)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def group_shared_noise(shape: Sequence[int], prompts: Sequence[str], group_size: int, step: int,
+                       epoch: int, device: torch.device | str = "cpu") -> Tensor:
+    """(B, *shape) noise identical within each group of `group_size` consecutive samples, seeded
+    from (prompt, step, epoch) so every rank draws the same noise for the same group."""
+    out = []
+    for g in range(0, len(prompts), group_size):
+        gen = torch.Generator().manual_seed(stable_seed(prompts[g], step, epoch))
+        z = torch.randn(tuple(shape), generator=gen)
+        out.append(z.expand(group_size, *shape))
+    return torch.cat(out).to(device)
