@@ -107,6 +107,7 @@ class Rollout:
     xs[-1] the final sample. `log_probs[j]` (B,) for the stochastic steps, when requested."""
 
     xs: list[Tensor]
+    velocities: list[Tensor]  # v at (xs[j], sigmas[j])
     means: list[Tensor]
     stds: list[Tensor]
     noises: list[Tensor | None]
@@ -121,7 +122,7 @@ def rollout(velocity: VelocityFn, x: Tensor, sigmas: Tensor, eta: float,
     (sigma' = 0) is deterministic whatever it returns. With `grad_last_only`, every step but the
     last one run here is computed without grad (backward simulation, DMD2/AC-DMD)."""
     n = len(sigmas) - 1 if num_steps is None else num_steps
-    xs, means, stds, noises = [x], [], [], []
+    xs, vs, means, stds, noises = [x], [], [], [], []
     b = x.shape[0]
     for j in range(n):
         last = j == n - 1
@@ -133,10 +134,18 @@ def rollout(velocity: VelocityFn, x: Tensor, sigmas: Tensor, eta: float,
             mean, std = cps_mean_std(xs[-1], sig, v, sig_next, eta)
             x_next = mean if z is None else mean + std * z
         xs.append(x_next)
+        vs.append(v)
         means.append(mean)
         stds.append(torch.as_tensor(std))
         noises.append(z)
-    return Rollout(xs, means, stds, noises)
+    return Rollout(xs, vs, means, stds, noises)
+
+
+def x0_of_last_step(r: Rollout, sigmas: Tensor) -> Tensor:
+    """The x0-prediction of the last step run: x0_hat = x_k - sigma_k v_k (backward simulation's
+    generator output in DMD2)."""
+    k = len(r.velocities) - 1
+    return x0_from_velocity(r.xs[k], sigmas[k].to(r.xs[k]), r.velocities[k])
 
 
 def sample(velocity: VelocityFn, noise: Tensor, sigmas: Tensor, eta: float,

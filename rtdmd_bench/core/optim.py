@@ -1,0 +1,40 @@
+"""Optimiser construction and one guarded optimiser step, shared by every method."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rtdmd_bench.errors import NonFiniteLoss
+
+
+def adamw(params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+          weight_decay: float = 0.0) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def check_finite(step: int, **terms: Tensor | float) -> None:
+    """Raise NonFiniteLoss naming the step and the first non-finite loss term."""
+    for name, value in terms.items():
+        v = float(value.detach()) if isinstance(value, Tensor) else float(value)
+        if not math.isfinite(v):
+            raise NonFiniteLoss(f"loss term {name!r} is {v} at step {step}; the run stops here and "
+                                "keeps its last good checkpoint (lower the learning rate or the "
+                                "term's weight and resume or restart)")
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn.Parameter],
+                   grad_clip: float | None, step: int, name: str) -> float:
+    """zero_grad, backward, clip, step. Checks the loss is finite BEFORE touching the weights.
+    Returns the pre-clip gradient norm."""
+    check_finite(step, **{name: loss})
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    check_finite(step, **{f"{name}.grad_norm": norm})
+    opt.step()
+    return float(norm)
