@@ -1,0 +1,136 @@
+"""The GenEval suite (djghosh13/geneval; PROTOCOLS.md "GenEval").
+
+553 prompts from the official `evaluation_metadata.jsonl`, 4 images per prompt, the official
+thresholds and rules (suites/geneval_rules.py). The detector is transformers' Mask2Former
+Swin-S COCO instance model, not the official mmdet one, so results are versioned
+"geneval/transformers-m2f-1" and carry a note saying so. With the tiny random stand-in models
+the suite is named "geneval[stand-in]" and is never reported under the official name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from rtdmd_bench.errors import UserError
+from suites import prompt_sets
+from suites.geneval_detector import (DETECTOR_HUB_ID, DetectorSettings, Mask2FormerDetector, load_clip,
+                                     load_mask2former, tiny_clip, tiny_mask2former)
+from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
+
+VERSION = "geneval/transformers-m2f-1"
+STAND_IN_VERSION = "geneval/stand-in-1"
+NOTE = ("GenEval rules and thresholds as in djghosh13/geneval; detector = transformers "
+        f"Mask2Former ({DETECTOR_HUB_ID}) with mmdet-style instance post-processing instead of the "
+        "official mmdet model, so scores are not directly comparable with published GenEval numbers")
+STAND_IN_NOTE = ("STAND-IN: tiny randomly initialised Mask2Former and CLIP; these numbers test the code "
+                 "path only and are not GenEval scores")
+
+
+class GenEval:
+    """GenEval: object, counting, colour, position and attribute-binding accuracy (4 images/prompt)."""
+
+    @dataclass
+    class Config:
+        prompts: str = ""
+        """Path to GenEval's evaluation_metadata.jsonl; empty = checksum-verified cached download."""
+        models: Literal["official", "stand-in"] = "official"
+        """"official": Mask2Former Swin-S COCO + OpenAI CLIP ViT-L/14; "stand-in": tiny random
+        models (CI), reported as "geneval[stand-in]"."""
+        detector_path: str = ""
+        """Local folder of the Mask2Former checkpoint; empty = hub id facebook/mask2former-swin-small-coco-instance."""
+        clip_path: str = ""
+        """Local OpenAI CLIP ViT-L/14 checkpoint file for open_clip; empty = open_clip's "openai" weights from the hub."""
+        allow_download: bool = True
+        """Let transformers/open_clip fetch missing weights from the hub (HF_HUB_OFFLINE still applies)."""
+        batch_size: int = 4
+        """Images per detector forward (scores do not depend on it)."""
+        limit: int = 0
+        """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
+        seed: int = 0
+        """Seed of the stand-in models' random initialisation."""
+
+    name = "geneval"
+    version = VERSION
+    images_per_prompt = 4
+    higher_is_better = {**{t: True for t in TAGS}, "overall": True, "prompt_accuracy": True}
+
+    def __init__(self, cfg: "GenEval.Config | None" = None, detector: Any = None, colour_fn: ColourFn | None = None):
+        """`detector` (with `detect(images) -> list[list[Detection]]`) and `colour_fn` may be
+        injected (tests, agreement studies); injected models count as stand-ins."""
+        self.cfg = cfg or GenEval.Config()
+        self.stand_in = self.cfg.models == "stand-in" or detector is not None or colour_fn is not None
+        if self.stand_in:
+            self.name, self.version = "geneval[stand-in]", STAND_IN_VERSION
+        self._detector, self._colour_fn = detector, colour_fn
+        self._rows: list[dict[str, Any]] | None = None
+
+    def metadata(self) -> list[dict[str, Any]]:
+        """One GenEval metadata dict per prompt, aligned with `prompts()`."""
+        if self._rows is None:
+            rows = prompt_sets.load_geneval(prompt_sets.resolve("geneval", self.cfg.prompts))
+            self._rows = rows[: self.cfg.limit] if self.cfg.limit > 0 else rows
+        return self._rows
+
+    def prompts(self) -> list[str]:
+        return [row["prompt"] for row in self.metadata()]
+
+    def models(self) -> tuple[Any, ColourFn]:
+        """(detector, colour classifier), built on first use."""
+        if self._detector is None:
+            if self.cfg.models == "stand-in":
+                settings = DetectorSettings(short_side=64, max_side=107)
+                self._detector = Mask2FormerDetector(tiny_mask2former(self.cfg.seed), settings, self.cfg.batch_size)
+            else:
+                source = self.cfg.detector_path or DETECTOR_HUB_ID
+                local_only = bool(self.cfg.detector_path) or not self.cfg.allow_download
+                self._detector = Mask2FormerDetector(load_mask2former(source, local_only), batch_size=self.cfg.batch_size)
+        if self._colour_fn is None:
+            if self.cfg.models == "stand-in":
+                self._colour_fn = tiny_clip(self.cfg.seed)
+            else:
+                if not self.cfg.clip_path and not self.cfg.allow_download:
+                    raise UserError("GenEval's colour classifier needs OpenAI CLIP ViT-L/14: set "
+                                    "--set suite.clip_path=FILE or allow downloads (suite.allow_download=true)")
+                self._colour_fn = load_clip(self.cfg.clip_path or "openai")
+        return self._detector, self._colour_fn
+
+    def judge(self, images: Tensor, rows: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
+        """(correct, reason) per image; images (N, 3, H, W) in [0, 1] with rows aligned."""
+        detector, colour_fn = self.models()
+        # The official pipeline reads 8-bit PNGs: quantise so scores match saved samples.
+        images = (images.float().clamp(0, 1) * 255).round() / 255
+        out = []
+        for start in range(0, len(images), self.cfg.batch_size):
+            chunk = images[start:start + self.cfg.batch_size]
+            for image, dets, row in zip(chunk, detector.detect(chunk), rows[start:start + len(chunk)]):
+                detected = select_detections(dets, row["tag"], OFFICIAL)
+                out.append(evaluate_image(image, detected, row, colour_fn, OFFICIAL))
+        return out
+
+    def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
+        """Per-tag image accuracy, overall (unweighted mean of the tags) and the fraction of
+        prompts with all 4 images correct. `prompts` must be this suite's prompts, in order."""
+        rows = self.metadata()
+        k = self.images_per_prompt
+        if list(prompts) != [r["prompt"] for r in rows[: len(prompts)]]:
+            raise UserError("GenEval images must come in the order of the suite's prompts() (prompt-major)")
+        if images.shape[0] != len(prompts) * k:
+            raise UserError(f"GenEval needs {k} images per prompt: got {images.shape[0]} for {len(prompts)} prompts")
+        per_image_rows = [rows[i // k] for i in range(len(images))]
+        judged = self.judge(images, per_image_rows)
+        metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged], k)
+        return {
+            **metrics,
+            "suite": self.name,
+            "version": self.version,
+            "note": STAND_IN_NOTE if self.stand_in else NOTE,
+            "images_per_prompt": k,
+            "n_prompts": len(prompts),
+            "partial": len(prompts) < prompt_sets.OFFICIAL["geneval"].lines,
+            "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}
+                         for i, (ok, reason) in enumerate(judged) if not ok][:50],
+        }

@@ -1,0 +1,235 @@
+"""GenEval's models: an instance detector and a CLIP colour classifier.
+
+Official GenEval runs mmdet's Mask2Former Swin-S (COCO instance) and OpenAI CLIP ViT-L/14
+(PROTOCOLS.md). mmdet 2.x needs CUDA-only builds, so the detector here is transformers'
+`Mask2FormerForUniversalSegmentation` (hub `facebook/mask2former-swin-small-coco-instance`)
+with our own post-processing that follows mmdet's Mask2Former instance head rather than
+transformers' non-overlapping panoptic-style one: top-100 (query, class) pairs by class
+probability, score = class prob x mean mask probability inside the binary mask, box = the
+mask's bounding box. Everything is tensors in [0, 1]; nothing is written to disk.
+
+Stand-ins (`tiny_mask2former`, `tiny_clip`) are the same classes with tiny random configs,
+seeded, so the real code path runs on CPU; a suite using them must be labelled stand-in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rtdmd_bench.errors import UserError
+from suites.geneval_rules import CLASSES, COLORS, Detection, clip_preprocess, masked_crop
+
+DETECTOR_HUB_ID = "facebook/mask2former-swin-small-coco-instance"
+CLIP_HUB_NOTE = "open_clip ViT-L-14 'openai' (hub timm/vit_large_patch14_clip_224.openai)"
+# mmdet/detectron2 Mask2Former test pipeline: shorter side 800, longer <= 1333, ImageNet
+# mean/std on 0-255 pixels, padding to a multiple of 32.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+# COCO spellings found in detector configs -> GenEval spellings (object_names.txt).
+ALIASES = {
+    "mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard",
+    "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "tvmonitor": "tv",
+    "diningtable": "dining table", "pottedplant": "potted plant", "hair dryer": "hair drier",
+}
+COLOUR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Pre- and post-processing of the Mask2Former detector."""
+
+    short_side: int = 800
+    """Resize so the shorter image side is this many pixels (mmdet test pipeline)."""
+    max_side: int = 1333
+    """... unless the longer side would exceed this."""
+    size_divisor: int = 32
+    """Pad the resized image to a multiple of this."""
+    max_per_image: int = 100
+    """(query, class) pairs kept per image before thresholds (mmdet max_per_image)."""
+
+
+def geneval_labels(id2label: dict[int, str]) -> tuple[str, ...]:
+    """The detector's 80 labels in GenEval spelling, checked against COCO order."""
+    names = [str(id2label[i]).replace("_", " ").replace("-", " ").strip().lower() for i in sorted(id2label)]
+    names = [ALIASES.get(n, n) for n in names]
+    if len(names) != len(CLASSES) or any(a != b for a, b in zip(names, CLASSES)):
+        wrong = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(names, CLASSES)) if a != b]
+        raise UserError(
+            f"the detector's labels are not the 80 COCO classes in order (got {len(names)} labels; "
+            f"mismatches: {', '.join(wrong[:5]) or 'count'}); use a COCO instance checkpoint such as "
+            f"{DETECTOR_HUB_ID}")
+    return tuple(names)
+
+
+def resize_for_detector(images: Tensor, s: DetectorSettings) -> tuple[Tensor, tuple[int, int]]:
+    """(B, 3, H, W) in [0, 1] -> normalised, padded pixel_values (B, 3, Hp, Wp) and the resized
+    (unpadded) size (h, w)."""
+    H, W = images.shape[-2:]
+    scale = min(s.short_side / min(H, W), s.max_side / max(H, W))
+    h, w = int(round(H * scale)), int(round(W * scale))
+    x = F.interpolate(images.float() * 255, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    hp, wp = -(-h // s.size_divisor) * s.size_divisor, -(-w // s.size_divisor) * s.size_divisor
+    return F.pad(x, (0, wp - w, 0, hp - h)), (h, w)  # zero padding after normalisation
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """mmdet mask2bbox: (N, H, W) bool -> (N, 4) float boxes (x0, y0, x1 + 1, y1 + 1);
+    all-zero boxes for empty masks."""
+    boxes = torch.zeros(masks.shape[0], 4)
+    for i, m in enumerate(masks):
+        ys, xs = torch.nonzero(m.any(dim=1)).flatten(), torch.nonzero(m.any(dim=0)).flatten()
+        if len(xs):
+            boxes[i] = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+def detections_from_outputs(class_logits: Tensor, mask_logits: Tensor, labels: Sequence[str],
+                            padded: tuple[int, int], resized: tuple[int, int], out_size: tuple[int, int],
+                            max_per_image: int = 100) -> list[Detection]:
+    """mmdet-style Mask2Former instance post-processing for one image.
+
+    class_logits: (Q, C + 1) (last = no object); mask_logits: (Q, h/4, w/4) at the padded
+    input; padded/resized: sizes of the network input with and without padding; out_size:
+    the original image (H, W). Returns detections sorted by score, masks at (H, W)."""
+    num_classes = class_logits.shape[-1] - 1
+    probs = class_logits.softmax(-1)[:, :num_classes]  # (Q, C)
+    k = min(max_per_image, probs.numel())
+    cls_scores, flat = probs.flatten().topk(k)  # (k,)
+    query, label = flat // num_classes, flat % num_classes
+    m = F.interpolate(mask_logits[query][None], size=padded, mode="bilinear", align_corners=False)
+    m = m[..., : resized[0], : resized[1]]
+    m = F.interpolate(m, size=out_size, mode="bilinear", align_corners=False)[0]  # (k, H, W)
+    binary = m > 0
+    prob = m.sigmoid()
+    mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    scores = cls_scores * mask_scores  # (k,)
+    boxes = mask_boxes(binary)
+    order = scores.argsort(descending=True)
+    return [Detection(labels[int(label[i])], float(scores[i]), tuple(boxes[i].tolist()), binary[i])
+            for i in order.tolist()]
+
+
+class Mask2FormerDetector:
+    """`detect(images (B, 3, H, W) in [0, 1]) -> per image a list of Detection`."""
+
+    def __init__(self, model: nn.Module, settings: DetectorSettings = DetectorSettings(), batch_size: int = 4):
+        self.model = model.eval()
+        self.settings = settings
+        self.batch_size = batch_size
+        self.labels = geneval_labels(model.config.id2label)
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> list[list[Detection]]:
+        out: list[list[Detection]] = []
+        for chunk in images.split(self.batch_size):
+            pixels, resized = resize_for_detector(chunk, self.settings)
+            pred = self.model(pixel_values=pixels)
+            for c, m in zip(pred.class_queries_logits, pred.masks_queries_logits):
+                out.append(detections_from_outputs(c.float(), m.float(), self.labels, tuple(pixels.shape[-2:]),
+                                                   resized, tuple(chunk.shape[-2:]), self.settings.max_per_image))
+        return out
+
+
+def load_mask2former(source: str, local_only: bool) -> nn.Module:
+    """The COCO instance Mask2Former from a hub id or a local folder (transformers loads
+    safetensors, or .bin with weights_only=True)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    try:
+        return Mask2FormerForUniversalSegmentation.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"GenEval detector weights not found at {source!r} ({type(err).__name__}). Download them with "
+            f"`huggingface-cli download {DETECTOR_HUB_ID} --local-dir DIR` and pass "
+            f"`--set suite.detector_path=DIR`, or allow hub downloads (unset HF_HUB_OFFLINE). "
+            f"For a CI run without weights use `--set suite.models=stand-in`.") from err
+
+
+def tiny_mask2former(seed: int = 0, image_size: int = 64) -> nn.Module:
+    """A randomly initialised Mask2Former (Swin backbone) with GenEval's 80 labels: a stand-in."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    swin = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                      num_heads=[1, 1, 1, 1], window_size=4,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
+                            num_attention_heads=2, num_queries=8, use_pretrained_backbone=False,
+                            num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
+                            label2id={c: i for i, c in enumerate(CLASSES)})
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Mask2FormerForUniversalSegmentation(cfg).eval()
+
+
+class ClipColourClassifier:
+    """Zero-shot colour of each detection (evaluate_images.py `color_classification`):
+    per class, a text classifier over the 10 colours from the 3 templates (each embedding
+    L2-normalised, averaged, renormalised); the image is the masked crop on #999."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, image_size: int = 224,
+                 mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
+                 std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._text: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def text_classifier(self, cls: str) -> Tensor:
+        """(D, 10) unit columns, cached per class."""
+        if cls not in self._text:
+            columns = []
+            for colour in COLORS:
+                texts = [t.format(c=colour, cls=cls) for t in COLOUR_TEMPLATES]
+                emb = F.normalize(self.model.encode_text(self.tokenizer(texts)).float(), dim=-1)  # (3, D)
+                columns.append(F.normalize(emb.mean(0), dim=-1))
+            self._text[cls] = torch.stack(columns, dim=1)
+        return self._text[cls]
+
+    @torch.no_grad()
+    def __call__(self, image: Tensor, detections: Sequence[Detection], cls: str) -> list[str]:
+        if not detections:
+            return []
+        crops = torch.stack([clip_preprocess(masked_crop(image, d), self.image_size, self.mean, self.std)
+                             for d in detections])  # (N, 3, S, S)
+        feats = F.normalize(self.model.encode_image(crops).float(), dim=-1)  # (N, D)
+        logits = 100.0 * feats @ self.text_classifier(cls)  # (N, 10)
+        return [COLORS[i] for i in logits.argmax(1).tolist()]
+
+
+def load_clip(pretrained: str) -> ClipColourClassifier:
+    """OpenAI CLIP ViT-L/14 through open_clip: `pretrained` is the tag "openai" (hub) or a local
+    checkpoint file (loaded by open_clip with weights_only=True; QuickGELU as OpenAI trained)."""
+    import open_clip
+
+    name = "ViT-L-14" if pretrained == "openai" else "ViT-L-14-quickgelu"
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, require_pretrained=True)
+    except Exception as err:  # open_clip raises RuntimeError/OSError/HF errors offline
+        raise UserError(
+            f"CLIP ViT-L/14 weights for GenEval's colour classifier could not be loaded from {pretrained!r} "
+            f"({type(err).__name__}: {err}). Provide {CLIP_HUB_NOTE} as a local file with "
+            f"`--set suite.clip_path=FILE`, or allow hub downloads.") from err
+    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"))
+
+
+def tiny_clip(seed: int = 0) -> ClipColourClassifier:
+    """A randomly initialised tiny open_clip CLIP (real tokenizer): a stand-in."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                     text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"), image_size=32)

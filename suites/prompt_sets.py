@@ -1,0 +1,146 @@
+"""Prompt sets for the suites: from a user path (`--prompts PATH`, i.e. the suite's `prompts`
+config field) or a checksum-verified cached download of the official file.
+
+The project never ships prompt files (../shared/data/README.md). Official files are fetched
+once into `rtdmd_bench.paths.cache_dir("prompts")`, verified by SHA-256 and written
+atomically; offline, the error names the URL and the path option.
+
+Formats: `.txt` one prompt per line (blank lines dropped); `.json` a list of strings (HPDv2
+benchmark style files); GenEval `.jsonl` metadata, one object per line with "tag",
+"include", optional "exclude" and "prompt".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rtdmd_bench.errors import UserError
+from rtdmd_bench.paths import cache_dir
+from suites.geneval_rules import CLASSES, COLORS, RELATIONS, TAGS
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    """A public prompt file and the checksum it must have."""
+
+    url: str
+    sha256: str
+    filename: str
+    lines: int  # expected number of prompts, checked after loading
+
+
+# SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream).
+OFFICIAL: dict[str, OfficialFile] = {
+    "geneval": OfficialFile(
+        "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
+        "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", "geneval_evaluation_metadata.jsonl", 553),
+    "drawbench": OfficialFile(
+        "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/drawbench/test.txt",
+        "9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0", "rtdmd_drawbench_test.txt", 999),
+    "pickscore": OfficialFile(
+        "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/pickscore/test.txt",
+        "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
+}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_verified(url: str, sha256: str, dest: Path, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `dest` (atomically) if `dest` is absent or has the wrong checksum."""
+    if dest.exists() and sha256_of(dest) == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
+            f.write(response.read())
+        got = sha256_of(Path(tmp))
+        if got != sha256:
+            raise UserError(f"the file downloaded from {url} has SHA-256 {got}, expected {sha256}: the upstream "
+                            f"file changed or the download is corrupt; pass a verified copy with --prompts PATH")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise UserError(f"could not download the prompt file {url} ({err}); download it yourself and pass "
+                        f"--prompts PATH (suite config field `prompts`)") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def resolve(official: str, path: str) -> Path:
+    """The prompt file to use: `path` if given (must exist), else the cached official file."""
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"prompt file {p} does not exist; fix --prompts PATH")
+        return p
+    if official not in OFFICIAL:
+        raise UserError(f"the {official!r} prompt set has no verified download; pass its file with --prompts PATH")
+    spec = OFFICIAL[official]
+    return download_verified(spec.url, spec.sha256, cache_dir("prompts") / spec.filename)
+
+
+def load_prompts(path: Path) -> list[str]:
+    """A .txt (one prompt per line) or .json (a list of strings) prompt file."""
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+            raise UserError(f"{path}: expected a JSON list of prompt strings")
+        prompts = data
+    else:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise UserError(f"{path} contains no prompts")
+    return prompts
+
+
+def load_geneval(path: Path) -> list[dict[str, Any]]:
+    """GenEval evaluation metadata, validated line by line (a malformed file fails loudly
+    rather than silently scoring a few per cent)."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{n}: not JSON ({err}); expected GenEval evaluation_metadata.jsonl") from err
+        _check_geneval_row(row, f"{path}:{n}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} contains no GenEval prompts")
+    return rows
+
+
+def _check_geneval_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or row.get("tag") not in TAGS:
+        raise UserError(f"{where}: needs a 'prompt' string and a 'tag' among {', '.join(TAGS)}")
+    clauses = row.get("include")
+    if not isinstance(clauses, list) or not clauses:
+        raise UserError(f"{where}: needs a non-empty 'include' list")
+    for i, c in enumerate(clauses + list(row.get("exclude", []))):
+        if not isinstance(c, dict) or c.get("class") not in CLASSES or not isinstance(c.get("count"), int):
+            raise UserError(f"{where}: clause {c!r} needs a GenEval 'class' and an integer 'count'")
+        if "color" in c and c["color"] not in COLORS:
+            raise UserError(f"{where}: colour {c['color']!r} not among {', '.join(COLORS)}")
+        if "position" in c:
+            rel, target = c["position"]
+            if rel not in RELATIONS or not (isinstance(target, int) and 0 <= target < i):
+                raise UserError(f"{where}: position {c['position']!r} needs a relation among "
+                                f"{', '.join(RELATIONS)} and the index of an earlier include clause")
