@@ -1,0 +1,486 @@
+"""Shared pieces of the diffusers-backed text-to-image bases (SD3 family, FLUX.2-klein, FLUX.1).
+
+- `LoraSettings`: the peft LoRA of the student and the fake score (official RTDMD configs:
+  rank 32, alpha 64, Gaussian init, attention projections).
+- `AdapterSwitch`: named LoRA adapters on ONE frozen transformer, switched per call. The teacher
+  is the same module with adapters disabled, so teacher + fake (+ student) cost one copy of
+  the weights (DESIGN.md "Bases").
+- `weights_location` / `load_component`: where real weights come from (config field, env var,
+  hub id) and the single clear error when they are absent (CONTRIBUTING.md "Errors").
+- `word_tokenizer`: tokenizers built locally for the tiny bases (no download, ever).
+- `DiffusersBase`: the `Base` interface written once over family hooks (`_build`,
+  `_encode_text`, `_forward`, `_decode`, `sigmas`); methods never branch on the family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rtdmd_bench.errors import UserError
+
+ATTN_TARGETS: tuple[str, ...] = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+)
+"""Official RTDMD LoRA targets for SD3/SD3.5/FLUX.1 (configs/cold_start/sd3m.yaml)."""
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# A small prompt pool for the tiny bases (their text encoders are random, so any words do).
+TINY_PROMPTS: tuple[str, ...] = (
+    "a photo of a red cat", "a blue dog on the grass", "two green apples on a table",
+    "a yellow car in the city at night", "an astronaut riding a horse", "a small house by the sea",
+    "a black and white photo of a bird", "a bowl of soup with a spoon", "a tree under a purple sky",
+    "three orange balls on the floor",
+)
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA of the student and fake-score adapters."""
+
+    rank: int = 32
+    """LoRA rank r (official RTDMD: 32)."""
+    alpha: float = 64.0
+    """LoRA alpha; the update is scaled by alpha / r (official: 64)."""
+    targets: tuple[str, ...] = ATTN_TARGETS
+    """Module-name suffixes that receive LoRA (peft `target_modules`)."""
+    init: Literal["gaussian", "default"] = "gaussian"
+    """peft `init_lora_weights`: 'gaussian' draws A ~ N(0, 1/r), B = 0 (official); both start
+    exactly at the base weights."""
+
+
+def _peft_config(lora: LoraSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.targets),
+                      init_lora_weights=True if lora.init == "default" else "gaussian", lora_dropout=0.0)
+
+
+def lora_parameter_count(net: nn.Module, lora: LoraSettings) -> int:
+    """Parameters one adapter adds: r * (in + out) per targeted Linear (works on meta modules)."""
+    total = 0
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in lora.targets):
+            total += lora.rank * (module.in_features + module.out_features)
+    return total
+
+
+class AdapterSwitch:
+    """Named peft LoRA adapters on one transformer; `using(name)` selects one, `using(None)` none.
+
+    peft's own `set_adapter` / `enable_adapters(False)` also flip `requires_grad` of the inactive
+    adapters. We undo that after every switch: a method may build a graph through the student,
+    then call the fake score, then back-propagate, and the student's LoRA must still receive its
+    gradient. Inactive adapters simply do not take part in the forward, so they get no gradient.
+    """
+
+    def __init__(self, net: nn.Module, names: Sequence[str], lora: LoraSettings, seed: int) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.net = net
+        self.names = tuple(names)
+        for i, name in enumerate(self.names):
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # peft warns on a second adapter in one model: several adapters is the design here.
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                torch.manual_seed(seed + 1009 * i)  # deterministic Gaussian A, distinct per adapter
+                net.add_adapter(_peft_config(lora), adapter_name=name)
+        self.layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+        if not self.layers:
+            raise UserError(f"LoRA targets {lora.targets} match no module of {type(net).__name__}: "
+                            "fix --set base.lora.targets=...")
+        self.params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
+        for key, p in net.named_parameters():
+            for n in self.names:
+                if f".{n}." in key and "lora_" in key:
+                    self.params[n][key.replace(f".{n}.", ".")] = p  # adapter-neutral key
+        self.active: str | None = "unset"  # type: ignore[assignment]
+        self.activate(None)
+
+    def activate(self, name: str | None) -> None:
+        if name == self.active:
+            return
+        for layer in self.layers:
+            if name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(name)
+        for group in self.params.values():
+            for p in group.values():
+                p.requires_grad_(True)
+        self.active = name
+
+    @contextlib.contextmanager
+    def using(self, name: str | None) -> Iterator[None]:
+        previous = self.active
+        self.activate(name)
+        try:
+            yield
+        finally:
+            self.activate(previous)
+
+    def checkpoint_fn(self, module: nn.Module, *args: Any) -> Any:
+        """Gradient checkpointing that recomputes with the adapter active at forward time (the
+        backward may run while another role's adapter is selected)."""
+        state = self.active
+
+        def run(*a: Any) -> Any:
+            with self.using(state):
+                return module(*a)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+    def merged_state_dict(self, name: str) -> dict[str, Tensor]:
+        """Plain (peft-free) state dict of the transformer with adapter `name` merged in."""
+        from peft.tuners.lora import LoraLayer
+
+        sd = {k.replace(".base_layer.", "."): v.detach().clone()
+              for k, v in self.net.state_dict().items() if "lora_" not in k}
+        for mod_name, module in self.net.named_modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                key = f"{mod_name}.weight"
+                sd[key] = sd[key] + module.get_delta_weight(name).to(sd[key].dtype)
+        return sd
+
+
+def weights_location(cfg_path: str | None, env_var: str, hub_id: str) -> tuple[str, bool]:
+    """(path or hub id, is_local). Config field first, then the env var, then the hub id."""
+    path = cfg_path or os.environ.get(env_var) or ""
+    return (path, True) if path else (hub_id, False)
+
+
+def missing_weights_message(base: str, hub_id: str, env_var: str, subfolders: Sequence[str],
+                            where: str, reason: str, gated: bool = True) -> str:
+    lines = [
+        f"weights for base {base!r} are not available ({reason}).",
+        f"  needed: {', '.join(s + '/' for s in subfolders)} of the diffusers repository {hub_id}",
+        f"  looked in: {where}",
+        f"  download:  huggingface-cli download {hub_id} --local-dir DIR",
+        f"  then point at it: --base-path DIR  (or --set base.base_path=DIR, or {env_var}=DIR)",
+    ]
+    if gated:
+        lines.append(f"  {hub_id} is a gated model: accept its licence on https://huggingface.co/{hub_id} "
+                     "and log in (huggingface-cli login) before downloading.")
+    return "\n".join(lines)
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_local_weights(path: str, subfolders: Sequence[str]) -> list[str]:
+    """Subfolders of a local diffusers directory that lack a config file."""
+    root = Path(path).expanduser()
+    return [s for s in subfolders if not any((root / s / f).is_file() for f in
+                                             ("config.json", "tokenizer_config.json", "scheduler_config.json"))]
+
+
+def load_component(cls: Any, location: str, subfolder: str, local: bool, message: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(location, subfolder=...)`; any hub/file error becomes one UserError."""
+    try:
+        return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or offline(), **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:  # hub errors subclass OSError/ValueError
+        raise UserError(message) from err
+
+
+def word_tokenizer(prompts: Sequence[str], max_length: int, chat_template: str | None = None) -> Any:
+    """A word-level fast tokenizer over the words of `prompts` (+ specials), built in memory.
+
+    Ids: 0 <pad>, 1 <bos>, 2 <eos>, 3 <unk>; every encoding is `<bos> words <eos>`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for p in prompts for w in p.lower().replace(",", " ").split()})
+    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>", model_max_length=max_length)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    return fast
+
+
+def read_prompt_file(path: str | None, base: str) -> list[str]:
+    """One prompt per line (RTDMD's dataset/*/train.txt format); blank lines skipped."""
+    if not path:
+        raise UserError(f"base {base!r} needs training prompts: --set base.prompt_file=FILE "
+                        "(one prompt per line, e.g. RTDMD's dataset/pickscore/train.txt)")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"prompt file {p} does not exist: fix --set base.prompt_file=FILE")
+    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompt file {p} holds no prompts")
+    return prompts
+
+
+def pick_device(spec: str) -> torch.device:
+    """'auto' -> this rank's GPU (LOCAL_RANK, as set by `accelerate launch`) if any, else CPU."""
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def freeze(*modules: nn.Module | None) -> None:
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+
+
+@dataclass
+class DiffusersConfig:
+    """Fields every diffusers base shares; each base's nested `Config` overrides the defaults."""
+
+    hub_id: str = ""
+    """Hugging Face repository of the (teacher) weights, diffusers layout."""
+    base_path: str | None = None
+    """Local diffusers directory of the weights; else $RTDMD_BENCH_<BASE>_PATH, else `hub_id`."""
+    resolution: int = 1024
+    """Square image side in pixels (official RTDMD: 1024 for SD3, 512 for FLUX)."""
+    weights_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Storage dtype of the frozen weights (LoRA weights stay fp32, peft's default)."""
+    autocast_bf16: bool = True
+    """Run transformer and VAE under bf16 autocast (official: bf16)."""
+    gradient_checkpointing: bool = True
+    """Recompute transformer blocks in backward (adapter-aware: see `AdapterSwitch.checkpoint_fn`)."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA of the student and fake-score adapters."""
+    default_cfg: float = 7.0
+    """Teacher CFG scale used by DM terms (official: SD3-M 7.0, SD3.5-M 4.5, FLUX.2 4.0)."""
+    max_sequence_length: int = 256
+    """Text tokens of the long text encoder (T5 / Qwen3)."""
+    prompt_file: str | None = None
+    """Training prompts, one per line (RTDMD: dataset/pickscore/train.txt)."""
+    device: str = "auto"
+    """'auto' = this rank's GPU if any, else CPU; or an explicit torch device string."""
+    seed: int = 0
+    """Seed of the Gaussian LoRA init (and of the random weights of tiny bases)."""
+
+
+@dataclass
+class Networks:
+    """What a family's `_build` returns; adapters are attached by `DiffusersBase.prepare`."""
+
+    transformer: nn.Module
+    """Frozen teacher weights; carries the fake adapter (and the student one when shared)."""
+    vae: nn.Module
+    text: dict[str, Any] = field(default_factory=dict)
+    """Tokenizers and text encoders, family-specific."""
+    generator: nn.Module | None = None
+    """A second frozen transformer the student starts from (FLUX.2-klein: the distilled -4B/-9B
+    weights); None when the student shares the teacher's weights."""
+
+
+class DiffusersBase:
+    """`Base` over a diffusers transformer + VAE + text encoders (see module docstring).
+
+    Family subclasses set `name`, `env_name`, `hub_id_field` facts and implement `_build`,
+    `_encode_text`, `_forward`, `_decode`, `sigmas` and `latent_shape`.
+    """
+
+    name = "diffusers"
+    env_name = "DIFFUSERS"  # RTDMD_BENCH_<env_name>_PATH
+    gated = True
+    cfg: Any
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.default_cfg = float(cfg.default_cfg)
+        self.device = pick_device(cfg.device)
+        self.dtype = DTYPES[cfg.weights_dtype]
+        self.nets: Networks | None = None
+        self._switch: dict[str, AdapterSwitch] = {}
+        self._negative: dict[str, Tensor] | None = None
+
+    # ---- family hooks ------------------------------------------------------------------------
+    def _build(self) -> Networks:
+        raise NotImplementedError
+
+    def _encode_text(self, prompts: list[str]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _forward(self, net: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def _decode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        raise NotImplementedError
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    @property
+    def env_var(self) -> str:
+        return f"RTDMD_BENCH_{self.env_name}_PATH"
+
+    def prepare(self, meter: Any = None) -> None:
+        """Build or load the networks, freeze them, attach the student/fake LoRA adapters."""
+        if self.nets is not None:
+            return
+        nets = self._build()
+        freeze(nets.transformer, nets.vae, nets.generator, *[m for m in nets.text.values() if isinstance(m, nn.Module)])
+        for m in (nets.transformer, nets.vae, nets.generator, *nets.text.values()):
+            if isinstance(m, nn.Module):
+                m.to(self.device)
+        seed = int(getattr(self.cfg, "seed", 0))
+        shared = nets.generator is None
+        self._switch = {"base": AdapterSwitch(nets.transformer, ("fake", "student") if shared else ("fake",),
+                                              self.cfg.lora, seed)}
+        if not shared:
+            self._switch["generator"] = AdapterSwitch(nets.generator, ("student",), self.cfg.lora, seed + 1)
+        for sw in self._switch.values():
+            if self.cfg.gradient_checkpointing:
+                sw.net.enable_gradient_checkpointing(gradient_checkpointing_func=sw.checkpoint_fn)
+        self.nets = nets
+
+    def _ready(self) -> Networks:
+        if self.nets is None:
+            self.prepare(None)
+        assert self.nets is not None
+        return self.nets
+
+    def _role(self, role: str) -> tuple[AdapterSwitch, str | None]:
+        self._ready()
+        if role == "teacher":
+            return self._switch["base"], None
+        if role == "fake":
+            return self._switch["base"], "fake"
+        if role == "student":
+            return self._switch.get("generator", self._switch["base"]), "student"
+        raise ValueError(f"unknown role {role!r}; valid: teacher, student, fake")
+
+    # ---- Base interface ----------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """{key: (B, ...)} conditional embeddings plus `neg_<key>` for the empty prompt (CFG),
+        computed once and cached."""
+        self._ready()
+        with torch.no_grad():
+            pos = self._encode_text(list(prompts))
+            if self._negative is None:
+                self._negative = self._encode_text([""])
+        b = len(prompts)
+        neg = {f"neg_{k}": v.expand(b, *v.shape[1:]) for k, v in self._negative.items()}
+        return {**pos, **neg}
+
+    def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: dict[str, Tensor],
+                 cfg: float | None = None, step: Tensor | None = None) -> Tensor:
+        if step is not None:
+            raise UserError(f"base {self.name!r} does not support fake-score step conditioning: "
+                            "turn it off with --set method.fake_step_conditioning=false")
+        switch, adapter = self._role(role)
+        pos = {k: v for k, v in cond.items() if not k.startswith("neg_")}
+        with switch.using(adapter), self._autocast():
+            if cfg is None or cfg == 1.0:
+                v = self._forward(switch.net, x, sigma, pos)
+            else:  # one batched call: [cond; uncond], v = v_u + w (v_c - v_u) (METHODS.md sec. 1)
+                both = {k: torch.cat([v_, cond[f"neg_{k}"]]) for k, v_ in pos.items()}
+                v_c, v_u = self._forward(switch.net, torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+                v = v_u + cfg * (v_c - v_u)
+        return v.float()
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents -> images in [0, 1], (B, 3, H, W); differentiable w.r.t. x."""
+        self._ready()
+        with self._autocast():
+            img = self._decode(x)
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    def _autocast(self) -> Any:
+        if not self.cfg.autocast_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_prompts(self) -> list[str]:
+        return read_prompt_file(self.cfg.prompt_file, self.name)
+
+    def trainable(self, role: str) -> list[nn.Parameter]:
+        if role == "teacher":
+            return []
+        switch, adapter = self._role(role)
+        return list(switch.params[adapter].values())
+
+    def state_dict(self, role: str) -> dict[str, Tensor]:
+        """LoRA weights of a role, keys without the adapter name (student/fake interchangeable)."""
+        if role == "teacher":
+            return {}
+        switch, adapter = self._role(role)
+        return {k: p.detach().clone() for k, p in switch.params[adapter].items()}
+
+    def load_state_dict(self, role: str, state: dict[str, Tensor]) -> None:
+        if role == "teacher":
+            if state:
+                raise ValueError("the teacher has no trainable state")
+            return
+        switch, adapter = self._role(role)
+        params = switch.params[adapter]
+        if set(state) != set(params):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise UserError(f"{role} adapter state does not match base {self.name!r} (LoRA rank/targets "
+                            f"differ?): missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k].to(p.dtype))
+
+    # ---- adapters alone and export -----------------------------------------------------------
+    def save_adapter(self, role: str, path: str | Path) -> None:
+        """The role's LoRA alone as safetensors (written atomically), LoRA settings as metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"base": self.name, "role": role, **{k: str(v) for k, v in asdict(self.cfg.lora).items()}}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file({k: v.contiguous() for k, v in self.state_dict(role).items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    def load_adapter(self, role: str, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        if not Path(path).is_file():
+            raise UserError(f"adapter file {path} does not exist")
+        self.load_state_dict(role, load_file(str(path)))
+
+    def merged_student(self) -> nn.Module:
+        """A plain transformer (no peft layers) with the student LoRA merged, for export/inference."""
+        switch, adapter = self._role("student")
+        net = type(switch.net).from_config(switch.net.config)
+        net.load_state_dict(switch.merged_state_dict(adapter))
+        return net.to(device=self.device, dtype=self.dtype).eval()
+
+    def export_student(self, directory: str | Path) -> None:
+        """`save_pretrained` (safetensors) of the merged student transformer."""
+        self.merged_student().save_pretrained(str(directory), safe_serialization=True)
+
+    def weights_error(self, location: str, reason: str, subfolders: Sequence[str]) -> str:
+        return missing_weights_message(self.name, self.cfg.hub_id, self.env_var, subfolders,
+                                       location, reason, gated=self.gated)
+
+    def resolve_weights(self, cfg_path: str | None, hub_id: str, subfolders: Sequence[str],
+                        env_var: str | None = None) -> tuple[str, bool]:
+        """Where to load from; a local directory missing a subfolder fails here, before loading."""
+        location, local = weights_location(cfg_path, env_var or self.env_var, hub_id)
+        if local:
+            missing = check_local_weights(location, subfolders)
+            if missing:
+                raise UserError(missing_weights_message(
+                    self.name, hub_id, env_var or self.env_var, subfolders, location,
+                    f"{', '.join(missing)} missing in the local directory", gated=self.gated))
+        return location, local
