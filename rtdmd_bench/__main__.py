@@ -1,0 +1,3 @@
+from rtdmd_bench.cli import main
+
+main()

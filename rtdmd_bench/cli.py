@@ -1,0 +1,302 @@
+"""`rtdmd-bench`: train, evaluate and compare few-step distillation + RL methods at matched compute.
+
+Every user-fixable problem (unknown name, bad --set, unparsable budget, not a run folder,
+corrupt checkpoint, missing weights) prints one message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from rtdmd_bench import registry
+from rtdmd_bench.errors import NonFiniteLoss, UserError
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="rtdmd-bench",
+    help=("Train and evaluate few-step text-to-image distillation + RL methods (RTDMD, AC-DMD, "
+          "DMD2, DMD+RL, GDMD, GNDM) side by side on the same base, prompts, metrics and FLOP "
+          "budget.\n\nStart with `rtdmd-bench list`, then e.g. `rtdmd-bench train --method dmd2 "
+          "--base toy2d --budget 2e11` and `rtdmd-bench reproduce toy`."),
+    no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+)
+
+SET_HELP = ("Override a config field, repeatable: SECTION.FIELD=VALUE with SECTION one of run, train, "
+            "method, base, reward.<name> (e.g. --set method.lr_generator=1e-4). Unknown keys are errors "
+            "that list the valid ones; `rtdmd-bench config METHOD BASE` shows every field.")
+
+
+@app.command("list")
+def list_cmd(kind: Optional[str] = typer.Argument(None, help="methods | bases | suites | rewards (default: all)")) -> None:
+    """List registered methods, bases, suites and rewards with one line each (imports no model code)."""
+    from rich.table import Table
+
+    kinds = [kind] if kind else list(registry.KINDS)
+    for k in kinds:
+        t = Table(title=k, show_header=False, title_justify="left")
+        t.add_column("name", style="bold cyan")
+        t.add_column("what")
+        for name, entry in sorted(registry.table(k).items()):
+            t.add_row(name, entry.summary)
+        console.print(t)
+
+
+@app.command("config")
+def config_cmd(method: str = typer.Argument(..., help="method name"), base: str = typer.Argument(..., help="base name"),
+               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+               no_recipe: bool = typer.Option(False, help="Show defaults without the base's recipe.")) -> None:
+    """Print the fully resolved config of METHOD on BASE (recipe + overrides), with each field's doc."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from rtdmd_bench.config import field_docs, resolve_config
+
+    cfg = resolve_config(method, base, set_, use_recipe=not no_recipe)
+    t = Table(title=f"{method} on {base}")
+    for col in ("key", "value", "meaning"):
+        t.add_column(col)
+    sections = [("run", cfg.run), ("train", cfg.train), ("method", cfg.method), ("base", cfg.base)]
+    sections += [(f"reward.{n}", c) for n, c in cfg.rewards.items()]
+    for name, obj in sections:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            t.add_row(f"{name}.{f.name}", repr(getattr(obj, f.name)), docs.get(f.name, ""))
+    console.print(t)
+
+
+def _progress(description: str):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err, transient=False, disable=not err.is_terminal and False)
+
+
+@app.command()
+def train(
+    method: str = typer.Option(None, help="Method name (`rtdmd-bench list methods`)."),
+    base: str = typer.Option(None, help="Base name (`rtdmd-bench list bases`)."),
+    budget: Optional[str] = typer.Option(None, help="FLOP budget: 2e12, 2T, 500G, or teacher-forward equivalents like 20ktf."),
+    seed: Optional[int] = typer.Option(None, help="Training seed."),
+    rewards: Optional[str] = typer.Option(None, help="Rewards as NAME[=WEIGHT],... (default: the base recipe's)."),
+    beta: Optional[float] = typer.Option(None, help="Tilt temperature beta of p* ∝ p_teacher exp(r/beta)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    base_path: Optional[Path] = typer.Option(None, help="Local folder with the base's weights (real bases)."),
+    out: Path = typer.Option(Path("runs"), help="Folder that holds run folders."),
+    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: method-base-seed-time)."),
+    resume: Optional[Path] = typer.Option(None, help="Resume the run in this folder from its latest checkpoint."),
+    eval_: list[str] = typer.Option([], "--eval", help="Suites to evaluate when training ends (repeatable)."),
+) -> None:
+    """Train METHOD on BASE until the FLOP budget is spent; checkpoints, metrics and result.json go to
+    runs/<run-id>/. `--resume RUN` continues a killed run to the same result."""
+    from rtdmd_bench.compute import format_flops
+    from rtdmd_bench.config import from_dict, resolve_config
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import train as train_loop
+
+    if resume is not None:
+        run = RunDir.open(resume)
+        cfg = from_dict(run.read_config())
+        run_dir = run.path
+        if any(x is not None for x in (method, base, budget, seed, rewards, beta)) or set_:
+            raise UserError("--resume continues a run with its saved config; drop the other options")
+    else:
+        if not method or not base:
+            raise UserError("give --method and --base (see `rtdmd-bench list`), or --resume RUN")
+        overrides = list(set_)
+        for key, value in (("train.budget", budget), ("run.seed", seed), ("run.beta", beta)):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        if rewards is not None:
+            overrides.append(f"run.rewards={rewards}")
+        if base_path is not None:
+            overrides.append(f"base.base_path={base_path}")
+        cfg = resolve_config(method, base, overrides)
+        rid = run_id or f"{method}-{base}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        import dataclasses
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=rid))
+        run_dir = out / rid
+        if (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-id")
+    with _progress("train") as prog:
+        task = prog.add_task(f"{cfg.run.method} on {cfg.run.base}", total=1.0, info="")
+
+        def on_progress(step: int, used: float, total: float) -> None:
+            prog.update(task, completed=min(1.0, used / total), info=f"step {step} · {format_flops(used)}/{format_flops(total)} FLOPs")
+
+        result = train_loop(cfg, run_dir, resume=resume is not None, on_progress=on_progress)
+    console.print(f"[green]done[/green]: {run_dir}  steps {result['steps']}  "
+                  f"FLOPs {format_flops(result['compute']['used_flops'])}  wall {result['wall_time_s']:.1f}s")
+    for suite in eval_:
+        _eval_run(suite, run_dir, {}, None, None)
+
+
+def _parse_suite_sets(items: list[str]) -> dict[str, str]:
+    from rtdmd_bench.config import split_override
+
+    out = {}
+    for item in items:
+        key, value = split_override(item)
+        if not key.startswith("suite."):
+            raise UserError(f"eval --set {item!r}: keys start with 'suite.' (e.g. suite.images_per_prompt=100)")
+        out[key[len("suite."):]] = value
+    return out
+
+
+def _eval_run(suite_name: str, run_dir: Path, suite_sets: dict[str, str], seed: Optional[int],
+              batch_size: Optional[int]) -> dict[str, Any]:
+    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import load_for_eval
+
+    run = RunDir.open(run_dir)
+    suite = build_suite(suite_name, suite_sets)
+    b = load_for_eval(run.path)
+    ckpt = run.latest_checkpoint()
+    mcfg = b.cfg.method
+    spec = SamplerSpec(role="student", num_steps=getattr(mcfg, "num_steps", 4), eta=getattr(mcfg, "eta", 0.9),
+                       tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
+    with b.method.generator():
+        res = evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), seed or 0, run.path / "samples",
+                             run.path / "eval" / f"{suite.name}.json", batch_size=batch_size or 256)
+    _print_metrics(res)
+    return res
+
+
+def _print_metrics(res: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{res['suite']} ({res['suite_version']})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in res["metrics"].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            t.add_row(k, f"{v:.4g}")
+    console.print(t)
+
+
+@app.command("eval")
+def eval_cmd(
+    suite: list[str] = typer.Option(..., "--suite", help="Suite name, repeatable (`rtdmd-bench list suites`)."),
+    run: Optional[Path] = typer.Option(None, help="Run folder to evaluate (its EMA generator)."),
+    base: Optional[str] = typer.Option(None, help="Evaluate this base's teacher instead of a run."),
+    teacher_steps: int = typer.Option(4, help="With --base: teacher sampler steps."),
+    teacher_sampler: str = typer.Option("cps", help="With --base: cps | euler."),
+    set_: list[str] = typer.Option([], "--set", help="Suite config override suite.FIELD=VALUE (repeatable)."),
+    base_set: list[str] = typer.Option([], "--base-set", help="With --base: base config override base.FIELD=VALUE."),
+    out: Path = typer.Option(Path("runs/teacher-eval"), help="With --base: output folder."),
+    seed: int = typer.Option(0, help="Evaluation seed (image j of prompt i uses noise seeded by (seed, i, j))."),
+    batch_size: int = typer.Option(256, help="Generation batch size (scores do not depend on it)."),
+) -> None:
+    """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
+    and generated images are cached so a second suite on the same prompts generates nothing new."""
+    sets = _parse_suite_sets(set_)
+    if (run is None) == (base is None):
+        raise UserError("give exactly one of --run RUN or --base BASE")
+    if run is not None:
+        for s in suite:
+            _eval_run(s, run, sets, seed, batch_size)
+        return
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+    from rtdmd_bench.train import build
+
+    cfg = resolve_config("dmd2", base, base_set)
+    b = build(cfg)
+    spec = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, tag=base)
+    for s in suite:
+        st = build_suite(s, sets)
+        res = evaluate_suite(st, b.base, spec, b.rewards, cfg.to_dict(), seed, out / "samples",
+                             out / "eval" / f"{st.name}.json", batch_size=batch_size)
+        _print_metrics(res)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (seeds of the same config are grouped)."),
+    suite: Optional[str] = typer.Option(None, help="Only this suite's metrics."),
+    out: Path = typer.Option(Path("results/compare"), help="Folder for the Markdown/CSV/LaTeX tables."),
+    name: str = typer.Option("compare", help="File stem of the written tables."),
+) -> None:
+    """Print a table of runs with mean ± 95% CI over seeds and write it as Markdown, CSV and LaTeX."""
+    from rtdmd_bench.report import compare_runs
+
+    table = compare_runs(runs, suite)
+    console.print(table.rich(title=f"{len(runs)} runs"))
+    for p in table.write(out, name):
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def reproduce(
+    what: str = typer.Argument("toy", help="toy (toy2d + digits, CPU) | toy2d | digits"),
+    out: Path = typer.Option(Path("results"), help="Where the tables and plots go."),
+    seeds: int = typer.Option(3, help="Seeds per method."),
+    workers: int = typer.Option(2, help="Parallel training processes (one torch thread each)."),
+    runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where the runs go (resumable)."),
+) -> None:
+    """Train every method on the CPU benchmark under one matched FLOP budget, evaluate, and write
+    tables (Markdown/CSV/LaTeX) and plots under results/."""
+    from rtdmd_bench.reproduce import reproduce as run_reproduce
+
+    run_reproduce(what, out, seeds, workers, runs_dir, console)
+
+
+@app.command()
+def prepare(what: str = typer.Argument(..., help="digits: train and cache the digits teacher and classifier"),
+            force: bool = typer.Option(False, help="Rebuild even if cached.")) -> None:
+    """Build cached artefacts explicitly (training does it on first use)."""
+    if what != "digits":
+        raise UserError(f"nothing to prepare for {what!r}; valid: digits")
+    from rtdmd_bench.bases.digits import Digits, prepare_digits
+
+    info = prepare_digits(Digits.Config(), force=force)
+    for k, v in info.items():
+        console.print(f"{k}: {v}")
+
+
+@app.command()
+def plan(method: str = typer.Option(..., help="Method name."), base: str = typer.Option(..., help="Real base name."),
+         precision: str = typer.Option("bf16", help="bf16 | fp32"), parallelism: str = typer.Option("ddp", help="ddp | fsdp"),
+         num_gpus: int = typer.Option(8, help="GPUs.")) -> None:
+    """Estimate parameters per role, trainable LoRA parameters, memory per GPU and FLOPs of a real base
+    (built on the meta device: no weights needed)."""
+    registry.entry("methods", method)
+    from rtdmd_bench.plan import main as plan_main
+
+    plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus)
+
+
+def main() -> None:
+    """Console entry point: user errors become one message and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except (UserError, registry.UnknownName) as e:
+        kind = "stopped" if isinstance(e, NonFiniteLoss) else "error"
+        err.print(f"[bold red]{kind}:[/bold red] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; resume with `rtdmd-bench train --resume RUN`")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, (click.exceptions.Abort, click.exceptions.Exit)):
+            sys.exit(getattr(e, "exit_code", 1))
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Evaluation engine: generate (cached on disk) -> score with suites -> eval/<suite>.json.
+
+Samples are cached per (who generated them: run + checkpoint, or the teacher and its sampler;
+the prompt-set hash; prompt index; seed), one file per prompt, so that
+- evaluating a second suite on the same prompts generates nothing new,
+- an interrupted evaluation resumes where it stopped,
+- scores do not depend on the generation batch size: image j of prompt i always starts from
+  noise seeded by (seed, i, j), and so does every CPS step's noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from rtdmd_bench import registry
+from rtdmd_bench.core import sampling
+from rtdmd_bench.core.rl import stable_seed
+from rtdmd_bench.interfaces import EvalContext, RewardSet
+from rtdmd_bench.runs import atomic_write_json, git_commit, versions
+
+
+@dataclass
+class SamplerSpec:
+    """Who samples and how: the student (a run's EMA generator) or the teacher."""
+
+    role: str  # "student" | "teacher"
+    num_steps: int  # sampler steps
+    kind: str = "cps"  # "cps" (few-step stochastic CPS) | "euler" (deterministic ODE)
+    eta: float = 0.9
+    cfg: float | None = None  # teacher guidance; None = the base's default
+    tag: str = ""  # identifies the weights (run id + checkpoint) in the cache key
+
+    def key(self) -> str:
+        return f"{self.role}-{self.kind}{self.num_steps}-eta{self.eta}-cfg{self.cfg}-{self.tag}"
+
+
+@dataclass
+class GenStats:
+    generated: int = 0  # images generated now
+    cached: int = 0  # images read from the cache
+
+
+def prompt_set_hash(prompts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:12]
+
+
+def _noises(shape: tuple[int, ...], seed: int, prompt_index: int, js: range, num_steps: int) -> Tensor:
+    """(num_steps + 1, len(js), *shape): initial noise and each step's CPS noise, per image."""
+    out = []
+    for j in js:
+        g = torch.Generator().manual_seed(stable_seed("eval", seed, prompt_index, j))
+        out.append(torch.randn((num_steps + 1, *shape), generator=g))
+    return torch.stack(out, dim=1)
+
+
+def generate_prompt(base: Any, spec: SamplerSpec, prompt: str, prompt_index: int, n: int, seed: int,
+                    batch_size: int) -> Tensor:
+    """Decoded samples (n, ...) for one prompt, batch-size independent."""
+    sigmas = base.sigmas(spec.num_steps)
+    cfg = (base.default_cfg if spec.cfg is None else spec.cfg) if spec.role == "teacher" else None
+    chunks = []
+    for start in range(0, n, batch_size):
+        js = range(start, min(n, start + batch_size))
+        z = _noises(tuple(base.latent_shape), seed, prompt_index, js, spec.num_steps)
+        cond = base.encode([prompt] * len(js))
+        velocity = sampling.base_velocity(base, spec.role, cond, cfg=cfg)
+        with torch.no_grad():
+            if spec.kind == "euler":
+                x = sampling.euler_sample(lambda x, s: velocity(x, s, None), z[0], sigmas)
+            else:
+                x = sampling.rollout(velocity, z[0], sigmas, spec.eta, lambda j: z[j + 1]).xs[-1]
+            chunks.append(base.decode(x).float().cpu())
+    return torch.cat(chunks)
+
+
+def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int, seed: int,
+             cache_dir: Path | None, batch_size: int = 256, stats: GenStats | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """Samples for every prompt, prompt-major; cached per prompt under cache_dir."""
+    stats = stats if stats is not None else GenStats()
+    folder = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / spec.key() / f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, prompt in enumerate(prompts):
+        path = folder / f"{i:05d}.safetensors" if folder else None
+        if path is not None and path.exists():
+            images = load_file(str(path))["images"]
+            stats.cached += images.shape[0]
+        else:
+            images = generate_prompt(base, spec, prompt, i, images_per_prompt, seed, batch_size)
+            stats.generated += images.shape[0]
+            if path is not None:
+                tmp = path.with_suffix(".tmp")
+                save_file({"images": images.contiguous()}, str(tmp))
+                tmp.replace(path)
+        out.append(images)
+        if progress is not None:
+            progress(i + 1, len(prompts))
+    return torch.cat(out)
+
+
+def build_suite(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    from rtdmd_bench.config import set_field
+
+    cls = registry.resolve("suites", name)
+    cfg = cls.Config()
+    for k, v in (overrides or {}).items():
+        cfg = set_field(cfg, k.split("."), v, f"suite.{k}")
+    return cls(cfg)
+
+
+def suite_prompts(suite: Any, base: Any) -> list[str]:
+    """The suite's prompts; suites whose prompts depend on the base (toy-tilt) get it first."""
+    if hasattr(suite, "bind"):
+        suite.bind(base)
+    return list(suite.prompts())
+
+
+def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet, run_config: dict[str, Any],
+                   seed: int, cache_dir: Path | None, out_path: Path | None, teacher_spec: SamplerSpec | None = None,
+                   batch_size: int = 256, stats: GenStats | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Generate (cached), score, and write the suite's self-describing JSON as soon as it is done."""
+    t0 = time.perf_counter()
+    prompts = suite_prompts(suite, base)
+    n = suite.images_per_prompt
+    images = generate(base, spec, prompts, n, seed, cache_dir, batch_size, stats, progress)
+
+    def teacher_samples() -> Tensor:
+        ts = teacher_spec or SamplerSpec(role="teacher", num_steps=50, kind="euler")
+        return generate(base, ts, prompts, n, seed, cache_dir, batch_size, stats)
+
+    ctx = EvalContext(base=base, rewards=rewards, run_config=run_config, teacher_samples=teacher_samples, seed=seed)
+    metrics = suite.score(images, prompts, ctx)
+    result = {
+        "suite": suite.name, "suite_version": suite.version, "metrics": metrics,
+        "higher_is_better": dict(suite.higher_is_better), "images_per_prompt": n, "num_prompts": len(prompts),
+        "seed": seed, "sampler": dataclasses.asdict(spec),
+        "run": {k: run_config.get("run", {}).get(k) for k in ("method", "base", "seed", "run_id")},
+        "eval_wall_time_s": time.perf_counter() - t0, "versions": versions(), "git_commit": git_commit(),
+    }
+    if out_path is not None:
+        atomic_write_json(out_path, result)
+    return result
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,148 @@
+"""The one training loop: build everything from the config, then step until the FLOP budget is
+spent. Checkpoints are atomic; a killed run resumes to the same result (every batch's prompts
+and noise derive from (seed, step), and the checkpoint holds all trainable and optimiser state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rtdmd_bench import registry
+from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward, format_flops, parse_budget
+from rtdmd_bench.config import ResolvedConfig
+from rtdmd_bench.core.optim import check_finite
+from rtdmd_bench.core.rl import stable_seed
+from rtdmd_bench.errors import UserError
+from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
+
+
+@dataclass
+class Built:
+    """Everything the loop needs, built from a ResolvedConfig before it starts."""
+
+    cfg: ResolvedConfig
+    base: Any  # the raw base
+    meter: ComputeMeter
+    rewards: RewardSet
+    method: Any
+
+
+def build(cfg: ResolvedConfig) -> Built:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.run.seed)  # network construction (e.g. fresh LoRA init) is seeded
+    base = registry.resolve("bases", cfg.run.base)(cfg.base)
+    meter = ComputeMeter()
+    base.prepare(meter)
+    budget = parse_budget(cfg.train.budget)
+    if budget.unit == "teacher_forwards" and not meter.teacher_forward_flops:
+        raise UserError(f"base {cfg.run.base!r} defines no teacher-forward unit; give the budget in FLOPs")
+    meter.budget_flops = budget.flops(meter.teacher_forward_flops)
+    rewards = RewardSet(
+        {n: MeteredReward(registry.resolve("rewards", n)(c), meter) for n, c in cfg.rewards.items()},
+        dict(cfg.reward_weights), cfg.run.beta)
+    method = registry.resolve("methods", cfg.run.method)(cfg.method, MeteredBase(base, meter), rewards, meter)
+    return Built(cfg, base, meter, rewards, method)
+
+
+def batch_for(step: int, seed: int, prompts: list[str], batch_size: int) -> Batch:
+    """Prompts drawn uniformly with replacement from a generator seeded by (seed, step)."""
+    g = torch.Generator().manual_seed(stable_seed("prompts", seed, step))
+    idx = torch.randint(len(prompts), (batch_size,), generator=g).tolist()
+    return Batch(prompts=[prompts[i] for i in idx], seed=stable_seed("batch", seed, step))
+
+
+def _checkpoint_state(b: Built, step: int, wall: float) -> dict[str, Any]:
+    return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall}
+
+
+def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
+          on_progress: Callable[[int, float, float], None] | None = None,
+          curve: Callable[[Built, int], dict[str, Any]] | None = None,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train until the budget is spent; returns the result summary (also written to result.json).
+
+    `curve(built, step)` (optional) is called every `train.curve_every` steps and its metrics are
+    logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
+    (used by tests to simulate a crash between checkpoints)."""
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    b = build(cfg)
+    step, wall_before = 0, 0.0
+    if resume:
+        step, state = run.load_checkpoint()
+        b.method.load_state_dict(state["method"])
+        b.meter.load_state_dict(state["meter"])
+        wall_before = float(state["wall_time"])
+        run.truncate_metrics(step)
+    else:
+        run.write_config(cfg.to_dict())
+    prompts = b.base.train_prompts()
+    t0 = time.perf_counter()
+    steps_run = 0
+    while not b.meter.exhausted:
+        batch = batch_for(step, cfg.run.seed, prompts, cfg.train.batch_size)
+        logs = b.method.train_step(batch, step)
+        check_finite(step, **logs)
+        step += 1
+        steps_run += 1
+        wall = wall_before + time.perf_counter() - t0
+        if step % cfg.train.log_every == 0 or b.meter.exhausted:
+            run.append_metrics({"step": step, "flops": b.meter.used, "wall_time": wall, **logs})
+        if curve is not None and cfg.train.curve_every and step % cfg.train.curve_every == 0:
+            run.append_metrics({"step": step, "flops": b.meter.used, "curve": curve(b, step)})
+        if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
+            run.save_checkpoint(step, _checkpoint_state(b, step, wall))
+        if on_progress is not None:
+            on_progress(step, b.meter.used, b.meter.budget_flops)
+        if stop_after_steps is not None and steps_run >= stop_after_steps:
+            return {}
+    wall = wall_before + time.perf_counter() - t0
+    run.save_checkpoint(step, _checkpoint_state(b, step, wall))
+    result = {
+        "method": cfg.run.method, "base": cfg.run.base, "seed": cfg.run.seed,
+        "method_source": getattr(b.method, "source", ""), "stages": list(getattr(b.method, "stages", ())),
+        "steps": step, "wall_time_s": wall, "budget": cfg.train.budget,
+        "compute": b.meter.breakdown(), "config": cfg.to_dict(),
+        "versions": versions(), "git_commit": git_commit(),
+    }
+    atomic_write_json(run.path / "result.json", result)
+    _last_built[str(run.path)] = b
+    return result
+
+
+# The last built objects per run folder, so `evaluate` right after `train` in the same process
+# reuses the trained networks instead of rebuilding and reloading them.
+_last_built: dict[str, Built] = {}
+
+
+def load_for_eval(run_dir: Path) -> Built:
+    """Rebuild a run's objects and load its latest checkpoint (for evaluation)."""
+    from rtdmd_bench.config import from_dict
+
+    run = RunDir.open(run_dir)
+    if str(run.path) in _last_built:
+        return _last_built[str(run.path)]
+    cfg = from_dict(run.read_config())
+    b = build(cfg)
+    _, state = run.load_checkpoint()
+    b.method.load_state_dict(state["method"])
+    b.meter.load_state_dict(state["meter"])
+    return b
+
+
+def describe_budget(b: Built) -> str:
+    tf = b.meter.teacher_forward_flops
+    extra = f" = {b.meter.budget_flops / tf:.3g} teacher forwards" if tf else ""
+    return f"{format_flops(b.meter.budget_flops)} FLOPs{extra}"
+
+
+def replace_cfg(cfg: ResolvedConfig, **changes: Any) -> ResolvedConfig:
+    return dataclasses.replace(cfg, **changes)
