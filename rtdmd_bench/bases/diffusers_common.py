@@ -431,10 +431,11 @@ class DiffusersBase:
             return
         switch, adapter = self._role(role)
         params = switch.params[adapter]
-        if set(state) != set(params):
-            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        wrong = sorted(k for k in set(params) & set(state) if params[k].shape != state[k].shape)
+        if missing or extra or wrong:
             raise UserError(f"{role} adapter state does not match base {self.name!r} (LoRA rank/targets "
-                            f"differ?): missing {missing[:3]}, unexpected {extra[:3]}")
+                            f"differ?): missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}")
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(state[k].to(p.dtype))

@@ -1,0 +1,193 @@
+"""tiny-sd3 / tiny-flux2: the real diffusers adapters on tiny random configs (CPU, no download)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from rtdmd_bench.bases.diffusers_sd3 import SD3, SD35M, TinySD3  # noqa: E402
+from rtdmd_bench.errors import UserError  # noqa: E402
+
+PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]
+
+
+def make_sd3(**overrides) -> TinySD3:
+    base = TinySD3(dataclasses.replace(TinySD3.Config(), **overrides))
+    base.prepare(None)
+    return base
+
+
+def inputs(base, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *base.latent_shape, generator=g)
+    sigma = torch.tensor([0.9, 0.5, 0.75, 0.25][:batch])
+    return x, sigma, base.encode(PROMPTS[:batch] if batch <= 2 else PROMPTS * (batch // 2))
+
+
+def sgd_step(params, loss, lr=1.0):
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is not None:
+                p -= lr * g
+
+
+def test_encode_and_velocity_shapes_every_role():
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    assert cond["embeds"].shape == (2, 77 + 8, 32) and cond["pooled"].shape == (2, 16)
+    assert cond["neg_embeds"].shape == cond["embeds"].shape
+    for role in ("teacher", "student", "fake"):
+        for cfg in (None, 4.5):
+            v = base.velocity(role, x, sigma, cond, cfg=cfg)
+            assert v.shape == (2, *base.latent_shape) and v.dtype == torch.float32
+            assert torch.isfinite(v).all()
+    # Gaussian LoRA init has B = 0: every role starts exactly at the teacher.
+    with torch.no_grad():
+        t = base.velocity("teacher", x, sigma, cond)
+        assert torch.equal(t, base.velocity("student", x, sigma, cond))
+        assert torch.equal(t, base.velocity("fake", x, sigma, cond))
+        # CFG is the documented combination of conditional and unconditional predictions.
+        uncond = {k: cond[f"neg_{k}"] for k in ("embeds", "pooled")}
+        v_u = base.velocity("teacher", x, sigma, {**uncond, **{f"neg_{k}": v for k, v in uncond.items()}})
+        torch.testing.assert_close(base.velocity("teacher", x, sigma, cond, cfg=3.0), v_u + 3.0 * (t - v_u),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_student_and_fake_are_separate_and_teacher_frozen():
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    with torch.no_grad():
+        teacher_before = base.velocity("teacher", x, sigma, cond)
+        fake_before = base.velocity("fake", x, sigma, cond)
+    assert all(p.requires_grad for p in base.trainable("student") + base.trainable("fake"))
+    assert base.trainable("teacher") == []
+    sgd_step(base.trainable("student"), base.velocity("student", x, sigma, cond).square().mean())
+    with torch.no_grad():
+        student = base.velocity("student", x, sigma, cond)
+        assert not torch.allclose(student, teacher_before)
+        assert torch.equal(base.velocity("teacher", x, sigma, cond), teacher_before)
+        assert torch.equal(base.velocity("fake", x, sigma, cond), fake_before)
+    # Frozen weights really are frozen and shared: only LoRA parameters require grad.
+    lora = {id(p) for p in base.trainable("student") + base.trainable("fake")}
+    assert all(not p.requires_grad for p in base.nets.transformer.parameters() if id(p) not in lora)
+
+
+def test_student_graph_survives_fake_call():
+    """A student graph, then a fake-score call, then backward: the student still gets gradients."""
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    loss = base.velocity("student", x, sigma, cond).square().mean()
+    base.velocity("fake", x, sigma, cond)  # switches the active adapter
+    grads = torch.autograd.grad(loss, base.trainable("student"), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_gradient_checkpointing_recomputes_with_the_right_adapter():
+    ref, ckpt = make_sd3(), make_sd3(gradient_checkpointing=True)
+    for b in (ref, ckpt):  # make student != fake so a wrong adapter in recompute shows
+        x, sigma, cond = inputs(b)
+        sgd_step(b.trainable("fake"), -b.velocity("fake", x, sigma, cond).mean(), lr=10.0)
+    grads = []
+    for b in (ref, ckpt):
+        x, sigma, cond = inputs(b)
+        loss = b.velocity("student", x, sigma, cond).square().mean()
+        with torch.no_grad():
+            b.velocity("fake", x, sigma, cond)
+        b._switch["base"].activate("fake")  # backward runs while the fake adapter is selected
+        grads.append(torch.autograd.grad(loss, b.trainable("student"), allow_unused=True))
+    for g_ref, g_ckpt in zip(*grads):
+        if g_ref is None:
+            assert g_ckpt is None
+        else:
+            torch.testing.assert_close(g_ref, g_ckpt, rtol=1e-4, atol=1e-7)
+
+
+def test_decode_range_and_gradient_to_latents():
+    base = make_sd3()
+    x = torch.randn(2, *base.latent_shape, requires_grad=True)
+    img = base.decode(x)
+    assert img.shape == (2, 3, 32, 32)
+    assert img.min() >= 0 and img.max() <= 1
+    (grad,) = torch.autograd.grad(img.mean(), x)
+    assert grad.abs().sum() > 0
+
+
+def test_adapter_save_load_round_trip(tmp_path):
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    sgd_step(base.trainable("student"), base.velocity("student", x, sigma, cond).square().mean())
+    with torch.no_grad():
+        trained = base.velocity("student", x, sigma, cond)
+    path = tmp_path / "student.safetensors"
+    base.save_adapter("student", path)
+    other = make_sd3()
+    other.load_adapter("fake", path)  # adapter-neutral keys: a student adapter loads as fake too
+    other.load_adapter("student", path)
+    with torch.no_grad():
+        torch.testing.assert_close(other.velocity("student", x, sigma, cond), trained)
+        torch.testing.assert_close(other.velocity("fake", x, sigma, cond), trained)
+    with pytest.raises(UserError, match="does not match"):
+        make_sd3(lora=dataclasses.replace(TinySD3.Config().lora, rank=2)).load_adapter("student", path)
+
+
+def test_merged_student_matches_adapter_output():
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    sgd_step(base.trainable("student"), base.velocity("student", x, sigma, cond).square().mean())
+    merged = base.merged_student()
+    assert not any("lora" in k for k in merged.state_dict())
+    with torch.no_grad():
+        want = base.velocity("student", x, sigma, cond)
+        got = base._forward(merged, x, sigma, {k: cond[k] for k in ("embeds", "pooled")})
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_sd3_sigmas_and_step_conditioning_refused():
+    base = make_sd3()
+    torch.testing.assert_close(base.sigmas(4), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
+    x, sigma, cond = inputs(base)
+    with pytest.raises(UserError, match="fake_step_conditioning"):
+        base.velocity("fake", x, sigma, cond, step=torch.zeros(2, dtype=torch.long))
+
+
+def test_tiny_is_deterministic():
+    a, b = make_sd3(), make_sd3()
+    x, sigma, cond = inputs(a)
+    with torch.no_grad():
+        assert torch.equal(a.velocity("teacher", x, sigma, cond), b.velocity("teacher", x, sigma, inputs(b)[2]))
+    assert len(a.train_prompts()) >= 8
+
+
+@pytest.mark.parametrize("cls", [SD3, SD35M])
+def test_missing_weights_local_dir(cls, tmp_path):
+    base = cls(dataclasses.replace(cls.Config(), base_path=str(tmp_path), device="cpu"))
+    with pytest.raises(UserError) as err:
+        base.prepare(None)
+    msg = str(err.value)
+    assert cls.Config().hub_id in msg and base.env_var in msg and "--base-path" in msg
+    assert f"huggingface-cli download {cls.Config().hub_id}" in msg and "transformer/" in msg
+    assert "licence" in msg and str(tmp_path) in msg
+
+
+def test_missing_weights_offline_hub(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 and no local copy: one UserError, no network call, no hub traceback text."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RTDMD_BENCH_SD3_PATH", raising=False)
+    base = SD3(dataclasses.replace(SD3.Config(), device="cpu"))
+    with pytest.raises(UserError) as err:
+        base.prepare(None)
+    msg = str(err.value)
+    assert "RTDMD_BENCH_SD3_PATH" in msg and "stabilityai/stable-diffusion-3-medium-diffusers" in msg
+    assert "Traceback" not in msg
+
+
+def test_env_var_points_at_local_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("RTDMD_BENCH_SD3_PATH", str(tmp_path))
+    with pytest.raises(UserError, match=str(tmp_path)):
+        SD3(dataclasses.replace(SD3.Config(), device="cpu")).prepare(None)
