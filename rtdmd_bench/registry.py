@@ -59,6 +59,15 @@ BASES: dict[str, Entry] = {
 SUITES: dict[str, Entry] = {
     "toy-tilt": Entry("suites.toy_tilt:ToyTilt", "toy2d: KL/MMD/energy distance to the exact tilted target and teacher, reward, mode mass"),
     "digits": Entry("suites.digits:DigitsSuite", "digits: class accuracy, rewards, FID/FID-T on classifier features, diversity"),
+    "geneval": Entry("suites.geneval:GenEval", "GenEval 553 prompts x4: official rules, transformers Mask2Former detector (versioned apart)"),
+    "hpsv2": Entry("suites.preference:HPSv2Suite", "HPSv2 benchmark: 4 styles, HPSv2.1 by default, x100"),
+    "imagereward": Entry("suites.preference:ImageRewardSuite", "ImageReward mean on DrawBench (1 image/prompt, seed 42)"),
+    "pickscore": Entry("suites.preference:PickScoreSuite", "PickScore v1 mean on RTDMD's PickScore test prompts"),
+    "aesthetic": Entry("suites.preference:AestheticSuite", "LAION aesthetic v2 mean on DrawBench"),
+    "clipscore": Entry("suites.preference:ClipScoreSuite", "CLIPScore mean on DrawBench (convention recorded)"),
+    "drawbench": Entry("suites.preference:DrawBench", "RTDMD DrawBench protocol: CLIP, Aesthetic, PickScore, HPSv2.1, ImageReward at once"),
+    "fid": Entry("suites.fid:FID", "clean-fid FID against a reference image folder"),
+    "fid-t": Entry("suites.fid:FIDT", "clean-fid FID against the teacher's samples on the same prompts and seeds"),
 }
 
 REWARDS: dict[str, Entry] = {
