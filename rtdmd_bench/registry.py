@@ -75,6 +75,19 @@ REWARDS: dict[str, Entry] = {
     "toy-linear": Entry("rtdmd_bench.rewards.toy:CappedLinearReward", "toy2d: r(x) = min(a^T x, cap); the cap keeps it bounded"),
     "digit-correct": Entry("rtdmd_bench.rewards.digits:DigitCorrect", "digits: log p(prompted class) under the cached CNN classifier"),
     "digit-ink": Entry("rtdmd_bench.rewards.digits:DigitInk", "digits: stroke ink (mean brightness), a style reward that conflicts with fidelity"),
+    "clipscore": Entry("rtdmd_bench.rewards.clip_based:CLIPScore", "CLIP ViT-L/14 (OpenAI) cosine; RTDMD raw cosine, torchmetrics max(100cos,0) option"),
+    "hpsv2": Entry("rtdmd_bench.rewards.clip_based:HPSv2", "HPSv2.0: open_clip ViT-H-14 + HPS_v2_compressed.pt, cosine (~0.28)"),
+    "hpsv21": Entry("rtdmd_bench.rewards.clip_based:HPSv21", "HPSv2.1: open_clip ViT-H-14 + HPS_v2.1_compressed.pt, cosine (~0.28)"),
+    "pickscore": Entry("rtdmd_bench.rewards.clip_based:PickScore", "PickScore v1: logit_scale.exp() * cos (~20-24); divide_by=26 for RTDMD training"),
+    "aesthetic": Entry("rtdmd_bench.rewards.clip_based:Aesthetic", "LAION aesthetic v2 MLP on normalised CLIP ViT-L/14 embeddings (~1-10)"),
+    "imagereward": Entry("rtdmd_bench.rewards.imagereward:ImageReward", "ImageReward v1.0 (BLIP) in transformers' BLIP classes, official normalisation"),
+    "geneval-partial": Entry("rtdmd_bench.rewards.geneval_partial:GenevalPartial", "GenEval partial credit per clause (RTDMD GRPO reward), non-differentiable"),
+    "tiny-clipscore": Entry("rtdmd_bench.rewards.tiny:TinyCLIPScore", "STAND-IN for clipscore: tiny random CLIP (tests/CI only)"),
+    "tiny-hpsv2": Entry("rtdmd_bench.rewards.tiny:TinyHPSv2", "STAND-IN for hpsv2/hpsv21: tiny random open_clip (tests/CI only)"),
+    "tiny-pickscore": Entry("rtdmd_bench.rewards.tiny:TinyPickScore", "STAND-IN for pickscore: tiny random CLIP (tests/CI only)"),
+    "tiny-aesthetic": Entry("rtdmd_bench.rewards.tiny:TinyAesthetic", "STAND-IN for aesthetic: tiny random CLIP + MLP (tests/CI only)"),
+    "tiny-imagereward": Entry("rtdmd_bench.rewards.tiny:TinyImageReward", "STAND-IN for imagereward: tiny random BLIP (tests/CI only)"),
+    "tiny-geneval-partial": Entry("rtdmd_bench.rewards.tiny:TinyGenevalPartial", "STAND-IN for geneval-partial: tiny random detector + CLIP (tests/CI only)"),
 }
 
 _TABLES = {"methods": METHODS, "bases": BASES, "suites": SUITES, "rewards": REWARDS}

@@ -1,0 +1,224 @@
+"""GenEval partial-credit reward for GRPO (non-differentiable).
+
+RTDMD (like Flow-GRPO, whose reward server it uses) trains SD3 with a GenEval reward that
+gives partial credit per clause instead of GenEval's all-or-nothing image accuracy, on
+GenEval-style *training* prompts (same templates, disjoint from the 553 evaluation prompts).
+The detector, thresholds (0.3; 0.9 under tag "counting"), the 16-per-class cap, NMS off, the
+colour classifier and the position rule are GenEval's (reused from suites/geneval_rules.py
+and suites/geneval_detector.py: transformers Mask2Former instead of mmdet, see there).
+
+Two forms (config `form`):
+- "rtdmd" (default), RTDMD's `evaluate_reward` (rtdmd/rewards/geneval_scorer.py): per include
+  clause a count term 1 - |count - found| / count over ALL detections kept for the class
+  (negative when more than 2x count are found); if the count is not exact, one 0 for the
+  colour/position attribute; else a colour term 1 - |count - n_colour| / count and, if the
+  colour matched, a position term: 0 when the target group did not match, else 1, but a
+  failing object pair appends a 0 *and* the 1 (a quirk of the official loop, reproduced).
+  Exclude clauses do not enter this score. Reward = mean of the terms.
+- "clauses": the fraction of clauses satisfied under GenEval's own evaluation rules, in
+  [0, 1]: per include clause its count (top-`count` detections exist), colour and position
+  sub-clauses; per exclude clause (fewer than `count` found).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from rtdmd_bench.errors import UserError
+from rtdmd_bench.rewards.clip_based import check_inputs
+from suites.geneval_rules import OFFICIAL, Detection, Rules, relative_position, select_detections
+
+ColourFn = Any  # (image (3,H,W), detections of one class, class) -> list of colour names
+
+
+class Detector(Protocol):
+    """What the reward needs from a detector (suites.geneval_detector.Mask2FormerDetector)."""
+
+    def detect(self, images: Tensor) -> list[list[Detection]]:  # (B,3,H,W) in [0,1]
+        ...
+
+
+def _position_ok(found: Sequence[Detection], targets: Sequence[Detection], relation: str,
+                 rules: Rules) -> bool:
+    """Every found object stands in `relation` to every target object (official loop)."""
+    return all(relation in relative_position(a, b, rules) for a in found for b in targets)
+
+
+def rtdmd_partial_credit(image: Tensor, detected: Mapping[str, list[Detection]],
+                         meta: Mapping[str, Any], colour_fn: ColourFn,
+                         rules: Rules = OFFICIAL) -> tuple[float, bool]:
+    """RTDMD's partial-credit reward of one image and whether it is strictly correct
+    (every include clause exact). See the module docstring for the terms."""
+    terms: list[float] = []
+    groups: list[list[Detection] | None] = []
+    strict = True
+    for req in meta.get("include", []):
+        cls, count = req["class"], int(req["count"])
+        found = list(detected.get(cls, []))
+        matched = len(found) == count
+        terms.append(1 - abs(count - len(found)) / count)
+        if not matched and ("color" in req or "position" in req):
+            terms.append(0.0)
+        if matched and "color" in req:
+            n_colour = colour_fn(image, found, cls).count(req["color"])
+            terms.append(1 - abs(count - n_colour) / count)
+            matched = n_colour == count
+        if matched and "position" in req:
+            relation, target = req["position"]
+            if groups[target] is None:
+                matched = False
+                terms.append(0.0)
+            else:
+                if not _position_ok(found, groups[target], relation, rules):
+                    matched = False
+                    terms.append(0.0)
+                terms.append(1.0)  # official: appended after the pair loop even on failure
+        strict = strict and matched
+        groups.append(found if matched else None)
+    return (sum(terms) / len(terms) if terms else 0.0), strict
+
+
+def clause_fraction(image: Tensor, detected: Mapping[str, list[Detection]],
+                    meta: Mapping[str, Any], colour_fn: ColourFn,
+                    rules: Rules = OFFICIAL) -> tuple[float, bool]:
+    """Fraction of GenEval clauses satisfied (GenEval's evaluation semantics) and whether
+    all are (= GenEval's image correctness)."""
+    passed: list[bool] = []
+    groups: list[list[Detection] | None] = []
+    for req in meta.get("include", []):
+        cls, count = req["class"], int(req["count"])
+        found = list(detected.get(cls, []))[:count]
+        ok = len(found) >= count
+        passed.append(ok)
+        if "color" in req:
+            colour_ok = ok and colour_fn(image, found, cls).count(req["color"]) >= count
+            passed.append(colour_ok)
+            ok = ok and colour_ok
+        if "position" in req:
+            relation, target = req["position"]
+            pos_ok = ok and groups[target] is not None and _position_ok(found, groups[target], relation, rules)
+            passed.append(pos_ok)
+            ok = ok and pos_ok
+        groups.append(found if ok else None)
+    for req in meta.get("exclude", []):
+        passed.append(len(detected.get(req["class"], [])) < int(req["count"]))
+    return (sum(passed) / len(passed) if passed else 0.0), all(passed)
+
+
+FORMS = {"rtdmd": rtdmd_partial_credit, "clauses": clause_fraction}
+
+
+def load_metadata(path: Path) -> dict[str, dict[str, Any]]:
+    """GenEval-style metadata jsonl (one {"tag", "include", "exclude"?, "prompt"} per line),
+    indexed by prompt text."""
+    rows: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["prompt"]] = row
+            _ = row["tag"], row["include"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{n}: not a GenEval metadata line ({exc}); expected "
+                            '{"tag": ..., "include": [...], "prompt": ...}') from exc
+    return rows
+
+
+class GenevalPartial:
+    """GenEval partial-credit reward (RTDMD's GRPO reward), non-differentiable."""
+
+    @dataclass
+    class Config:
+        metadata_path: str = ""
+        """GenEval-style training metadata jsonl whose prompts are trained on (else
+        $RTDMD_BENCH_GENEVAL_TRAIN_METADATA); every prompt scored must be in it."""
+        disjoint_from: str = ""
+        """Optional path to GenEval's evaluation_metadata.jsonl: error if any training prompt is in it."""
+        form: Literal["rtdmd", "clauses"] = "rtdmd"
+        """"rtdmd": RTDMD's partial credit (official training reward); "clauses": fraction of clauses met."""
+        models: Literal["official", "stand-in"] = "official"
+        """Detector + colour CLIP: "official" (Mask2Former Swin-S COCO, CLIP ViT-L/14) or tiny stand-ins."""
+        detector_path: str = ""
+        """Local Mask2Former folder (empty = hub facebook/mask2former-swin-small-coco-instance)."""
+        clip_path: str = ""
+        """Local OpenAI CLIP ViT-L/14 checkpoint file for the colour classifier (empty = hub)."""
+        allow_download: bool = True
+        """Let the detector/CLIP loaders use the hub (HF_HUB_OFFLINE still applies)."""
+        batch_size: int = 4
+        """Images per detector forward (scores do not depend on it)."""
+        seed: int = 0
+        """Seed of the stand-in models."""
+
+    name = "geneval-partial"
+    differentiable = False
+
+    def __init__(self, cfg: "GenevalPartial.Config | None" = None, detector: Detector | None = None,
+                 colour_fn: ColourFn | None = None) -> None:
+        """`detector` / `colour_fn` may be injected (tests); then the name says so."""
+        self.cfg = cfg or self.Config()
+        if self.cfg.models == "stand-in":
+            self.name = "tiny-geneval-partial[stand-in]"
+        if detector is not None or colour_fn is not None:
+            self.name = f"{self.name}[injected models]"
+        self.metadata = self._load_metadata()
+        self._detector, self._colour_fn = detector, colour_fn
+
+    def _load_metadata(self) -> dict[str, dict[str, Any]]:
+        path = self.cfg.metadata_path or os.environ.get("RTDMD_BENCH_GENEVAL_TRAIN_METADATA", "")
+        if not path or not Path(path).is_file():
+            raise UserError(
+                f"reward {self.name!r} needs GenEval-style training metadata (jsonl with tag/include/"
+                f"exclude/prompt per line; e.g. Flow-GRPO's dataset/geneval/train_metadata.jsonl): "
+                f"set the reward config field metadata_path=FILE or RTDMD_BENCH_GENEVAL_TRAIN_METADATA"
+                + (f" ({path} is not a file)" if path else ""))
+        rows = load_metadata(Path(path))
+        if self.cfg.disjoint_from:
+            overlap = sorted(set(rows) & set(load_metadata(Path(self.cfg.disjoint_from))))
+            if overlap:
+                raise UserError(f"{len(overlap)} training prompts of {path} are GenEval evaluation "
+                                f"prompts (e.g. {overlap[0]!r}); training prompts must be disjoint")
+        return rows
+
+    def _models(self) -> tuple[Detector, ColourFn]:
+        """Built on first use by the GenEval suite's own loader (same models and settings)."""
+        if self._detector is None or self._colour_fn is None:
+            from suites.geneval import GenEval
+
+            c = self.cfg
+            suite = GenEval(GenEval.Config(models=c.models, detector_path=c.detector_path,
+                                           clip_path=c.clip_path, allow_download=c.allow_download,
+                                           batch_size=c.batch_size, seed=c.seed))
+            detector, colour_fn = suite.models()
+            self._detector = self._detector or detector
+            self._colour_fn = self._colour_fn or colour_fn
+        return self._detector, self._colour_fn
+
+    def lookup(self, prompt: str) -> dict[str, Any]:
+        if prompt not in self.metadata:
+            raise UserError(f"geneval-partial has no metadata for prompt {prompt!r}: train on the "
+                            f"prompts of metadata_path ({len(self.metadata)} prompts)")
+        return self.metadata[prompt]
+
+    @torch.no_grad()
+    def details(self, images: Tensor, prompts: Sequence[str]) -> list[tuple[float, bool]]:
+        """(partial credit, strictly correct) per image."""
+        check_inputs(images, prompts)
+        metas = [self.lookup(p) for p in prompts]
+        detector, colour_fn = self._models()
+        images = images.detach().float().clamp(0, 1)
+        detections = detector.detect(images)
+        score = FORMS[self.cfg.form]
+        return [score(image, select_detections(dets, meta["tag"]), meta, colour_fn)
+                for image, dets, meta in zip(images, detections, metas)]
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
+        scores = [s for s, _ in self.details(images, prompts)]
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
