@@ -225,12 +225,15 @@ class ClipScoreSuite(PreferenceSuite):
 
 class DrawBench(PreferenceSuite):
     """RTDMD's DrawBench protocol: one image per prompt, seed 42, CLIP / Aesthetic / PickScore /
-    HPSv2.1 / ImageReward at once (raw scales, as the rewards return them)."""
+    HPSv2.1 / ImageReward at once (raw scales, as the rewards return them).
+
+    RTDMD's dataset/drawbench/test.txt has 1000 lines: the 200 DrawBench prompts, each 5 times
+    in shuffled order; every line is one sample (the engine's per-index seeds make them differ)."""
 
     @dataclass
     class Config:
         prompts: str = ""
-        """Prompt file; empty = RTDMD's DrawBench test.txt (999 prompts, verified download)."""
+        """Prompt file; empty = RTDMD's DrawBench test.txt (1000 lines, verified download)."""
         scorers: tuple[str, ...] = ("clipscore", "aesthetic", "pickscore", "hpsv21", "imagereward")
         """Reward names for the slots clipscore, aesthetic, pickscore, hpsv21, imagereward, in that order."""
         batch_size: int = 8

@@ -34,7 +34,7 @@ class OfficialFile:
     url: str
     sha256: str
     filename: str
-    lines: int  # expected number of prompts, checked after loading
+    lines: int  # number of prompts (entries) in the file; a shorter run is marked partial
 
 
 # SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream).
@@ -44,7 +44,7 @@ OFFICIAL: dict[str, OfficialFile] = {
         "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", "geneval_evaluation_metadata.jsonl", 553),
     "drawbench": OfficialFile(
         "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/drawbench/test.txt",
-        "9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0", "rtdmd_drawbench_test.txt", 999),
+        "9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0", "rtdmd_drawbench_test.txt", 1000),
     "pickscore": OfficialFile(
         "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/pickscore/test.txt",
         "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
