@@ -98,7 +98,8 @@ class PreferenceSuite:
         return tuple(self.cfg.scorers) if hasattr(self.cfg, "scorers") else (self.cfg.scorer,)
 
     def version_string(self) -> str:
-        return f"{self.suite_name}/{'+'.join(self.scorer_names())}-1"
+        kind = "stand-in:" if self.name.endswith("[stand-in]") else ""
+        return f"{self.suite_name}/{kind}{'+'.join(self.scorer_names())}-1"
 
     def rewards(self) -> dict[str, Any]:
         """Slot -> reward, built on first use (missing weights raise the reward's UserError)."""
@@ -248,7 +249,7 @@ class DrawBench(PreferenceSuite):
     higher_is_better = {s: True for s in slots}
 
     def version_string(self) -> str:
-        return "drawbench/rtdmd-1" if self.name == "drawbench" else f"drawbench/{'+'.join(self.scorer_names())}-1"
+        return "drawbench/rtdmd-1" if self.name == "drawbench" else super().version_string()
 
 
 class HPSv2Suite(PreferenceSuite):
