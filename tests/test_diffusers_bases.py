@@ -191,3 +191,68 @@ def test_env_var_points_at_local_copy(monkeypatch, tmp_path):
     monkeypatch.setenv("RTDMD_BENCH_SD3_PATH", str(tmp_path))
     with pytest.raises(UserError, match=str(tmp_path)):
         SD3(dataclasses.replace(SD3.Config(), device="cpu")).prepare(None)
+
+
+# ---- tiny-flux2 ---------------------------------------------------------------------------------
+from rtdmd_bench.bases.diffusers_flux2 import Flux2Klein4B, Flux2Klein9B, TinyFlux2, klein_mu  # noqa: E402
+
+
+def make_flux2(**overrides) -> TinyFlux2:
+    base = TinyFlux2(dataclasses.replace(TinyFlux2.Config(), **overrides))
+    base.prepare(None)
+    return base
+
+
+def test_flux2_roles_separate_generator_and_packing():
+    base = make_flux2()
+    x, sigma, cond = inputs(base)
+    assert base.latent_shape == (4, 16) and cond["embeds"].shape == (2, 16, 48)
+    with torch.no_grad():
+        t = base.velocity("teacher", x, sigma, cond)
+        assert torch.equal(base.velocity("fake", x, sigma, cond), t)  # fake starts at the teacher
+        assert not torch.allclose(base.velocity("student", x, sigma, cond), t)  # generator: other weights
+        assert base.velocity("teacher", x, sigma, cond, cfg=4.0).shape == (2, 4, 16)
+    assert base.nets.generator is not None
+    sgd_step(base.trainable("student"), base.velocity("student", x, sigma, cond).square().mean())
+    with torch.no_grad():
+        assert torch.equal(base.velocity("teacher", x, sigma, cond), t)
+        assert torch.equal(base.velocity("fake", x, sigma, cond), t)
+        merged = base.merged_student()
+        torch.testing.assert_close(base._forward(merged, x, sigma, {"embeds": cond["embeds"]}),
+                                   base.velocity("student", x, sigma, cond), rtol=1e-4, atol=1e-5)
+    # Official FLUX.2 targets: single-block fused projections carry LoRA too.
+    assert any("single_transformer_blocks.0.attn.to_qkv_mlp_proj" in k for k in base.state_dict("fake"))
+
+
+def test_flux2_shared_generator_option_and_decode():
+    base = make_flux2(separate_generator=False)
+    x, sigma, cond = inputs(base)
+    with torch.no_grad():
+        assert torch.equal(base.velocity("student", x, sigma, cond), base.velocity("teacher", x, sigma, cond))
+    x.requires_grad_(True)
+    img = base.decode(x)
+    assert img.shape == (2, 3, 32, 32) and 0 <= img.min() and img.max() <= 1
+    assert torch.autograd.grad(img.mean(), x)[0].abs().sum() > 0
+
+
+def test_flux2_sigmas_follow_klein_dynamic_shift():
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+    for seq, steps in ((4, 4), (1024, 4), (4096, 8), (5000, 4)):
+        assert klein_mu(seq, steps) == pytest.approx(compute_empirical_mu(seq, steps), rel=1e-9)
+    sig = TinyFlux2(TinyFlux2.Config()).sigmas(4)
+    mu = klein_mu(4, 4)
+    raw = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    want = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + 1 / raw - 1)
+    torch.testing.assert_close(sig, torch.cat([want, torch.zeros(1)]))
+
+
+@pytest.mark.parametrize("cls", [Flux2Klein4B, Flux2Klein9B])
+def test_flux2_missing_weights(cls, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = cls(dataclasses.replace(cls.Config(), base_path=str(tmp_path), device="cpu"))
+    with pytest.raises(UserError) as err:
+        base.prepare(None)
+    msg = str(err.value)
+    assert cls.Config().hub_id in msg and base.env_var in msg and "text_encoder/" in msg
+    assert ("gated" in msg) == (cls is Flux2Klein9B)

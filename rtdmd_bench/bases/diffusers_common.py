@@ -58,20 +58,24 @@ class LoraSettings:
     exactly at the base weights."""
 
 
-def _peft_config(lora: LoraSettings) -> Any:
+def lora_modules(net: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
+    """The Linear modules whose name ends with a target (peft's suffix rule). Non-Linear matches are
+    skipped, so 'attn.to_out' takes FLUX.2's single-block projection but not the double blocks'
+    `to_out` ModuleList (whose `.0` is matched by 'attn.to_out.0'), as the official configs intend."""
+    return {name: m for name, m in net.named_modules()
+            if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)}
+
+
+def _peft_config(names: list[str], lora: LoraSettings) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.targets),
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=names,
                       init_lora_weights=True if lora.init == "default" else "gaussian", lora_dropout=0.0)
 
 
 def lora_parameter_count(net: nn.Module, lora: LoraSettings) -> int:
     """Parameters one adapter adds: r * (in + out) per targeted Linear (works on meta modules)."""
-    total = 0
-    for name, module in net.named_modules():
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in lora.targets):
-            total += lora.rank * (module.in_features + module.out_features)
-    return total
+    return sum(lora.rank * (m.in_features + m.out_features) for m in lora_modules(net, lora.targets).values())
 
 
 class AdapterSwitch:
@@ -88,16 +92,17 @@ class AdapterSwitch:
 
         self.net = net
         self.names = tuple(names)
+        modules = sorted(lora_modules(net, lora.targets))  # before peft wraps them
+        if not modules:
+            raise UserError(f"LoRA targets {lora.targets} match no Linear of {type(net).__name__}: "
+                            "fix --set base.lora.targets=...")
         for i, name in enumerate(self.names):
             with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
                 # peft warns on a second adapter in one model: several adapters is the design here.
                 warnings.filterwarnings("ignore", message=".*multiple adapters.*")
                 torch.manual_seed(seed + 1009 * i)  # deterministic Gaussian A, distinct per adapter
-                net.add_adapter(_peft_config(lora), adapter_name=name)
+                net.add_adapter(_peft_config(modules, lora), adapter_name=name)
         self.layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
-        if not self.layers:
-            raise UserError(f"LoRA targets {lora.targets} match no module of {type(net).__name__}: "
-                            "fix --set base.lora.targets=...")
         self.params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
         for key, p in net.named_parameters():
             for n in self.names:
