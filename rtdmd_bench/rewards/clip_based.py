@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_torch_state, resolve_files, torch_dtype,
 )
@@ -199,7 +200,8 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:  # (B, D), (B, D) -> (B,)
 # ---------------------------------------------------------------------------------------
 # Weight specs and loaders of the real models.
 
-_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "preprocessor_config.json")
+# tokenizer.json (transformers 5 saves only it) or the older vocab.json + merges.txt pair.
+_TOKENIZER_FILES = ("tokenizer.json|vocab.json", "tokenizer_config.json", "preprocessor_config.json")
 _HF_WEIGHTS = ("config.json", "model.safetensors|pytorch_model.bin")
 
 
@@ -452,10 +454,13 @@ class Aesthetic:
         return batched(self._score, images, prompts, self.cfg.batch_size)
 
 
-def load_aesthetic_mlp(path: Path, dtype: str, dim: int = 768) -> nn.Module:
-    """The MLP from its checkpoint; accepts `layers.N.*` (original) or `N.*` (bare Sequential)."""
+def load_aesthetic_mlp(path: Path, dtype: str) -> nn.Module:
+    """The MLP from its checkpoint; accepts `layers.N.*` (original) or `N.*` (bare Sequential).
+    The input width comes from the file (768 for ViT-L/14)."""
     state = load_torch_state(path)
     state = {k.removeprefix("layers."): v for k, v in state.items()}
-    mlp = preference_mlp(dim)
+    if "0.weight" not in state:
+        raise UserError(f"{path} is not the aesthetic MLP (no layers.0.weight); keys: {sorted(state)[:5]}")
+    mlp = preference_mlp(state["0.weight"].shape[1])
     mlp.load_state_dict(state, strict=True)
     return frozen(mlp, torch_dtype(dtype))

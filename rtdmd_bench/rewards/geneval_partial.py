@@ -164,8 +164,7 @@ class GenevalPartial:
                  colour_fn: ColourFn | None = None) -> None:
         """`detector` / `colour_fn` may be injected (tests); then the name says so."""
         self.cfg = cfg or self.Config()
-        if self.cfg.models == "stand-in":
-            self.name = "tiny-geneval-partial[stand-in]"
+        self.name = "tiny-geneval-partial[stand-in]" if self.cfg.models == "stand-in" else "geneval-partial"
         if detector is not None or colour_fn is not None:
             self.name = f"{self.name}[injected models]"
         self.metadata = self._load_metadata()

@@ -118,7 +118,8 @@ def tiny_imagereward(size: TinySize) -> nn.Module:
                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id)
     vision = dict(hidden_size=size.width, intermediate_size=2 * size.width,
                   num_hidden_layers=size.layers, num_attention_heads=size.heads,
-                  image_size=size.image_size, patch_size=size.patch_size)
+                  image_size=size.image_size, patch_size=size.patch_size,
+                  initializer_range=0.2)  # BLIP's default 1e-10 would make the image irrelevant
     pixels = PixelSpec(size=size.image_size, crop=size.image_size)
     return seeded(size.seed, lambda: build_model(med, vision, tok, pixels))
 
@@ -243,3 +244,5 @@ class TinyGenevalPartial(GenevalPartial):
     class Config(GenevalPartial.Config):
         models: Literal["official", "stand-in"] = "stand-in"
         """Tiny random detector + colour CLIP (the point of this stand-in)."""
+
+    name = "tiny-geneval-partial[stand-in]"
