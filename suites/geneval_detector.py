@@ -71,7 +71,7 @@ def resize_for_detector(images: Tensor, s: DetectorSettings) -> tuple[Tensor, tu
     (unpadded) size (h, w)."""
     H, W = images.shape[-2:]
     scale = min(s.short_side / min(H, W), s.max_side / max(H, W))
-    h, w = int(round(H * scale)), int(round(W * scale))
+    h, w = int(H * scale + 0.5), int(W * scale + 0.5)  # mmcv rescale_size rounding
     x = F.interpolate(images.float() * 255, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
