@@ -304,6 +304,7 @@ class DiffusersBase:
     name = "diffusers"
     env_name = "DIFFUSERS"  # RTDMD_BENCH_<env_name>_PATH
     gated = True
+    uses_negative = True  # CFG by an empty-prompt branch (False: guidance-distilled FLUX.1-dev)
     cfg: Any
 
     def __init__(self, cfg: Any) -> None:
@@ -379,6 +380,8 @@ class DiffusersBase:
         self._ready()
         with torch.no_grad():
             pos = self._encode_text(list(prompts))
+            if not self.uses_negative:
+                return pos
             if self._negative is None:
                 self._negative = self._encode_text([""])
         b = len(prompts)
@@ -387,9 +390,7 @@ class DiffusersBase:
 
     def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: dict[str, Tensor],
                  cfg: float | None = None, step: Tensor | None = None) -> Tensor:
-        if step is not None:
-            raise UserError(f"base {self.name!r} does not support fake-score step conditioning: "
-                            "turn it off with --set method.fake_step_conditioning=false")
+        self.check_step(step)
         switch, adapter = self._role(role)
         pos = {k: v for k, v in cond.items() if not k.startswith("neg_")}
         with switch.using(adapter), self._autocast():
@@ -400,6 +401,11 @@ class DiffusersBase:
                 v_c, v_u = self._forward(switch.net, torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
                 v = v_u + cfg * (v_c - v_u)
         return v.float()
+
+    def check_step(self, step: Tensor | None) -> None:
+        if step is not None:
+            raise UserError(f"base {self.name!r} does not support fake-score step conditioning: "
+                            "turn it off with --set method.fake_step_conditioning=false")
 
     def decode(self, x: Tensor) -> Tensor:
         """Latents -> images in [0, 1], (B, 3, H, W); differentiable w.r.t. x."""

@@ -1,0 +1,227 @@
+"""`rtdmd-bench plan`: parameters, memory per GPU and FLOPs of a method on a real base, no weights.
+
+Every network is built on the meta device from `rtdmd_bench.bases.real_configs` (shapes only), so
+the parameter counts are exact for the recorded configs. The rest are documented estimates:
+
+- Memory per GPU = frozen weights x bytes(precision) + LoRA trainables x 16 B (fp32 weight, fp32
+  grad, AdamW m and v; +4 B for the student's EMA copy) + activations. FSDP (full_shard) divides
+  weights and trainable state by N; DDP replicates them.
+- Activations per sample (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+  Transformer Models", eq. 2 without the attention-score term, which flash/SDPA attention does not
+  store): 34 T d bytes per block in 16-bit, i.e. 17 T d values. With gradient checkpointing (the
+  official setting) only each block's input (T d values) is kept plus one live block:
+  (L + 17) T d values; T = image + text tokens, d = width, L = blocks.
+- One transformer forward on one sample: F = 2 P T (every weight does one multiply-add per token;
+  an upper estimate, since text-stream weights only see text tokens) + 4 L T^2 d (attention
+  scores and weighted sum). A backward costs 2F.
+- A training step's cost = samples x forward-equivalents per sample, per `RECIPES` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtdmd_bench.bases.diffusers_common import LoraSettings, lora_parameter_count
+from rtdmd_bench.bases.real_configs import REAL_BASES, Component, RealBase, tiny_bases
+from rtdmd_bench.errors import UserError
+
+WEIGHT_BYTES = {"bf16": 2, "fp32": 4}
+TRAINABLE_BYTES = 16  # fp32 LoRA weight + grad + AdamW first and second moments
+EMA_BYTES = 4  # fp32 EMA of the student LoRA (official generator EMA)
+ACTIVATION_VALUES_PER_BLOCK = 17  # x T x d values (= 34 T d bytes at 16-bit, Korthikanti et al. 2022)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int  # optimiser iterations of this stage in the official recipe (0 = no official run)
+    samples_per_gpu: int  # samples each GPU processes per iteration
+    forwards_per_sample: float  # transformer-forward equivalents per sample per iteration
+    how: str  # where the forward count comes from
+
+
+# Forward-equivalents per sample per iteration (F units; backward = 2F; teacher CFG = 2F):
+# rollout k ~ U{1..4} without grad = 2.5F; fake-score loss fwd+bwd = 3F; AC-DMD consistency =
+# two more fake fwd+bwd = 6F; generator step = rollout 2.5F + backward of the last step 2F +
+# teacher CFG 2F + fake 1F = 7.5F, every 10th (AC-DMD) or 5th (DMD2) iteration.
+# RTDMD stage 2 per sample: 4-step rollout 4F + 2 SubGRPO steps fwd+bwd 6F + last step (student
+# 3F + teacher CFG 2F + fake 1F) + fake step with consistency 9F = 25F; 16 batches x 2 per GPU.
+RECIPES: dict[str, tuple[Stage, ...]] = {
+    "acdmd": (Stage("AC-DMD", 15000, 9, 2.5 + 3 + 6 + 7.5 / 10,
+                    "rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10"),),
+    "dmd2": (Stage("DMD2", 0, 9, 2.5 + 3 + 7.5 / 5, "rollout 2.5F + fake 3F + generator 7.5F/5"),),
+    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, 9, 2.5 + 3 + 6 + 7.5 / 10,
+                    "rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10"),
+              Stage("stage 2 (reward-tilted)", 1000, 16 * 2, 4 + 6 + 6 + 9,
+                    "rollout 4F + SubGRPO 2x3F + last step 6F + fake with consistency 9F")),
+}
+
+
+@dataclass
+class Plan:
+    base: str
+    method: str
+    precision: str
+    parallelism: str
+    num_gpus: int
+    params: dict[str, int]  # component -> parameter count
+    roles: dict[str, str]  # role -> what it is made of
+    lora_per_adapter: int
+    resident_params: int  # every parameter held in memory (one process)
+    separate_copies_params: int  # the same with three full transformer copies (no sharing, no LoRA)
+    resident_param_bytes: int
+    memory_per_gpu: dict[str, float]  # bytes by part
+    flops_per_forward: float
+    stages: list[dict[str, Any]]
+
+
+def build_meta(c: Component) -> nn.Module:
+    """The component on the meta device: shapes and parameter counts, no memory, no weights."""
+    with torch.device("meta"):
+        if c.library == "diffusers":
+            import diffusers
+
+            return getattr(diffusers, c.cls)(**c.kwargs)
+        import transformers
+
+        config = getattr(transformers, c.config_cls)(**c.kwargs)
+        return getattr(transformers, c.cls)(config)
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # shared (tied) parameters counted once
+
+
+def transformer_shape(c: Component) -> tuple[int, int]:
+    """(blocks, width) of a diffusers transformer config."""
+    k = c.kwargs
+    return k["num_layers"] + k.get("num_single_layers", 0), k["num_attention_heads"] * k["attention_head_dim"]
+
+
+def activation_values(blocks: int, tokens: int, width: int, checkpointing: bool = True) -> int:
+    """Stored activation values per sample for one transformer backward (module docstring)."""
+    live = ACTIVATION_VALUES_PER_BLOCK * tokens * width
+    return blocks * tokens * width + live if checkpointing else blocks * live
+
+
+def forward_flops(params: int, blocks: int, tokens: int, width: int) -> float:
+    """F: one transformer forward on one sample = 2 P T + 4 L T^2 d."""
+    return 2.0 * params * tokens + 4.0 * blocks * tokens ** 2 * width
+
+
+def facts(base: str) -> RealBase:
+    table = {**REAL_BASES, **tiny_bases()} if base.startswith("tiny-") else REAL_BASES
+    if base not in table:
+        raise UserError(f"plan knows no base {base!r}; valid: {', '.join([*REAL_BASES, 'tiny-sd3', 'tiny-flux2'])}")
+    return table[base]
+
+
+def lora_settings(base: str) -> LoraSettings:
+    from rtdmd_bench.registry import resolve
+
+    return resolve("bases", base).Config().lora
+
+
+def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp",
+                 num_gpus: int = 8, micro_batch: int | None = None) -> Plan:
+    if precision not in WEIGHT_BYTES:
+        raise UserError(f"--precision must be one of {', '.join(WEIGHT_BYTES)}, got {precision!r}")
+    if parallelism not in ("ddp", "fsdp"):
+        raise UserError(f"--parallelism must be ddp or fsdp, got {parallelism!r}")
+    if num_gpus < 1:
+        raise UserError(f"--num-gpus must be >= 1, got {num_gpus}")
+    rb, lora = facts(base), lora_settings(base)
+    net = build_meta(rb.transformer)
+    params = {"transformer": count(net), "vae": count(build_meta(rb.vae))}
+    for i, enc in enumerate(rb.text_encoders):
+        params[f"text encoder {i + 1} ({enc.cls})"] = count(build_meta(enc))
+    lora_n = lora_parameter_count(net, lora)
+    copies = 2 if rb.separate_generator else 1
+    frozen = params["transformer"] * copies + sum(v for k, v in params.items() if k != "transformer")
+    resident = frozen + 2 * lora_n
+    shard = num_gpus if parallelism == "fsdp" else 1
+
+    blocks, width = transformer_shape(rb.transformer)
+    tokens = rb.image_tokens() + rb.text_tokens
+    batch = micro_batch or rb.micro_batch.get(method, 1)
+    act_bytes = WEIGHT_BYTES[precision]  # activations in the autocast / compute dtype
+    memory = {
+        "frozen weights": frozen * WEIGHT_BYTES[precision] / shard,
+        "LoRA + grads + AdamW + EMA": (2 * lora_n * TRAINABLE_BYTES + lora_n * EMA_BYTES) / shard,
+        f"activations (micro-batch {batch}, checkpointed)": batch * activation_values(blocks, tokens, width) * act_bytes,
+    }
+    f = forward_flops(params["transformer"], blocks, tokens, width)
+    stages = []
+    for st in RECIPES.get(method, ()):
+        per_step = st.samples_per_gpu * num_gpus * st.forwards_per_sample * f
+        stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
+                       "flops_run": per_step * st.steps if st.steps else None,
+                       "samples_per_step": st.samples_per_gpu * num_gpus})
+    gen = "a second frozen copy (generator weights)" if rb.separate_generator else "the shared frozen copy"
+    roles = {"teacher": "shared frozen transformer, adapters disabled",
+             "fake": f"shared frozen transformer + 'fake' LoRA ({lora_n:,} params)",
+             "student": f"{gen} + 'student' LoRA ({lora_n:,} params)"}
+    return Plan(base, method, precision, parallelism, num_gpus, params, roles, lora_n, resident,
+                frozen + (3 - copies) * params["transformer"], frozen * WEIGHT_BYTES[precision] + 2 * lora_n * 4, memory, f, stages)
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2 ** 30:.2f} GiB"
+
+
+def render_plan(plan: Plan) -> list[Any]:
+    """Rich tables: parameters, roles, memory per GPU, FLOPs."""
+    from rich.table import Table
+
+    head = f"{plan.method} on {plan.base}, {plan.precision}, {plan.parallelism} x {plan.num_gpus} GPUs"
+    p = Table(title=f"Parameters ({head})")
+    p.add_column("component")
+    p.add_column("parameters", justify="right")
+    for k, v in plan.params.items():
+        p.add_row(k, f"{v:,}")
+    p.add_row("LoRA per adapter (student, fake)", f"{plan.lora_per_adapter:,}")
+    p.add_row("resident total (shared layout)", f"{plan.resident_params:,}")
+    p.add_row("same with three separate transformer copies", f"{plan.separate_copies_params:,}")
+    r = Table(title="Roles")
+    r.add_column("role")
+    r.add_column("weights")
+    for k, v in plan.roles.items():
+        r.add_row(k, v)
+    m = Table(title="Estimated memory per GPU")
+    m.add_column("part")
+    m.add_column("bytes", justify="right")
+    for k, v in plan.memory_per_gpu.items():
+        m.add_row(k, _gib(v))
+    m.add_row("total", _gib(sum(plan.memory_per_gpu.values())))
+    f = Table(title=f"FLOPs (F = one transformer forward on one sample = {plan.flops_per_forward:.3g})",
+              caption="; ".join(f"{s['stage']}: {s['how']}" for s in plan.stages) or None)
+    for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs"):
+        f.add_column(col, justify="right" if col != "stage" else "left")
+    for s in plan.stages:
+        f.add_row(s["stage"], str(s["samples_per_step"]), f"{s['flops_per_step']:.3g}", str(s["steps"] or "-"),
+                  f"{s['flops_run']:.3g}" if s["flops_run"] else "no official run")
+    if not plan.stages:
+        f.add_row(plan.method, "-", "no cost model for this method", "-", "-")
+    return [p, r, m, f]
+
+
+def main(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp", num_gpus: int = 8) -> Plan:
+    """Entry point of `rtdmd-bench plan`: compute and print."""
+    from rich.console import Console
+
+    plan = compute_plan(method, base, precision, parallelism, num_gpus)
+    console = Console()
+    for table in render_plan(plan):
+        console.print(table)
+    console.print("Estimates: see rtdmd_bench/plan.py for the formulas (weights x precision, 16 B per "
+                  "trainable, checkpointed activations 17 T d per live block, F = 2PT + 4LT^2 d).")
+    return plan
+
+
+def as_dict(plan: Plan) -> dict[str, Any]:
+    return dataclasses.asdict(plan)

@@ -1,0 +1,73 @@
+"""`plan`: meta-device parameter counts, the documented memory/FLOPs formulas, tiny-base reality check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from rtdmd_bench.errors import UserError  # noqa: E402
+from rtdmd_bench.plan import (  # noqa: E402
+    RECIPES, activation_values, compute_plan, forward_flops, main, render_plan,
+)
+
+
+def resident_bytes(base) -> int:
+    modules = [base.nets.transformer, base.nets.vae, base.nets.generator,
+               *[m for m in base.nets.text.values() if isinstance(m, torch.nn.Module)]]
+    seen, total = set(), 0
+    for m in modules:
+        for p in (m.parameters() if m is not None else ()):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+    return total
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux2"])
+def test_plan_matches_what_the_tiny_base_allocates(name):
+    from rtdmd_bench.registry import resolve
+
+    cls = resolve("bases", name)
+    base = cls(cls.Config())
+    base.prepare(None)
+    plan = compute_plan("acdmd", name, precision="fp32")
+    real = resident_bytes(base)
+    assert abs(plan.resident_param_bytes - real) <= 0.10 * real
+    assert plan.lora_per_adapter == sum(p.numel() for p in base.trainable("fake"))
+    assert plan.lora_per_adapter == sum(p.numel() for p in base.trainable("student"))
+    assert plan.params["transformer"] == sum(p.numel() for p in base.nets.transformer.parameters()) \
+        - 2 * plan.lora_per_adapter * (base.nets.generator is None) - plan.lora_per_adapter * (base.nets.generator is not None)
+
+
+def test_formulas():
+    # checkpointed: L block inputs + 17 values per token-width of the one live block
+    assert activation_values(blocks=10, tokens=4, width=8) == 10 * 32 + 17 * 32
+    assert activation_values(blocks=10, tokens=4, width=8, checkpointing=False) == 10 * 17 * 32
+    assert forward_flops(params=100, blocks=2, tokens=3, width=4) == 2 * 100 * 3 + 4 * 2 * 9 * 4
+    # official AC-DMD: 15k fake iterations, generator every 10th
+    assert RECIPES["acdmd"][0].steps == 15000 and RECIPES["rtdmd"][1].steps == 1000
+
+
+def test_parallelism_and_precision_scale_memory():
+    ddp = compute_plan("rtdmd", "tiny-sd3", "bf16", "ddp", 8)
+    fsdp = compute_plan("rtdmd", "tiny-sd3", "bf16", "fsdp", 8)
+    fp32 = compute_plan("rtdmd", "tiny-sd3", "fp32", "ddp", 8)
+    assert fsdp.memory_per_gpu["frozen weights"] == pytest.approx(ddp.memory_per_gpu["frozen weights"] / 8)
+    assert fp32.memory_per_gpu["frozen weights"] == pytest.approx(2 * ddp.memory_per_gpu["frozen weights"])
+    assert len(ddp.stages) == 2 and ddp.stages[1]["flops_run"] == pytest.approx(1000 * ddp.stages[1]["flops_per_step"])
+    with pytest.raises(UserError, match="precision"):
+        compute_plan("rtdmd", "tiny-sd3", "fp8")
+    with pytest.raises(UserError, match="no base"):
+        compute_plan("rtdmd", "sd4")
+
+
+@pytest.mark.parametrize("name,billions", [("sd3", 2.03), ("sd35m", 2.24), ("sd35l", 8.06),
+                                           ("flux2-4b", 3.88), ("flux2-9b", 9.08), ("flux1-dev", 11.9)])
+def test_every_real_base_plans_on_meta(name, billions, capsys):
+    plan = main("rtdmd", name, "bf16", "fsdp", 8)
+    assert plan.params["transformer"] / 1e9 == pytest.approx(billions, rel=0.01)
+    assert plan.resident_params < plan.separate_copies_params
+    assert len(render_plan(plan)) == 4
+    assert "Estimated memory per GPU" in capsys.readouterr().out
