@@ -94,9 +94,10 @@ def _from_hub(spec: WeightSpec, hub_id: str) -> tuple[dict[str, Path], list[str]
 
 
 def _advice(spec: WeightSpec, hub_id: str) -> str:
-    names = " ".join(_alternatives(g)[0] for g in spec.files)
+    # --include with every alternative: which of them a repo holds varies (safetensors or .bin).
+    patterns = " ".join(f'"{n}"' for g in spec.files for n in _alternatives(g))
     return (f"  {spec.what} for {spec.reward!r}: download with "
-            f"`hf download {hub_id} {names} --local-dir DIR` and set the reward config field "
+            f"`hf download {hub_id} --include {patterns} --local-dir DIR` and set the reward config field "
             f"`{spec.field}=DIR` or the environment variable {spec.env_var}=DIR")
 
 
@@ -131,7 +132,7 @@ def resolve_files(requests: Sequence[tuple[WeightSpec, str, str]]) -> list[dict[
             f"reward {reward!r} cannot load its weights; missing files:\n" + "\n".join(problems)
             + "\nTo fix:\n" + "\n".join(advice)
             + "\n  (or run once with network access so the hub cache fills; tests and CI use the"
-              " tiny stand-ins, e.g. 'tiny-" + reward + "')")
+              " tiny-* stand-in rewards instead)")
     return results
 
 
