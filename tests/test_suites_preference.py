@@ -171,3 +171,20 @@ def test_every_preference_suite_resolves_with_documented_config():
             assert f'{f.name}:' in source
         suite = cls()
         assert suite.name == name and suite.higher_is_better and suite.images_per_prompt == 1
+
+
+@pytest.mark.slow
+def test_drawbench_with_the_registered_tiny_scorers():
+    """The real scorer classes with tiny random configs, as CI runs them: labelled stand-in."""
+    if not DRAWBENCH.is_file():
+        pytest.skip("../shared/data is absent")
+    scorers = ("tiny-clipscore", "tiny-aesthetic", "tiny-pickscore", "tiny-hpsv2", "tiny-imagereward")
+    missing = [s for s in scorers if s not in registry.names("rewards")]
+    if missing:
+        pytest.skip(f"stand-in rewards not registered: {missing}")
+    suite = registry.resolve("suites", "drawbench")(DrawBench.Config(prompts=str(DRAWBENCH), scorers=scorers, limit=2))
+    x = images_for(2)
+    result = suite.score(x, suite.prompts(), CTX)
+    assert result["suite"] == "drawbench[stand-in]" and "stand-in" in result["version"]
+    assert all(isinstance(result[k], float) and result[k] == result[k] for k in suite.higher_is_better)
+    assert all("stand-in" in v["name"] for v in result["scorers"].values())
