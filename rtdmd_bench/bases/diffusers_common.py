@@ -475,7 +475,8 @@ class DiffusersBase:
         switch, adapter = self._role("student")
         net = type(switch.net).from_config(switch.net.config)
         net.load_state_dict(switch.merged_state_dict(adapter))
-        return net.to(device=self.device, dtype=self.dtype).eval()
+        net = net.to(self.device)
+        return (net if self.dtype == torch.float32 else net.to(self.dtype)).eval()
 
     def export_student(self, directory: str | Path) -> None:
         """`save_pretrained` (safetensors) of the merged student transformer."""
