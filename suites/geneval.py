@@ -9,10 +9,14 @@ the suite is named "geneval[stand-in]" and is never reported under the official 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
@@ -50,8 +54,8 @@ class GenEval:
         """Images per detector forward (scores do not depend on it)."""
         limit: int = 0
         """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
-        seed: int = 0
-        """Seed of the stand-in models' random initialisation."""
+        stand_in_seed: int = 0
+        """Seed of the stand-in models' random initialisation (not a sampling seed)."""
 
     name = "geneval"
     version = VERSION
@@ -83,14 +87,14 @@ class GenEval:
         if self._detector is None:
             if self.cfg.models == "stand-in":
                 settings = DetectorSettings(short_side=64, max_side=107)
-                self._detector = Mask2FormerDetector(tiny_mask2former(self.cfg.seed), settings, self.cfg.batch_size)
+                self._detector = Mask2FormerDetector(tiny_mask2former(self.cfg.stand_in_seed), settings, self.cfg.batch_size)
             else:
                 source = self.cfg.detector_path or DETECTOR_HUB_ID
                 local_only = bool(self.cfg.detector_path) or not self.cfg.allow_download
                 self._detector = Mask2FormerDetector(load_mask2former(source, local_only), batch_size=self.cfg.batch_size)
         if self._colour_fn is None:
             if self.cfg.models == "stand-in":
-                self._colour_fn = tiny_clip(self.cfg.seed)
+                self._colour_fn = tiny_clip(self.cfg.stand_in_seed)
             else:
                 if not self.cfg.clip_path and not self.cfg.allow_download:
                     raise UserError("GenEval's colour classifier needs OpenAI CLIP ViT-L/14: set "
@@ -134,3 +138,40 @@ class GenEval:
             "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}
                          for i, (ok, reason) in enumerate(judged) if not ok][:50],
         }
+
+
+def write_official_layout(images: Tensor, rows: Sequence[dict[str, Any]], folder: str | Path) -> Path:
+    """Write samples in GenEval's reference layout `<dir>/<idx:05d>/metadata.jsonl` +
+    `samples/NNNN.png` (8-bit PNG), so the official mmdet evaluator can score the same
+    images (agreement studies). images: (P * k, 3, H, W) in [0, 1], prompt-major."""
+    folder = Path(folder)
+    k = images.shape[0] // max(len(rows), 1)
+    if k * len(rows) != images.shape[0]:
+        raise UserError(f"{images.shape[0]} images do not split evenly over {len(rows)} prompts")
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, row in enumerate(rows):
+        samples = folder / f"{i:05d}" / "samples"
+        samples.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+        for j in range(k):
+            Image.fromarray(pixels[i * k + j]).save(samples / f"{j:04d}.png")
+    return folder
+
+
+def read_official_layout(folder: str | Path) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Inverse of `write_official_layout`: (images (P * k, 3, H, W) in [0, 1], rows); every
+    prompt folder must hold the same number k of same-sized samples."""
+    folder = Path(folder)
+    prompt_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file())
+    if not prompt_dirs:
+        raise UserError(f"{folder} has no <idx>/metadata.jsonl folders (GenEval reference layout)")
+    rows, images = [], []
+    for d in prompt_dirs:
+        rows.append(json.loads((d / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[0]))
+        files = sorted((d / "samples").glob("*.png"))
+        if len(files) != len(sorted((prompt_dirs[0] / "samples").glob("*.png"))):
+            raise UserError(f"{d} has {len(files)} samples; every prompt needs the same number")
+        for f in files:
+            arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8)
+            images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(images), rows

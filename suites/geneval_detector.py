@@ -72,7 +72,8 @@ def resize_for_detector(images: Tensor, s: DetectorSettings) -> tuple[Tensor, tu
     H, W = images.shape[-2:]
     scale = min(s.short_side / min(H, W), s.max_side / max(H, W))
     h, w = int(H * scale + 0.5), int(W * scale + 0.5)  # mmcv rescale_size rounding
-    x = F.interpolate(images.float() * 255, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    # mmcv resizes with cv2 INTER_LINEAR: half-pixel bilinear without antialiasing.
+    x = F.interpolate(images.float() * 255, size=(h, w), mode="bilinear", align_corners=False)
     mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     x = (x - mean) / std

@@ -181,3 +181,15 @@ def test_official_models_fail_cleanly_without_weights(tmp_path):
 
     with pytest.raises(UserError, match="clip_path"):
         load_clip(str(tmp_path / "clip.pt"))
+
+
+def test_official_layout_round_trip(tmp_path):
+    from suites.geneval import read_official_layout, write_official_layout
+
+    x = (torch.rand(8, 3, 6, 5, generator=torch.Generator().manual_seed(1)) * 255).round() / 255
+    write_official_layout(x, META[:2], tmp_path)
+    assert (tmp_path / "00001" / "samples" / "0003.png").is_file()
+    images, rows = read_official_layout(tmp_path)
+    assert rows == META[:2] and torch.allclose(images, x, atol=1e-6)
+    with pytest.raises(UserError):
+        write_official_layout(x[:7], META[:2], tmp_path / "bad")
