@@ -10,7 +10,10 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from rtdmd_bench.bases.diffusers_sd3 import SD3, SD35M, TinySD3  # noqa: E402
+from rtdmd_bench.bases.diffusers_common import LoraSettings  # noqa: E402
+from rtdmd_bench.bases.diffusers_flux1 import Flux1Dev  # noqa: E402
+from rtdmd_bench.bases.diffusers_sd3 import SD3, SD35L, SD35M, TinySD3  # noqa: E402
+from rtdmd_bench.core.schedules import few_step_sigmas, flux_mu  # noqa: E402
 from rtdmd_bench.errors import UserError  # noqa: E402
 
 PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]
@@ -164,7 +167,7 @@ def test_tiny_is_deterministic():
     assert len(a.train_prompts()) >= 8
 
 
-@pytest.mark.parametrize("cls", [SD3, SD35M])
+@pytest.mark.parametrize("cls", [SD3, SD35M, SD35L, Flux1Dev])
 def test_missing_weights_local_dir(cls, tmp_path):
     base = cls(dataclasses.replace(cls.Config(), base_path=str(tmp_path), device="cpu"))
     with pytest.raises(UserError) as err:
@@ -256,3 +259,58 @@ def test_flux2_missing_weights(cls, tmp_path, monkeypatch):
     msg = str(err.value)
     assert cls.Config().hub_id in msg and base.env_var in msg and "text_encoder/" in msg
     assert ("gated" in msg) == (cls is Flux2Klein9B)
+
+
+# ---- FLUX.1-dev adapter on a tiny random FLUX.1 (test-only build) ------------------------------
+class _TinyFlux1(Flux1Dev):
+    latent_channels = 4
+
+    def _build(self):
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+        from rtdmd_bench.bases.diffusers_common import TINY_PROMPTS, Networks, word_tokenizer
+        from rtdmd_bench.bases.diffusers_sd3 import TINY_CLIP, TINY_T5, TINY_VAE
+
+        tok = word_tokenizer(TINY_PROMPTS, 77)
+        ids = dict(vocab_size=len(tok), pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        torch.manual_seed(0)
+        return Networks(
+            transformer=FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                               pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
+            vae=AutoencoderKL(**TINY_VAE, scaling_factor=0.3611, shift_factor=0.1159),
+            text={"tok1": tok, "tok2": word_tokenizer(TINY_PROMPTS, 8), "enc1": CLIPTextModel(CLIPTextConfig(**TINY_CLIP, **ids)),
+                  "enc2": T5EncoderModel(T5Config(**TINY_T5, **ids, decoder_start_token_id=0))})
+
+
+def test_flux1_guidance_embedding_instead_of_cfg():
+    base = _TinyFlux1(dataclasses.replace(Flux1Dev.Config(), resolution=32, weights_dtype="fp32",
+                                          autocast_bf16=False, gradient_checkpointing=False, max_sequence_length=8,
+                                          device="cpu", lora=LoraSettings(rank=4, alpha=8.0)))
+    base.prepare(None)
+    x, sigma, cond = inputs(base)
+    assert set(cond) == {"embeds", "pooled"}  # guidance-distilled: no negative branch
+    with torch.no_grad():
+        plain = base.velocity("teacher", x, sigma, cond)
+        guided = base.velocity("teacher", x, sigma, cond, cfg=3.5)
+        assert plain.shape == (2, 4, 16) and not torch.allclose(plain, guided)
+        assert torch.equal(base.velocity("fake", x, sigma, cond), plain)
+    img = base.decode(x)
+    assert img.shape == (2, 3, 32, 32) and 0 <= img.min() and img.max() <= 1
+    mu = flux_mu(4)
+    torch.testing.assert_close(base.sigmas(4), few_step_sigmas(4, mu=mu))
+
+
+def test_memory_benchmark_shared_layout_within_target():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_shared_base.py"
+    spec = importlib.util.spec_from_file_location("memory_shared_base", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    m = bench.measure_tiny(lora_rank=4)
+    one, shared, three = m["one_tf"] + m["rest"], m["shared_tf"] + m["rest"], m["three_tf"] + m["rest"]
+    assert shared <= bench.TARGET * one < three
+    assert m["three_tf"] == 3 * m["one_tf"]
