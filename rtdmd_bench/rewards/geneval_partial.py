@@ -154,8 +154,8 @@ class GenevalPartial:
         """Let the detector/CLIP loaders use the hub (HF_HUB_OFFLINE still applies)."""
         batch_size: int = 4
         """Images per detector forward (scores do not depend on it)."""
-        seed: int = 0
-        """Seed of the stand-in models."""
+        stand_in_seed: int = 0
+        """Seed of the stand-in models' random initialisation."""
 
     name = "geneval-partial"
     differentiable = False
@@ -194,7 +194,7 @@ class GenevalPartial:
             c = self.cfg
             suite = GenEval(GenEval.Config(models=c.models, detector_path=c.detector_path,
                                            clip_path=c.clip_path, allow_download=c.allow_download,
-                                           batch_size=c.batch_size, seed=c.seed))
+                                           batch_size=c.batch_size, stand_in_seed=c.stand_in_seed))
             detector, colour_fn = suite.models()
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
@@ -212,7 +212,8 @@ class GenevalPartial:
         check_inputs(images, prompts)
         metas = [self.lookup(p) for p in prompts]
         detector, colour_fn = self._models()
-        images = images.detach().float().clamp(0, 1)
+        # RTDMD's reward adapter (like the GenEval suite) scores 8-bit images: quantise.
+        images = (images.detach().float().clamp(0, 1) * 255).round() / 255
         detections = detector.detect(images)
         score = FORMS[self.cfg.form]
         return [score(image, select_detections(dets, meta["tag"]), meta, colour_fn)
