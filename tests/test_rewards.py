@@ -169,3 +169,17 @@ def test_hps_loads_a_training_checkpoint_with_state_dict_key(tmp_path, monkeypat
     x = images(2)
     expected = build("tiny-hpsv2", seed=5)(x, PROMPTS[:2])
     torch.testing.assert_close(real(x, PROMPTS[:2]), expected, atol=1e-5, rtol=0)
+
+
+def test_rewards_run_under_the_compute_meter():
+    """Training wraps rewards in MeteredReward (FlopCounterMode + a backward probe)."""
+    from rtdmd_bench.compute import ComputeMeter, MeteredReward
+
+    meter = ComputeMeter()
+    reward = MeteredReward(build("tiny-hpsv21"), meter)
+    x = images(2).requires_grad_(True)
+    scores = reward(x, PROMPTS[:2])
+    scores.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert meter.flops["reward"]["fwd"] > 0 and meter.flops["reward"]["bwd"] > 0
+    assert reward.name == "tiny-hpsv21[stand-in]"

@@ -195,6 +195,17 @@ class TinyHPSv2(HPSv2):
             tiny_open_clip(TinySize(seed=c.seed), c.layout), torch_dtype(c.dtype)))
 
 
+class TinyHPSv21(TinyHPSv2):
+    """Stand-in for `hpsv21` (the same tiny architecture; its own name and seed)."""
+
+    @dataclass
+    class Config(TinyHPSv2.Config):
+        seed: int = 5
+        """Seed of the random weights."""
+
+    name = "tiny-hpsv21[stand-in]"
+
+
 class TinyAesthetic(Aesthetic):
     """Stand-in for `aesthetic`: tiny random CLIP + the aesthetic MLP layout on its embedding."""
 
