@@ -314,3 +314,20 @@ def test_memory_benchmark_shared_layout_within_target():
     one, shared, three = m["one_tf"] + m["rest"], m["shared_tf"] + m["rest"], m["three_tf"] + m["rest"]
     assert shared <= bench.TARGET * one < three
     assert m["three_tf"] == 3 * m["one_tf"]
+
+
+@pytest.mark.slow
+def test_cli_train_without_weights_fails_cleanly(tmp_path):
+    """`train --base sd3` offline without weights: exit status 2, the one message, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RTDMD_BENCH_SD3_PATH", None)
+    proc = subprocess.run([sys.executable, "-m", "rtdmd_bench", "train", "--method", "dmd2", "--base", "sd3",
+                           "--budget", "1T", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    out = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines
+    assert proc.returncode == 2, out
+    assert "RTDMD_BENCH_SD3_PATH" in out and "huggingface-cli download" in out and "Traceback" not in out

@@ -194,7 +194,9 @@ def check_local_weights(path: str, subfolders: Sequence[str]) -> list[str]:
 def load_component(cls: Any, location: str, subfolder: str, local: bool, message: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(location, subfolder=...)`; any hub/file error becomes one UserError."""
     try:
-        return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or offline(), **kwargs)
+        with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or offline(), **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors subclass OSError/ValueError
         raise UserError(message) from err
 
@@ -493,7 +495,8 @@ class DiffusersBase:
         if local:
             missing = check_local_weights(location, subfolders)
             if missing:
+                reason = (f"{', '.join(missing)} missing in the local directory" if Path(location).expanduser().is_dir()
+                          else "the local directory does not exist")
                 raise UserError(missing_weights_message(
-                    self.name, hub_id, env_var or self.env_var, subfolders, location,
-                    f"{', '.join(missing)} missing in the local directory", gated=self.gated))
+                    self.name, hub_id, env_var or self.env_var, subfolders, location, reason, gated=self.gated))
         return location, local
