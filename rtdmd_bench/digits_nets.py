@@ -24,9 +24,10 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,18 @@ class DigitClassifier(nn.Module):
 
 # ----------------------------------------------------------------------------- training
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run tiny-network work on one intra-op thread, then restore the setting. On a shared
+    2-core machine, torch's thread pool makes these small matmuls 10-20x slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _progress(description: str, total: int, enabled: bool) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -245,6 +258,7 @@ def flow_matching_loss(net: FlowNet, x0: Tensor, label: Tensor, gen: torch.Gener
     return F.mse_loss(net(x, sigma, label), eps - x0)
 
 
+@single_thread()
 def train_teacher(cfg: TeacherConfig, progress: bool = True) -> tuple[FlowNet, dict[str, Any]]:
     """Train the flow teacher from scratch, deterministically; return its EMA copy and a log."""
     torch.manual_seed(cfg.seed)
@@ -288,6 +302,7 @@ def classifier_accuracy(clf: DigitClassifier, images: Tensor, labels: Tensor) ->
     return (clf.eval()(images).argmax(1) == labels).float().mean().item()
 
 
+@single_thread()
 def train_classifier(cfg: ClassifierConfig, progress: bool = True) -> tuple[DigitClassifier, dict[str, Any]]:
     """Train the CNN on the train split, deterministically; report held-out accuracy."""
     torch.manual_seed(cfg.seed)
@@ -347,6 +362,7 @@ def guided_velocity(net: FlowNet, x: Tensor, sigma: Tensor, label: Tensor, cfg_s
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
 
+@single_thread()
 @torch.no_grad()
 def teacher_check(teacher: FlowNet, clf: DigitClassifier, cfg_scale: float, samples_per_class: int = 50,
                   steps: int = 50, seed: int = 1234) -> dict[str, Any]:
