@@ -162,7 +162,7 @@ class DMDRL:
     def _backprop_loss(self, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """-mean_b sum_k w_k r_k(decode(x0)) over the differentiable rewards (grad into x0)."""
         r = self.rewards.total(self.base.decode(x0), prompts, differentiable_only=True)  # (B,)
-        return -r.mean(), {"reward": float(r.mean())}
+        return -r.mean(), {"reward": float(r.detach().mean())}
 
     def _grpo_loss(self, prompts: list[str], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """PPO-clip on the stochastic steps of a fresh group rollout (on-policy: ratio 1 at the
