@@ -108,7 +108,7 @@ class DMD2:
             loss_g = dmd.dmd_generator_loss(x0, g)
             logs["gen/grad_norm"] = optim.optimizer_step(self.opt_g, loss_g, self.student_params, cfg.grad_clip, step, "loss_dm")
             self.ema.update()
-            logs["loss_dm"] = float(loss_g)
+            logs["loss_dm"] = float(loss_g.detach())
             x0_fake_train = x0.detach()
         else:
             x0_fake_train, k = self._generate(cond, n, gen, grad=False)
@@ -118,7 +118,7 @@ class DMD2:
         v = self._fake_velocity(sampling.add_noise(x0_fake_train, noise, t), t, cond, k)
         loss_f = dmd.flow_matching_loss(v, x0_fake_train, noise)
         optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
-        logs["loss_fake"] = float(loss_f)
+        logs["loss_fake"] = float(loss_f.detach())
         return logs
 
     def generator(self) -> Any:

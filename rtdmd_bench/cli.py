@@ -98,7 +98,7 @@ def train(
 ) -> None:
     """Train METHOD on BASE until the FLOP budget is spent; checkpoints, metrics and result.json go to
     runs/<run-id>/. `--resume RUN` continues a killed run to the same result."""
-    from rtdmd_bench.compute import format_flops
+    from rtdmd_bench.compute import format_flops, parse_budget
     from rtdmd_bench.config import from_dict, resolve_config
     from rtdmd_bench.runs import RunDir
     from rtdmd_bench.train import train as train_loop
@@ -121,6 +121,7 @@ def train(
         if base_path is not None:
             overrides.append(f"base.base_path={base_path}")
         cfg = resolve_config(method, base, overrides)
+        parse_budget(cfg.train.budget)  # fail before anything is built or written
         rid = run_id or f"{method}-{base}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         import dataclasses
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=rid))

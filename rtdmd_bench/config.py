@@ -70,7 +70,16 @@ SECTIONS = ("run", "train", "method", "base", "reward")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal right under each field) of a dataclass."""
+    """Attribute docstrings (the string literal right under each field) of a dataclass, including
+    fields inherited from dataclass parents (a subclass's own docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):

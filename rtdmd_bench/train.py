@@ -73,8 +73,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
     (used by tests to simulate a crash between checkpoints)."""
     run = RunDir(run_dir)
+    b = build(cfg)  # before touching the folder: bad configs or missing weights write nothing
     run.path.mkdir(parents=True, exist_ok=True)
-    b = build(cfg)
     step, wall_before = 0, 0.0
     if resume:
         step, state = run.load_checkpoint()
