@@ -28,12 +28,14 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from suites import prompt_sets
+from suites.preference import seed_record
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 FIDT_NOTE = ("FID-T: FID of the samples against the teacher's samples on the same prompts and seeds; "
              "no primary definition was found in the papers, this is the suite's own")
 
+FEATURE_SEED = 0  # fixed, so projected/stand-in features are identical across runs and seeds
 FeatureFn = Callable[[Tensor], Tensor]  # (B, 3, 299, 299) in [0, 255] -> (B, D)
 
 
@@ -140,10 +142,11 @@ class _FIDBase:
     def features(self) -> FeatureChoice:
         if self._features is None:
             self._features = choose_features(self.cfg.features, self.cfg.inception_path, self.cfg.feature_dim,
-                                             self.cfg.seed)
+                                             FEATURE_SEED)
         return self._features
 
-    def fid_between(self, images: Tensor, reference_dir: Path | None, reference: Tensor | None) -> dict[str, Any]:
+    def fid_between(self, images: Tensor, reference_dir: Path | None, reference: Tensor | None,
+                    ctx: Any = None) -> dict[str, Any]:
         choice = self.features()
         with tempfile.TemporaryDirectory(prefix="rtdmd-fid-") as tmp:
             samples = Path(tmp) / "samples"
@@ -156,8 +159,8 @@ class _FIDBase:
         full_rank = min(images.shape[0], n_ref) > choice.dim
         out = {"fid": value, "suite": self.name, "version": self.version, "features": choice.label,
                "feature_dim": choice.dim, "n_images": int(images.shape[0]), "n_reference": n_ref,
-               "full_rank": full_rank, "seed": self.seed, "images_per_prompt": 1}
-        notes = []
+               "full_rank": full_rank, **seed_record(self.seed, ctx), "images_per_prompt": 1}
+        notes = [out.pop("seed_note", "")] if "seed_note" in out else []
         if choice.stand_in:
             notes.append("STAND-IN features: the number tests the code path only and is not FID")
         if not full_rank:
@@ -198,13 +201,13 @@ class FID(_FIDBase):
         limit: int = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 0
-        """Sampling seed, and the seed of the random projection / stand-in features."""
+        """Sampling seed of the protocol (recorded; the engine's --seed draws the images)."""
 
     base_name = "fid"
 
     def prompt_file(self) -> Path:
         if not self.cfg.prompts:
-            raise UserError("the fid suite needs a caption file: pass --prompts PATH (e.g. 10k COCO-2014 "
+            raise UserError("the fid suite needs a caption file: pass --set suite.prompts=PATH (e.g. 10k COCO-2014 "
                             "captions as DMD2 used) and `--set suite.reference=FOLDER` with the real images")
         return prompt_sets.resolve("fid", self.cfg.prompts)
 
@@ -213,7 +216,7 @@ class FID(_FIDBase):
         if folder is None or not folder.is_dir():
             raise UserError(f"fid needs a folder of reference images: set `--set suite.reference=FOLDER` "
                             f"(got {self.cfg.reference!r})")
-        return self.fid_between(images, folder, None)
+        return self.fid_between(images, folder, None, ctx)
 
 
 class FIDT(_FIDBase):
@@ -234,7 +237,7 @@ class FIDT(_FIDBase):
         limit: int = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 42
-        """Sampling seed shared by student and teacher, and the seed of the projection / stand-in features."""
+        """Sampling seed shared by student and teacher (recorded; the engine's --seed draws the images)."""
 
     base_name = "fid-t"
 
@@ -250,4 +253,4 @@ class FIDT(_FIDBase):
         if tuple(reference.shape) != tuple(images.shape):
             raise UserError(f"fid-t: teacher samples {tuple(reference.shape)} do not match the student's "
                             f"{tuple(images.shape)}; they must cover the same prompts and seeds")
-        return {**self.fid_between(images, None, reference), "definition": FIDT_NOTE}
+        return {**self.fid_between(images, None, reference, ctx), "definition": FIDT_NOTE}

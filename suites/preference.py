@@ -63,6 +63,16 @@ def per_image(prompts: Sequence[str], images_per_prompt: int) -> list[str]:
     return [p for p in prompts for _ in range(images_per_prompt)]
 
 
+def seed_record(protocol_seed: int, ctx: Any) -> dict[str, Any]:
+    """The protocol's seed and the one the engine sampled with (`ctx.seed`); a mismatch is noted,
+    not hidden (the images were already generated when a suite sees them)."""
+    used = getattr(ctx, "seed", None)
+    out: dict[str, Any] = {"protocol_seed": protocol_seed, "sampling_seed": used}
+    if used is not None and used != protocol_seed:
+        out["seed_note"] = f"sampled with seed {used}; the protocol uses seed {protocol_seed} (pass --seed {protocol_seed})"
+    return out
+
+
 def reward_config(reward: Any) -> dict[str, Any]:
     cfg = getattr(reward, "cfg", None)
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
@@ -126,22 +136,24 @@ class PreferenceSuite:
         return {slot: self.scale * float(reward_scores(r, images, texts, self.cfg.batch_size).mean())
                 for slot, r in self.rewards().items()}
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, ctx: Any = None) -> dict[str, Any]:
         rewards = self.rewards()
         out = {
             "suite": self.name, "version": self.version, "images_per_prompt": self.images_per_prompt,
-            "seed": self.seed, "scale": self.scale,
+            **seed_record(self.seed, ctx), "scale": self.scale,
             "scorers": {s: {"reward": n, "name": str(getattr(rewards[s], "name", n)), "config": reward_config(rewards[s])}
                         for s, n in zip(self.slots, self.scorer_names())},
         }
+        notes = [out.pop("seed_note", "")]
         if self.name.endswith("[stand-in]"):
-            out["note"] = "STAND-IN scorers: these numbers test the code path only and are not the official metric"
+            notes.insert(0, "STAND-IN scorers: these numbers test the code path only and are not the official metric")
+        out["note"] = "; ".join(n for n in notes if n)
         return out
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
         self.check(images, prompts)
         metrics = self.slot_means(images, prompts)
-        return {**metrics, **self.describe(), "n_prompts": len(prompts)}
+        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts)}
 
 
 class ImageRewardSuite(PreferenceSuite):
@@ -275,7 +287,7 @@ class HPSv2Suite(PreferenceSuite):
     def style_prompts(self) -> dict[str, list[str]]:
         """Style -> prompts, read from the folder given in `prompts`."""
         if not self.cfg.prompts:
-            raise UserError(f"the hpsv2 suite needs {HPS_SOURCE}; pass the folder with --prompts DIR "
+            raise UserError(f"the hpsv2 suite needs {HPS_SOURCE}; pass the folder with --set suite.prompts=DIR "
                             f"(files {', '.join(s + '.json' for s in HPS_STYLES)})")
         folder = Path(self.cfg.prompts).expanduser()
         out = {}
@@ -303,4 +315,4 @@ class HPSv2Suite(PreferenceSuite):
             metrics[style] = float(scores[start:start + len(style_prompts)].mean())
             start += len(style_prompts)
         metrics["average"] = sum(metrics[s] for s in HPS_STYLES) / len(HPS_STYLES)
-        return {**metrics, **self.describe(), "n_prompts": len(prompts)}
+        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts)}

@@ -1,4 +1,4 @@
-"""Prompt sets for the suites: from a user path (`--prompts PATH`, i.e. the suite's `prompts`
+"""Prompt sets for the suites: from a user path (`--set suite.prompts=PATH`: the suite's `prompts`
 config field) or a checksum-verified cached download of the official file.
 
 The project never ships prompt files (../shared/data/README.md). Official files are fetched
@@ -71,11 +71,11 @@ def download_verified(url: str, sha256: str, dest: Path, timeout: float = 30.0) 
         got = sha256_of(Path(tmp))
         if got != sha256:
             raise UserError(f"the file downloaded from {url} has SHA-256 {got}, expected {sha256}: the upstream "
-                            f"file changed or the download is corrupt; pass a verified copy with --prompts PATH")
+                            f"file changed or the download is corrupt; pass a verified copy with --set suite.prompts=PATH")
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise UserError(f"could not download the prompt file {url} ({err}); download it yourself and pass "
-                        f"--prompts PATH (suite config field `prompts`)") from err
+                        f"--set suite.prompts=PATH") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -87,10 +87,10 @@ def resolve(official: str, path: str) -> Path:
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"prompt file {p} does not exist; fix --prompts PATH")
+            raise UserError(f"prompt file {p} does not exist; fix --set suite.prompts=PATH")
         return p
     if official not in OFFICIAL:
-        raise UserError(f"the {official!r} prompt set has no verified download; pass its file with --prompts PATH")
+        raise UserError(f"the {official!r} prompt set has no verified download; pass its file with --set suite.prompts=PATH")
     spec = OFFICIAL[official]
     return download_verified(spec.url, spec.sha256, cache_dir("prompts") / spec.filename)
 

@@ -17,7 +17,7 @@ def images(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
 
 
 def ctx_with(teacher):
-    return EvalContext(base=None, rewards=RewardSet(), run_config={}, teacher_samples=teacher)
+    return EvalContext(base=None, rewards=RewardSet(), run_config={}, teacher_samples=teacher, seed=42)
 
 
 def test_fid_t_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
@@ -27,6 +27,7 @@ def test_fid_t_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
     assert same["fid"] == pytest.approx(0.0, abs=1e-6)
     assert same["suite"] == "fid-t[stand-in]" and "STAND-IN" in same["note"] and same["full_rank"]
     assert "no primary definition" in same["definition"] and same["feature_dim"] == 16
+    assert same["sampling_seed"] == same["protocol_seed"] == 42 and "seed" not in same["note"]
     shifted = suite.score(x, ["p"] * 24, ctx_with(lambda: images(24, 0, shift=0.4)))
     assert shifted["fid"] > 0.01
     assert set(suite.higher_is_better) == {"fid"} and suite.higher_is_better["fid"] is False
@@ -59,7 +60,7 @@ def test_missing_inception_weights_and_prompts_are_user_errors(tmp_path):
     assert suite.name == "fid" and "inception-d2048" in suite.version
     with pytest.raises(UserError, match="inception-2015-12-05.pt"):
         suite.features()
-    with pytest.raises(UserError, match="--prompts"):
+    with pytest.raises(UserError, match="suite.prompts="):
         suite.prompts()
     with pytest.raises(UserError):
         FID(FID.Config(feature_dim=-1))

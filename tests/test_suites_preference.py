@@ -83,7 +83,8 @@ def test_single_reward_suite_is_labelled_and_batch_size_invariant(tmp_path):
     assert r1["imagereward"] == pytest.approx(float(x.mean()), abs=1e-6)
     assert r1["imagereward"] == pytest.approx(r8["imagereward"], abs=1e-6)
     assert r1["suite"] == "imagereward[stand-in]" and "STAND-IN" in r1["note"]
-    assert r1["scorers"]["imagereward"]["reward"] == "test-bright" and r1["seed"] == 42
+    assert r1["scorers"]["imagereward"]["reward"] == "test-bright" and r1["protocol_seed"] == 42
+    assert r1["sampling_seed"] == 0 and "protocol uses seed 42" in r1["note"]
     assert set(out1.higher_is_better) <= set(r1) and out1.images_per_prompt == 1
 
 
@@ -109,7 +110,7 @@ def test_drawbench_five_metrics_at_once_on_the_real_prompts():
     assert all(isinstance(result[k], float) for k in suite.higher_is_better)
     assert result["aesthetic"] == pytest.approx(sum(len(p) for p in prompts) / 6)
     assert result["clipscore"] == pytest.approx(float(x.mean()), abs=1e-6)
-    assert result["suite"] == "drawbench[stand-in]" and result["seed"] == 42 and result["images_per_prompt"] == 1
+    assert result["suite"] == "drawbench[stand-in]" and result["protocol_seed"] == 42 and result["images_per_prompt"] == 1
 
 
 def test_drawbench_official_defaults_and_bad_scorer_count():

@@ -75,7 +75,7 @@ def test_txt_and_json_prompt_files(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(UserError):
         prompt_sets.load_prompts(tmp_path / "c.json")
-    with pytest.raises(UserError, match="--prompts"):
+    with pytest.raises(UserError, match="suite.prompts="):
         prompt_sets.resolve("drawbench", str(tmp_path / "missing.txt"))
 
 
@@ -105,6 +105,6 @@ def test_offline_error_names_the_url_and_the_path_option(tmp_path, monkeypatch):
     monkeypatch.setitem(prompt_sets.OFFICIAL, "geneval", prompt_sets.OfficialFile(url, "0" * 64, "g.jsonl", 553))
     with pytest.raises(UserError) as err:
         prompt_sets.resolve("geneval", "")
-    assert url in str(err.value) and "--prompts PATH" in str(err.value)
-    with pytest.raises(UserError, match="--prompts"):
+    assert url in str(err.value) and "--set suite.prompts=PATH" in str(err.value)
+    with pytest.raises(UserError, match="suite.prompts="):
         prompt_sets.resolve("hpsv2-unknown", "")
