@@ -1,0 +1,271 @@
+"""`rtdmd-bench reproduce toy`: every method on the CPU bases at one matched FLOP budget, 3 seeds.
+
+Writes under results/<base>/: the table (Markdown, CSV, LaTeX; mean ± 95% CI over seeds), plots,
+and metadata.json (budget, seeds, versions, git commit, wall time, how to rerun). Runs go to
+runs/reproduce/<base>/<method>-s<seed>/ and are reused: an interrupted reproduce resumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rtdmd_bench.errors import UserError
+
+METHODS = ("dmd2", "acdmd", "rtdmd", "dmd-rl", "gdmd", "gndm", "gndmr")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One CPU benchmark: a base, its suite, the columns of its table and its curve metric."""
+
+    base: str
+    suite: str
+    columns: tuple[tuple[str, str], ...]  # (metric key in the suite JSON, column title)
+    curve_metric: str = ""  # suite metric logged against FLOPs during training
+    curve_every: int = 0
+    teacher_rows: tuple[tuple[str, str, int], ...] = (("teacher (4-step CPS)", "cps", 4),)
+
+
+BENCHES: dict[str, BenchSpec] = {
+    "toy2d": BenchSpec(
+        "toy2d", "toy-tilt",
+        (("kl_target", "KL to tilted target"), ("kl_teacher", "KL to teacher"), ("mmd", "MMD to target"),
+         ("energy_distance", "energy distance"), ("mean_reward", "mean reward"), ("mode_mass_error", "mode-mass error"),
+         ("kl_floor", "estimator floor")),
+        curve_metric="kl_target", curve_every=250,
+        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (100-step Euler)", "euler", 100))),
+    "digits": BenchSpec(
+        "digits", "digits",
+        (("accuracy", "class accuracy"), ("reward.digit-correct", "digit-correct"), ("reward.digit-ink", "digit-ink"),
+         ("fid", "FID (real)"), ("fid_t", "FID-T (teacher)"), ("diversity", "diversity")),
+        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50))),
+}
+GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
+
+
+def _curve(suite_name: str, metric: str, images_per_prompt: int):
+    def curve(built: Any, step: int) -> dict[str, Any]:
+        from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+
+        suite = build_suite(suite_name, {"images_per_prompt": images_per_prompt})
+        spec = SamplerSpec(role="student", num_steps=getattr(built.cfg.method, "num_steps", 4),
+                           eta=getattr(built.cfg.method, "eta", 0.9))
+        with built.method.generator():
+            res = evaluate_suite(suite, built.base, spec, built.rewards, built.cfg.to_dict(), 1, None, None)
+        return {metric: res["metrics"][metric]}
+    return curve
+
+
+def run_one(bench: str, method: str, seed: int, runs_dir: str) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run and evaluate its suite; returns paths and timings."""
+    import torch
+
+    torch.set_num_threads(1)
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import load_for_eval, train
+
+    spec = BENCHES[bench]
+    run_dir = Path(runs_dir) / bench / f"{method}-s{seed}"
+    eval_path = run_dir / "eval" / f"{spec.suite}.json"
+    if eval_path.exists() and (run_dir / "result.json").exists():
+        return {"run": str(run_dir), "reused": True}
+    sets = [f"run.seed={seed}", f"run.run_id={bench}/{method}-s{seed}", "train.threads=1"]
+    if spec.curve_every:
+        sets += [f"train.curve_every={spec.curve_every}", f"train.curve_suite={spec.suite}"]
+    cfg = resolve_config(method, spec.base, sets)
+    if not (run_dir / "result.json").exists():
+        resume = RunDir(run_dir).latest_checkpoint() is not None
+        curve = _curve(spec.suite, spec.curve_metric, 500) if spec.curve_every else None
+        train(cfg, run_dir, resume=resume, curve=curve)
+    b = load_for_eval(run_dir)
+    suite = build_suite(spec.suite)
+    sampler = SamplerSpec(role="student", num_steps=getattr(b.cfg.method, "num_steps", 4),
+                          eta=getattr(b.cfg.method, "eta", 0.9), tag=f"{bench}-{method}-s{seed}")
+    with b.method.generator():
+        evaluate_suite(suite, b.base, sampler, b.rewards, b.cfg.to_dict(), 0, run_dir / "samples", eval_path)
+    return {"run": str(run_dir), "reused": False}
+
+
+def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) -> dict[str, Any]:
+    """Evaluate the teacher's own sampler with the bench's suite (same prompts, seeds, rewards)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+    from rtdmd_bench.train import build
+
+    spec = BENCHES[bench]
+    out = Path(runs_dir) / bench / f"teacher-{kind}{steps}"
+    path = out / "eval" / f"{spec.suite}.json"
+    if not path.exists():
+        cfg = resolve_config("dmd2", spec.base, [])
+        b = build(cfg)
+        sampler = SamplerSpec(role="teacher", num_steps=steps, kind=kind, tag=f"{bench}-teacher")
+        evaluate_suite(build_suite(spec.suite), b.base, sampler, b.rewards, cfg.to_dict(), 0, out / "samples", path)
+    return {"label": label, "eval": str(path)}
+
+
+def _metric(metrics: dict[str, Any], key: str) -> Any:
+    cur: Any = metrics
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
+    from rtdmd_bench.report import Table
+
+    spec = BENCHES[bench]
+    cols = [title for _, title in spec.columns] + ["FLOPs used", "wall time (s)"]
+    table = Table(cols)
+    hib: dict[str, bool] = {}
+    for label, path in teacher_evals.items():
+        data = json.loads(Path(path).read_text())
+        table.add(label, {title: [_metric(data["metrics"], key)] for key, title in spec.columns} | {"FLOPs used": "–"})
+    for method in METHODS:
+        cells: dict[str, list] = {c: [] for c in cols}
+        for seed in range(seeds):
+            run_dir = runs_dir / bench / f"{method}-s{seed}"
+            data = json.loads((run_dir / "eval" / f"{spec.suite}.json").read_text())
+            result = json.loads((run_dir / "result.json").read_text())
+            for key, title in spec.columns:
+                cells[title].append(_metric(data["metrics"], key))
+                top = key.split(".")[0]
+                if top in data["higher_is_better"]:
+                    hib[title] = data["higher_is_better"][top]
+            cells["FLOPs used"].append(result["compute"]["used_flops"])
+            cells["wall time (s)"].append(result["wall_time_s"])
+        table.add(method, cells)
+    table.higher_is_better = hib
+    return table
+
+
+def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rtdmd_bench.runs import RunDir
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in METHODS:
+        for seed in range(seeds):
+            rows = [r for r in RunDir(runs_dir / bench / f"{method}-s{seed}").metrics() if "curve" in r]
+            if rows:
+                ax.plot([r["flops"] for r in rows], [r["curve"][metric] for r in rows], lw=1,
+                        color=f"C{METHODS.index(method)}", alpha=0.8, label=method if seed == 0 else None)
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(f"{metric} (k-NN estimate, 500 samples/prompt)")
+    ax.set_yscale("log")
+    ax.set_title(f"{bench}: {metric} during training (each line one seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, console: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rtdmd_bench import __version__
+    from rtdmd_bench.runs import atomic_write_json, git_commit, versions
+
+    if what not in GROUPS:
+        raise UserError(f"unknown benchmark {what!r}; valid: {', '.join(GROUPS)}")
+    benches = GROUPS[what]
+    t0 = time.perf_counter()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _prepare_caches(benches, console)
+    jobs = [(run_teacher, (b, label, kind, steps, str(runs_dir))) for b in benches for label, kind, steps in BENCHES[b].teacher_rows]
+    jobs += [(run_one, (b, m, s, str(runs_dir))) for b in benches for m in METHODS for s in range(seeds)]
+    teacher: dict[str, dict[str, Path]] = {b: {} for b in benches}
+    with Progress(TextColumn("[bold]reproduce {task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console) as prog:
+        task = prog.add_task("runs", total=len(jobs), what=what, last="")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(fn, *args): args for fn, args in jobs}
+            for fut in cf.as_completed(futures):
+                args = futures[fut]
+                res = fut.result()
+                if "label" in res:
+                    teacher[args[0]][res["label"]] = Path(res["eval"])
+                prog.update(task, advance=1, last=" ".join(map(str, args[:3])))
+    for b in benches:
+        folder = out / b
+        table = build_table(b, runs_dir, seeds, teacher[b])
+        table.write(folder, "table")
+        console.print(table.rich(title=f"{b}: {len(METHODS)} methods x {seeds} seeds, matched budget"))
+        _plots(b, runs_dir, seeds, folder)
+        cfg0 = json.loads((runs_dir / b / f"{METHODS[0]}-s0" / "result.json").read_text())
+        atomic_write_json(folder / "metadata.json", {
+            "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
+            "methods": list(METHODS), "seeds": list(range(seeds)), "budget": cfg0["budget"],
+            "budget_flops": cfg0["compute"]["budget_flops"], "recipe": f"rtdmd_bench/recipes/{b}.yaml",
+            "rtdmd_bench": __version__, "git_commit": git_commit(), "versions": versions(),
+            "wall_time_total_s": time.perf_counter() - t0, "workers": workers,
+            "runs": {m: [str(runs_dir / b / f"{m}-s{s}") for s in range(seeds)] for m in METHODS},
+        })
+    console.print(f"[green]done[/green] in {time.perf_counter() - t0:.0f}s; tables and plots under {out}/")
+
+
+def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:
+    """Build shared caches once, before workers start (so two workers never train the same net)."""
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.train import build
+
+    for b in benches:
+        console.print(f"preparing {b} (cached after the first time)")
+        build(resolve_config("dmd2", BENCHES[b].base, []))
+
+
+def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
+    from rtdmd_bench.evaluate import read_eval  # noqa: F401  (kept for symmetry with tables)
+    from safetensors.torch import load_file
+
+    spec = BENCHES[bench]
+    panels = {}
+    for method in METHODS:
+        files = sorted((runs_dir / bench / f"{method}-s0" / "samples").rglob("*.safetensors"))
+        panels[method] = files
+    if bench == "toy2d":
+        plot_curves(bench, runs_dir, seeds, folder / "kl_vs_flops.png", spec.curve_metric)
+        from rtdmd_bench.config import resolve_config
+        from rtdmd_bench.train import build
+        from suites.toy_tilt import plot_samples_over_target
+
+        b = build(resolve_config("dmd2", "toy2d", []))
+        prompt_index = 0
+        prompt = b.base.train_prompts()[prompt_index]
+        samples = {m: load_file(str(next(f for f in fs if f.name == f"{prompt_index:05d}.safetensors")))["images"]
+                   for m, fs in panels.items() if fs}
+        teacher_dir = runs_dir / bench / "teacher-cps4" / "samples"
+        tfile = next((f for f in teacher_dir.rglob(f"{prompt_index:05d}.safetensors")), None)
+        if tfile is not None:
+            samples = {"teacher (4-step CPS)": load_file(str(tfile))["images"], **samples}
+        plot_samples_over_target(samples, b.base, b.rewards, prompt, folder / "samples_over_target.png")
+    elif bench == "digits":
+        import torch
+
+        from suites.digits import save_digit_grid
+
+        rows = {}
+        for m, fs in panels.items():
+            if fs:
+                rows[m] = torch.stack([load_file(str(f))["images"][0] for f in sorted(fs)[:10]])
+        from rtdmd_bench.evaluate import build_suite
+        prompts = build_suite("digits").prompts()[:10]
+        save_digit_grid(rows, prompts, folder / "samples_grid.png")
