@@ -163,3 +163,20 @@ def test_stand_in_models_run_end_to_end(tmp_path):
     assert "stand-in" in reward.name
     out = reward(torch.rand(2, 3, 64, 64), [r["prompt"] for r in ROWS])
     assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_training_prompts_follow_geneval_templates_and_stay_disjoint():
+    from rtdmd_bench.rewards.geneval_partial import load_metadata, training_metadata
+
+    evaluation = DATA / "geneval" / "evaluation_metadata.jsonl"
+    if not evaluation.is_file():
+        pytest.skip("../shared/data is absent")
+    official = load_metadata(evaluation)
+    drawn = training_metadata(3000, seed=0, exclude=set())
+    assert len({r["prompt"] for r in drawn}) == 3000
+    same = [r for r in drawn if r["prompt"] in official]
+    assert all(r == official[r["prompt"]] for r in same)  # same prompt -> same metadata, key for key
+    assert {r["tag"] for r in same} >= {"single_object", "counting", "colors"}
+    disjoint = training_metadata(500, seed=1, exclude=set(official))
+    assert not {r["prompt"] for r in disjoint} & set(official)
+    assert training_metadata(10, seed=1, exclude=set()) == training_metadata(10, seed=1, exclude=set())

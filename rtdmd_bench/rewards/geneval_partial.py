@@ -18,12 +18,18 @@ Two forms (config `form`):
 - "clauses": the fraction of clauses satisfied under GenEval's own evaluation rules, in
   [0, 1]: per include clause its count (top-`count` detections exist), colour and position
   sub-clauses; per exclude clause (fewer than `count` found).
+
+Training prompts: `training_metadata` / `python -m rtdmd_bench.rewards.geneval_partial` draw
+GenEval-style rows from GenEval's templates, excluding the evaluation prompts. All 80
+single-object prompts are evaluation prompts, so a disjoint set has no single_object rows.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol, Sequence
@@ -33,7 +39,9 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.clip_based import check_inputs
-from suites.geneval_rules import OFFICIAL, Detection, Rules, relative_position, select_detections
+from suites.geneval_rules import (
+    CLASSES, COLORS, OFFICIAL, RELATIONS, Detection, Rules, relative_position, select_detections,
+)
 
 ColourFn = Any  # (image (3,H,W), detections of one class, class) -> list of colour names
 
@@ -132,6 +140,65 @@ def load_metadata(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------
+# GenEval-style training prompts (GenEval's generation templates, spelling as in its file:
+# "an" before a vowel, plural = +"es" after a final "s" else +"s", e.g. "benchs", "buses").
+
+TAG_NAMES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith("s") else "s")
+
+
+def geneval_style_row(tag: str, rng: random.Random) -> dict[str, Any]:
+    """One metadata row of `tag` drawn from GenEval's templates."""
+    a, b = rng.sample(CLASSES, 2)
+    if tag == "single_object":
+        return {"tag": tag, "include": [{"class": a, "count": 1}], "prompt": f"a photo of {_a(a)}"}
+    if tag == "two_object":
+        return {"tag": tag, "include": [{"class": a, "count": 1}, {"class": b, "count": 1}],
+                "prompt": f"a photo of {_a(a)} and {_a(b)}"}
+    if tag == "counting":
+        n = rng.choice(sorted(NUMBERS))
+        return {"tag": tag, "include": [{"class": a, "count": n}], "exclude": [{"class": a, "count": n + 1}],
+                "prompt": f"a photo of {NUMBERS[n]} {_plural(a)}"}
+    if tag == "colors":
+        c = rng.choice(COLORS)
+        return {"tag": tag, "include": [{"class": a, "count": 1, "color": c}], "prompt": f"a photo of {_a(c + ' ' + a)}"}
+    if tag == "position":
+        rel = rng.choice(RELATIONS)
+        return {"tag": tag, "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}],
+                "prompt": f"a photo of {_a(a)} {rel} {_a(b)}"}
+    if tag == "color_attr":
+        ca, cb = rng.sample(COLORS, 2)
+        return {"tag": tag, "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
+                "prompt": f"a photo of {_a(ca + ' ' + a)} and {_a(cb + ' ' + b)}"}
+    raise ValueError(f"unknown GenEval tag {tag!r}; valid: {', '.join(TAG_NAMES)}")
+
+
+def training_metadata(n: int, seed: int, exclude: set[str], tags: Sequence[str] = TAG_NAMES
+                      ) -> list[dict[str, Any]]:
+    """`n` distinct GenEval-style rows, tags in turn, none of whose prompts is in `exclude`
+    (pass the 553 evaluation prompts: training stays disjoint from evaluation)."""
+    rng, rows, seen = random.Random(seed), [], set(exclude)
+    for attempt in range(100 * n):
+        if len(rows) == n:
+            break
+        row = geneval_style_row(tags[attempt % len(tags)], rng)
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+    if len(rows) < n:
+        raise UserError(f"only {len(rows)} distinct GenEval-style prompts for tags {list(tags)}; ask for fewer")
+    return rows
+
+
 class GenevalPartial:
     """GenEval partial-credit reward (RTDMD's GRPO reward), non-differentiable."""
 
@@ -222,3 +289,22 @@ class GenevalPartial:
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         scores = [s for s, _ in self.details(images, prompts)]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+def main() -> None:
+    """Write GenEval-style training metadata disjoint from the evaluation prompts:
+    python -m rtdmd_bench.rewards.geneval_partial --out train.jsonl --n 5000 --exclude EVAL.jsonl"""
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude", default="", help="GenEval evaluation_metadata.jsonl to stay disjoint from")
+    args = parser.parse_args()
+    exclude = set(load_metadata(Path(args.exclude))) if args.exclude else set()
+    rows = training_metadata(args.n, args.seed, exclude)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} GenEval-style training prompts to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
