@@ -90,7 +90,11 @@ class DigitsSuite:
             raise UserError("suite.images_per_prompt must be >= 1")
         self.images_per_prompt = self.cfg.images_per_prompt
         self._prompts = [self.cfg.prompt_template.format(word=w, digit=c) for c, w in enumerate(DIGIT_WORDS)]
-        if [parse_prompt(p) for p in self._prompts] != list(range(NUM_CLASSES)):
+        try:
+            labels = [parse_prompt(p) for p in self._prompts]
+        except UserError as exc:
+            raise UserError(f"suite.prompt_template {self.cfg.prompt_template!r} gives unreadable prompts: {exc}") from exc
+        if labels != list(range(NUM_CLASSES)):
             raise UserError(f"suite.prompt_template {self.cfg.prompt_template!r} must name each digit once")
         self.digit_correct = DigitCorrect(DigitCorrect.Config(classifier=self.cfg.classifier))
         self.digit_ink = DigitInk()
