@@ -193,3 +193,26 @@ def test_official_layout_round_trip(tmp_path):
     assert rows == META[:2] and torch.allclose(images, x, atol=1e-6)
     with pytest.raises(UserError):
         write_official_layout(x[:7], META[:2], tmp_path / "bad")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(120, 200), (600, 1000)])
+def test_colour_crop_preprocessing_matches_open_clips_pil_transform(size):
+    """Our tensor transform vs open_clip's own eval transform (PIL bicubic) on the same 8-bit
+    image: within about one 8-bit level after normalisation (1/255/0.27 = 0.015)."""
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from suites.geneval_rules import clip_preprocess
+
+    small = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    x = torch.nn.functional.interpolate(small, size=size, mode="bilinear", align_corners=False)[0]
+    x = (x * 255).round() / 255
+    pil = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    reference = open_clip.image_transform(224, is_train=False, mean=(0.48145466, 0.4578275, 0.40821073),
+                                          std=(0.26862954, 0.26130258, 0.27577711))(pil)
+    ours = clip_preprocess(x, 224)
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert float((ours - reference).abs().max()) < 0.025
+    assert float((ours - reference).abs().mean()) < 0.006
