@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,3 +332,40 @@ def test_cli_train_without_weights_fails_cleanly(tmp_path):
     out = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines
     assert proc.returncode == 2, out
     assert "RTDMD_BENCH_SD3_PATH" in out and "huggingface-cli download" in out and "Traceback" not in out
+
+
+def test_bf16_weights_autocast_and_checkpointing_keep_fp32_lora():
+    base = make_sd3(weights_dtype="bf16", autocast_bf16=True, gradient_checkpointing=True)
+    x, sigma, cond = inputs(base)
+    assert base.nets.transformer.proj_out.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in base.trainable("student") + base.trainable("fake"))
+    v = base.velocity("student", x, sigma, cond)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    img = base.decode(x - sigma.view(-1, 1, 1, 1) * v)
+    grads = torch.autograd.grad(img.mean(), base.trainable("student"), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_export_student_reloads_with_diffusers(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    base = make_sd3()
+    x, sigma, cond = inputs(base)
+    sgd_step(base.trainable("student"), base.velocity("student", x, sigma, cond).square().mean())
+    base.export_student(tmp_path / "student")
+    net = SD3Transformer2DModel.from_pretrained(tmp_path / "student")
+    with torch.no_grad():
+        torch.testing.assert_close(base._forward(net, x, sigma, {k: cond[k] for k in ("embeds", "pooled")}),
+                                   base.velocity("student", x, sigma, cond), rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_file(tmp_path):
+    base = SD3(dataclasses.replace(SD3.Config(), device="cpu"))
+    with pytest.raises(UserError, match="prompt_file"):
+        base.train_prompts()
+    f = tmp_path / "p.txt"
+    f.write_text("a cat\n\n a dog \n", encoding="utf-8")
+    assert SD3(dataclasses.replace(SD3.Config(), device="cpu", prompt_file=str(f))).train_prompts() == ["a cat", "a dog"]
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pickscore" / "test.txt"
+    if shared.is_file():
+        assert len(SD3(dataclasses.replace(SD3.Config(), device="cpu", prompt_file=str(shared))).train_prompts()) > 1000

@@ -108,6 +108,7 @@ class AdapterSwitch:
             for n in self.names:
                 if f".{n}." in key and "lora_" in key:
                     self.params[n][key.replace(f".{n}.", ".")] = p  # adapter-neutral key
+                    p.data = p.data.float()  # fp32 master weights for AdamW even over bf16 frozen weights
         self.active: str | None = "unset"  # type: ignore[assignment]
         self.activate(None)
 
@@ -346,8 +347,8 @@ class DiffusersBase:
         nets = self._build()
         freeze(nets.transformer, nets.vae, nets.generator, *[m for m in nets.text.values() if isinstance(m, nn.Module)])
         for m in (nets.transformer, nets.vae, nets.generator, *nets.text.values()):
-            if isinstance(m, nn.Module):
-                m.to(self.device)
+            if isinstance(m, nn.Module):  # no-op for weights loaded with torch_dtype; casts tiny ones
+                m.to(device=self.device, dtype=self.dtype)
         seed = int(getattr(self.cfg, "seed", 0))
         shared = nets.generator is None
         self._switch = {"base": AdapterSwitch(nets.transformer, ("fake", "student") if shared else ("fake",),
