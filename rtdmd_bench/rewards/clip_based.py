@@ -86,7 +86,9 @@ def resize_longer_side_pad(images: Tensor, size: int, mode: str = "bicubic",
 
 
 def to_model_pixels(images: Tensor, spec: PixelSpec) -> Tensor:
-    """[0, 1] images (B, 3, H, W) -> normalised model input (B, 3, crop, crop)."""
+    """[0, 1] images (B, 3, H, W) -> normalised model input (B, 3, crop, crop), float32
+    (preprocessing stays in float32 whatever the model dtype; callers cast the result)."""
+    images = images.float()
     if spec.layout == "pad":
         x = resize_longer_side_pad(images, spec.size, spec.mode, spec.antialias)
     else:
@@ -120,7 +122,7 @@ class HFClip(nn.Module):
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
     def image_features(self, images: Tensor) -> Tensor:  # (B,3,H,W) in [0,1] -> (B, D)
-        pixels = to_model_pixels(images, self.pixels)
+        pixels = to_model_pixels(images, self.pixels).to(self.model.logit_scale.dtype)
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
@@ -145,7 +147,8 @@ class OpenClip(nn.Module):
         self.model, self.tokenizer, self.pixels = model, tokenizer, pixels
 
     def image_features(self, images: Tensor) -> Tensor:  # (B,3,H,W) in [0,1] -> (B, D)
-        return self.model.encode_image(to_model_pixels(images, self.pixels))
+        pixels = to_model_pixels(images, self.pixels).to(self.model.logit_scale.dtype)
+        return self.model.encode_image(pixels)
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
         ids = self.tokenizer(list(prompts)).to(self.model.logit_scale.device)
@@ -179,18 +182,21 @@ def batched(score: Callable[[Tensor, list[str]], Tensor], images: Tensor,
             prompts: Sequence[str], batch_size: int) -> Tensor:
     """Apply `score` on chunks of `batch_size` and concatenate: (B,) float32."""
     check_inputs(images, prompts)
+    if batch_size < 1:
+        raise UserError(f"reward batch_size must be >= 1, got {batch_size}")
+    if images.shape[0] == 0:
+        return images.new_zeros(0, dtype=torch.float32)
     prompts = list(prompts)
     out = [score(images[i:i + batch_size], prompts[i:i + batch_size])
-           for i in range(0, images.shape[0], max(1, batch_size))]
+           for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out).float()
 
 
 def placed(module: nn.Module, images: Tensor) -> tuple[nn.Module, Tensor]:
-    """Move the (cached) scorer to the images' device; cast images to its dtype."""
-    param = next(module.parameters())
-    if param.device != images.device:
+    """Move the (cached) scorer to the images' device (the scorer casts after preprocessing)."""
+    if next(module.parameters()).device != images.device:
         module.to(images.device)
-    return module, images.to(param.dtype)
+    return module, images
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:  # (B, D), (B, D) -> (B,)

@@ -116,7 +116,8 @@ class ImageRewardModel(nn.Module):
         self.tokenizer, self.pixels = tokenizer, pixels
 
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,3,H,W) -> (B,)
-        image_embeds = self.vision(pixel_values=to_model_pixels(images, self.pixels)).last_hidden_state
+        pixels = to_model_pixels(images, self.pixels).to(self.vision.dtype)
+        image_embeds = self.vision(pixel_values=pixels).last_hidden_state  # (B, 1+N, Dv)
         tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=PROMPT_TOKENS, return_tensors="pt")
         device = image_embeds.device
