@@ -369,3 +369,54 @@ def test_prompt_file(tmp_path):
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pickscore" / "test.txt"
     if shared.is_file():
         assert len(SD3(dataclasses.replace(SD3.Config(), device="cpu", prompt_file=str(shared))).train_prompts()) > 1000
+
+
+def test_flux_token_layouts_match_the_diffusers_pipelines():
+    """Our unpacking is the inverse of what FluxPipeline / Flux2KleinPipeline do with latents."""
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import Flux2KleinPipeline
+
+    z = torch.randn(2, 4, 8, 8)  # (B, C, H, W) VAE latents, H = W = 2 * side
+    f1 = _TinyFlux1.__new__(_TinyFlux1)
+    f1.side = 4
+    torch.testing.assert_close(f1.unpack_latents(FluxPipeline._pack_latents(z, 2, 4, 8, 8)), z)
+
+    f2 = make_flux2()
+    f2.side = 4
+    vae = f2.nets.vae
+    patched = Flux2KleinPipeline._patchify_latents(z)  # (B, 4C, h, w)
+    mean = vae.bn.running_mean.view(1, -1, 1, 1)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+    tokens = Flux2KleinPipeline._pack_latents((patched - mean) / std)  # what the transformer sees
+    torch.testing.assert_close(f2.unpack_latents(tokens), z, rtol=1e-5, atol=1e-5)
+
+
+def test_text_conditioning_matches_the_diffusers_pipelines():
+    """Same tiny components through the official pipelines' encode_prompt give the same tensors."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, StableDiffusion3Pipeline
+
+    from rtdmd_bench.bases.diffusers_flux2 import _ids
+
+    sd3 = make_sd3()
+    t = sd3.nets.text
+    pipe = StableDiffusion3Pipeline(transformer=sd3.nets.transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                                    vae=sd3.nets.vae, text_encoder=t["enc1"], tokenizer=t["tok1"],
+                                    text_encoder_2=t["enc2"], tokenizer_2=t["tok2"], text_encoder_3=t["enc3"],
+                                    tokenizer_3=t["tok3"])
+    emb, neg, pooled, neg_pooled = pipe.encode_prompt(PROMPTS, None, None, device="cpu",
+                                                      do_classifier_free_guidance=True, max_sequence_length=8)
+    cond = sd3.encode(PROMPTS)
+    for ours, theirs in ((cond["embeds"], emb), (cond["neg_embeds"], neg), (cond["pooled"], pooled),
+                         (cond["neg_pooled"], neg_pooled)):
+        torch.testing.assert_close(ours, theirs)
+
+    f2 = make_flux2()
+    pipe2 = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=f2.nets.vae,
+                               text_encoder=f2.nets.text["enc"], tokenizer=f2.nets.text["tok"],
+                               transformer=f2.nets.transformer)
+    emb2, txt_ids = pipe2.encode_prompt(PROMPTS, device="cpu", max_sequence_length=16,
+                                        text_encoder_out_layers=(1, 2, 3))
+    torch.testing.assert_close(f2.encode(PROMPTS)["embeds"], emb2)
+    ours_txt, ours_img = _ids(16, 2, 2)
+    torch.testing.assert_close(ours_txt, txt_ids[0])
+    torch.testing.assert_close(ours_img, Flux2KleinPipeline._prepare_latent_ids(torch.zeros(1, 16, 2, 2))[0])

@@ -107,12 +107,15 @@ class Flux1Dev(DiffusersBase):
                    pooled_projections=cond["pooled"], timestep=sigma.to(self.dtype), guidance=guidance.float(),
                    img_ids=img_ids.to(x.device), txt_ids=txt_ids.to(x.device), return_dict=False)[0]
 
+    def unpack_latents(self, x: Tensor) -> Tensor:
+        """(B, h*w, 4C) tokens -> (B, C, 2h, 2w) scaled latents (token channel = c * 4 + 2 * dy + dx)."""
+        b, c = x.shape[0], x.shape[-1] // 4
+        z = x.reshape(b, self.side, self.side, c, 2, 2)
+        return z.permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * self.side, 2 * self.side)
+
     def _decode(self, x: Tensor) -> Tensor:
         vae = self.nets.vae
-        b, c = x.shape[0], x.shape[-1] // 4
-        z = x.to(vae.dtype).reshape(b, self.side, self.side, c, 2, 2)  # unpack 2x2 tokens
-        z = z.permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * self.side, 2 * self.side)  # (B, C, h, w)
-        z = z / vae.config.scaling_factor + vae.config.shift_factor
+        z = self.unpack_latents(x.to(vae.dtype)) / vae.config.scaling_factor + vae.config.shift_factor
         return vae.decode(z, return_dict=False)[0]
 
     def sigmas(self, num_steps: int) -> Tensor:

@@ -138,15 +138,20 @@ class Flux2Klein4B(DiffusersBase):
                    timestep=sigma.to(self.dtype), img_ids=img_ids.to(x.device), txt_ids=txt_ids.to(x.device),
                    guidance=None, return_dict=False)[0]
 
-    def _decode(self, x: Tensor) -> Tensor:
+    def unpack_latents(self, x: Tensor) -> Tensor:
+        """(B, h*w, 4C) tokens -> (B, C, 2h, 2w) VAE latents: un-normalise with the VAE's BatchNorm
+        statistics (over the 4C patchified channels), then undo the 2x2 patchify."""
         vae = self.nets.vae
         b, c4 = x.shape[0], x.shape[-1]
-        z = x.to(vae.dtype).transpose(1, 2).reshape(b, c4, self.side, self.side)  # (B, 4C, h, w)
+        z = x.transpose(1, 2).reshape(b, c4, self.side, self.side)  # tokens are row-major (h, w)
         std = torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps).view(1, -1, 1, 1)
         z = z * std.to(z.dtype) + vae.bn.running_mean.view(1, -1, 1, 1).to(z.dtype)
-        z = z.reshape(b, c4 // 4, 2, 2, self.side, self.side)  # unpatchify 2x2 -> (B, C, 2h, 2w)
-        z = z.permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * self.side, 2 * self.side)
-        return vae.decode(z, return_dict=False)[0]
+        z = z.reshape(b, c4 // 4, 2, 2, self.side, self.side)  # channel = c * 4 + 2 * dy + dx
+        return z.permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * self.side, 2 * self.side)
+
+    def _decode(self, x: Tensor) -> Tensor:
+        vae = self.nets.vae
+        return vae.decode(self.unpack_latents(x.to(vae.dtype)), return_dict=False)[0]
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, mu=klein_mu(self.side * self.side, num_steps))

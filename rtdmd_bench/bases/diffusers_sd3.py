@@ -22,6 +22,7 @@ from rtdmd_bench.bases.diffusers_common import (
     TINY_PROMPTS, DiffusersBase, DiffusersConfig, LoraSettings, Networks, load_component, word_tokenizer,
 )
 from rtdmd_bench.core.schedules import few_step_sigmas
+from rtdmd_bench.errors import UserError
 
 SD3_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
                   "tokenizer", "tokenizer_2", "tokenizer_3")
@@ -48,7 +49,6 @@ class SD3(DiffusersBase):
         super().__init__(cfg)
         side = cfg.resolution // self.vae_scale
         if cfg.resolution % (self.vae_scale * 2):
-            from rtdmd_bench.errors import UserError
             raise UserError(f"base.resolution={cfg.resolution} must be a multiple of {self.vae_scale * 2}")
         self.latent_shape = (self.latent_channels, side, side)
 
