@@ -2,7 +2,7 @@
 
 - accuracy: share of samples the cached digits CNN labels with the prompted class (the
   GenEval analogue: does the image show what the prompt asked for).
-- reward/<name>: mean of every reward of the run, plus `digit-correct` and `digit-ink` always.
+- reward: {name: mean} of every reward of the run, plus `digit-correct` and `digit-ink` always.
 - fid: Frechet distance to the 360 held-out real digits; fid_t: to the teacher's samples on
   the same prompts and seeds (FID-T, PROTOCOLS.md "FID": no primary definition exists, this is
   the suite's). Both use the classifier's penultimate features (d=64 by default), not
@@ -102,9 +102,9 @@ class DigitsSuite:
         held_x, _ = load_split("held_out")
         with torch.no_grad():
             self.held_out_features = self.classifier.features(held_x)  # (360, d)
+        # "reward" is a dict {name: mean}; report.py flattens it to reward.<name> columns.
         self.higher_is_better: dict[str, bool] = {
-            "accuracy": True, "fid": False, "fid_t": False, "diversity": True,
-            "reward/digit-correct": True, "reward/digit-ink": True}
+            "accuracy": True, "fid": False, "fid_t": False, "diversity": True, "reward": True}
 
     def prompts(self) -> list[str]:
         return list(self._prompts)
@@ -142,9 +142,7 @@ class DigitsSuite:
         rewards = {"digit-correct": self.digit_correct, "digit-ink": self.digit_ink}
         run_rewards = getattr(getattr(ctx, "rewards", None), "rewards", None) or {}
         rewards.update(run_rewards)
-        for name, reward in rewards.items():
-            out[f"reward/{name}"] = reward(images, per_image).float().mean().item()
-            self.higher_is_better[f"reward/{name}"] = True
+        out["reward"] = {name: reward(images, per_image).float().mean().item() for name, reward in rewards.items()}
         out["fid"] = frechet_distance(feats, self.held_out_features)
         notes = [f"FID on digits-classifier penultimate features (d={d}) against the "
                  f"{len(self.held_out_features)} held-out real digits; not comparable with Inception FID"]
@@ -164,8 +162,8 @@ class DigitsSuite:
             notes.append("diversity skipped: one sample per prompt")
         per_class = [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else math.nan
                      for c in range(NUM_CLASSES)]
-        out["info"] = {"accuracy_per_class": per_class, "feature_dim": d, "num_images": len(per_image),
-                       "notes": notes}
+        out["accuracy_per_class"] = per_class  # a list: kept in the JSON, not a table column
+        out["note"] = "; ".join(notes)
         return out
 
 

@@ -116,10 +116,11 @@ def test_real_held_out_digits_score_high_accuracy_and_zero_fid(suite: DigitsSuit
     out = suite.score(images, prompts, EvalContext(base=None, rewards=RewardSet(), run_config={}))
     assert out["accuracy"] > 0.95
     assert abs(out["fid"]) < 1e-6  # the held-out set against itself
-    assert "fid_t" not in out and any("fid_t skipped" in n for n in out["info"]["notes"])
-    assert any("penultimate features (d=64)" in n for n in out["info"]["notes"])
-    assert out["diversity"] > 0 and out["reward/digit-ink"] == pytest.approx(images.mean().item(), abs=1e-6)
-    for key in ("accuracy", "fid", "diversity", "reward/digit-correct", "reward/digit-ink"):
+    assert "fid_t" not in out and "fid_t skipped" in out["note"]
+    assert "penultimate features (d=64)" in out["note"] and len(out["accuracy_per_class"]) == 10
+    assert out["diversity"] > 0 and out["reward"]["digit-ink"] == pytest.approx(images.mean().item(), abs=1e-6)
+    assert set(out["reward"]) == {"digit-correct", "digit-ink"}
+    for key in ("accuracy", "fid", "fid_t", "diversity", "reward"):
         assert key in suite.higher_is_better
     assert suite.higher_is_better["fid"] is False and suite.higher_is_better["accuracy"] is True
 
@@ -153,7 +154,7 @@ def test_suite_scores_the_runs_rewards_and_checks_sizes(suite: DigitsSuite) -> N
     ctx = EvalContext(base=None, rewards=RewardSet(rewards={"capped-ink": ink}, weights={"capped-ink": 1.0}),
                       run_config={})
     out = suite.score(images[:40], suite.prompts(), ctx)
-    assert out["reward/capped-ink"] == pytest.approx(0.1) and suite.higher_is_better["reward/capped-ink"]
+    assert out["reward"]["capped-ink"] == pytest.approx(0.1) and suite.higher_is_better["reward"]
     with pytest.raises(UserError, match="do not match"):
         suite.score(images[:39], suite.prompts(), ctx)
 

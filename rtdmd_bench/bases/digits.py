@@ -52,10 +52,6 @@ class DigitsConfig:
     Turn off only for deliberately tiny test teachers."""
     progress: bool = True
     """Show rich progress bars while training the cached networks."""
-    torch_threads: int | None = 1
-    """Intra-op threads torch uses once `prepare` has run (a process-wide setting): these tiny
-    networks run fastest on one thread, many times faster than on a contended 2-core pool.
-    None leaves torch's default."""
 
 
 def _check_path(cfg: DigitsConfig) -> Any:
@@ -108,8 +104,6 @@ class Digits:
         Nothing is charged to "init": the teacher is the pretrained model every method shares
         (like SD3's weights on the real bases), not part of the distillation, and copying
         weights costs no FLOPs."""
-        if self.cfg.torch_threads is not None:
-            torch.set_num_threads(self.cfg.torch_threads)
         self.prepared = prepare_digits(self.cfg)
         check = self.prepared["teacher_check"]
         if self.cfg.require_teacher_check and not check["passed"]:
