@@ -420,3 +420,23 @@ def test_text_conditioning_matches_the_diffusers_pipelines():
     ours_txt, ours_img = _ids(16, 2, 2)
     torch.testing.assert_close(ours_txt, txt_ids[0])
     torch.testing.assert_close(ours_img, Flux2KleinPipeline._prepare_latent_ids(torch.zeros(1, 16, 2, 2))[0])
+
+
+def test_metered_calls_charge_flops_and_keep_gradients():
+    from rtdmd_bench.compute import ComputeMeter, MeteredBase
+
+    base = make_sd3()
+    meter = ComputeMeter()
+    metered = MeteredBase(base, meter)
+    x, sigma, cond = inputs(base)
+    loss = metered.velocity("student", x, sigma, cond).square().mean()
+    loss.backward()
+    assert meter.flops["student"]["fwd"] > 0 and meter.flops["student"]["bwd"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in base.trainable("student"))
+    with torch.no_grad():
+        metered.velocity("teacher", x, sigma, cond)
+        plain = meter.flops["teacher"]["fwd"]
+        metered.velocity("teacher", x, sigma, cond, cfg=4.5)
+    assert meter.flops["teacher"]["fwd"] - plain == pytest.approx(2 * plain, rel=0.05)  # CFG = two branches
+    metered.decode(x)
+    assert meter.flops["decode"]["fwd"] > 0

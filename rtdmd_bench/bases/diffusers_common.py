@@ -300,7 +300,7 @@ class Networks:
 class DiffusersBase:
     """`Base` over a diffusers transformer + VAE + text encoders (see module docstring).
 
-    Family subclasses set `name`, `env_name`, `hub_id_field` facts and implement `_build`,
+    Family subclasses set `name`, `env_name`, `gated` and implement `_build`,
     `_encode_text`, `_forward`, `_decode`, `sigmas` and `latent_shape`.
     """
 
