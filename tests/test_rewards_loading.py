@@ -224,3 +224,11 @@ def test_imagereward_mapping_rejects_foreign_keys():
         imagereward.map_checkpoint({"model.diffusion.weight": torch.zeros(1)})
     with pytest.raises(UserError, match="visual_encoder"):
         imagereward.map_checkpoint({"blip.visual_encoder.head.weight": torch.zeros(1)})
+
+
+def test_imagereward_incomplete_checkpoint_is_a_clear_error():
+    model = tiny.tiny_imagereward(tiny.TinySize(seed=4))
+    state = official_state(model, seed=11)
+    del state["blip.visual_encoder.blocks.0.attn.qkv.weight"]
+    with pytest.raises(UserError, match=r"visual_encoder.*1 missing keys"):
+        imagereward.load_into(model, state)

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.loading import (
-    WeightSpec, cached_model, folder_of, frozen, load_torch_state, resolve_files, torch_dtype,
+    WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
+    torch_dtype,
 )
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -381,7 +382,7 @@ class HPSv2:
             if arch is None:
                 raise ValueError(f"open_clip has no architecture {c.arch!r}")
             model = open_clip.CLIP(**arch)
-            model.load_state_dict(load_torch_state(files[c.checkpoint]), strict=True)
+            load_strict(model, load_torch_state(files[c.checkpoint]), f"{c.checkpoint} (open_clip {c.arch})")
             size = arch["vision_cfg"]["image_size"]
             pixels = PixelSpec(size=size, crop=size, layout=c.layout)
             tok = open_clip.SimpleTokenizer(context_length=arch["text_cfg"]["context_length"])
@@ -468,5 +469,5 @@ def load_aesthetic_mlp(path: Path, dtype: str) -> nn.Module:
     if "0.weight" not in state:
         raise UserError(f"{path} is not the aesthetic MLP (no layers.0.weight); keys: {sorted(state)[:5]}")
     mlp = preference_mlp(state["0.weight"].shape[1])
-    mlp.load_state_dict(state, strict=True)
+    load_strict(mlp, state, f"aesthetic MLP {path}")
     return frozen(mlp, torch_dtype(dtype))

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.clip_based import PixelSpec, batched, placed, preference_mlp, to_model_pixels
 from rtdmd_bench.rewards.loading import (
-    WeightSpec, cached_model, folder_of, frozen, load_torch_state, resolve_files, torch_dtype,
+    WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
+    torch_dtype,
 )
 
 REWARD_MEAN = 0.16717362830052426  # ImageReward.mean: subtracted from the MLP output
@@ -142,9 +143,9 @@ def build_model(med: dict[str, Any], vision: dict[str, Any], tokenizer: Any,
 def load_into(model: ImageRewardModel, state: dict[str, Tensor]) -> None:
     """Load an official-format state dict (strict on every part)."""
     parts = map_checkpoint(state)
-    model.vision.load_state_dict(parts["vision"], strict=True)
-    model.text.load_state_dict(parts["text"], strict=True)
-    model.mlp.load_state_dict(parts["mlp"], strict=True)
+    load_strict(model.vision, parts["vision"], "ImageReward visual_encoder (BLIP ViT)")
+    load_strict(model.text, parts["text"], "ImageReward text_encoder (BLIP BERT)")
+    load_strict(model.mlp, parts["mlp"], "ImageReward MLP head")
 
 
 def blip_tokenizer(tokenizer: Any) -> Any:

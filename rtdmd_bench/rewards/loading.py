@@ -162,6 +162,20 @@ def load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """`load_state_dict(strict=True)`, with a mismatch reported as a UserError naming keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise UserError(
+            f"{what} does not match the expected architecture: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of another "
+            f"shape {shapes[:3]}; check that the file is the right release for this reward")
+    module.load_state_dict(state, strict=True)
+
+
 # ---------------------------------------------------------------------------------------
 # Per-process model cache keyed by config.
 
