@@ -43,6 +43,7 @@ SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
 CACHE_FORMAT = 1  # bump when the architectures or training code change meaning
 IMAGE_SHAPE = (1, 8, 8)
+TEACHER_CHECK_THRESHOLD = 0.9  # issue 4: >= 90% of 50-step CFG samples labelled as prompted
 
 
 # ----------------------------------------------------------------------------- data
@@ -374,7 +375,7 @@ def teacher_check(teacher: FlowNet, clf: DigitClassifier, cfg_scale: float, samp
     correct = (clf(x0.clamp(-1, 1)).argmax(1) == label).float()
     per_class = correct.view(NUM_CLASSES, samples_per_class).mean(1)
     acc = correct.mean().item()
-    return {"accuracy": acc, "per_class": [round(a, 4) for a in per_class.tolist()], "passed": acc >= 0.9,
+    return {"accuracy": acc, "per_class": [round(a, 4) for a in per_class.tolist()], "passed": acc >= TEACHER_CHECK_THRESHOLD,
             "cfg_scale": cfg_scale, "steps": steps, "samples_per_class": samples_per_class, "seed": seed}
 
 

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 
 from rtdmd_bench.compute import measure_flops
 from rtdmd_bench.core.schedules import few_step_sigmas
-from rtdmd_bench.digits_nets import (IMAGE_SHAPE, NUM_CLASSES, ClassifierConfig, FlowNet, TeacherConfig,
-                                     cache_key, cache_paths, guided_velocity, load_classifier, load_teacher,
-                                     parse_prompts, teacher_check, write_json_atomic, DIGIT_WORDS)
+from rtdmd_bench.digits_nets import (DIGIT_WORDS, IMAGE_SHAPE, NUM_CLASSES, TEACHER_CHECK_THRESHOLD, ClassifierConfig,
+                                     FlowNet, TeacherConfig, cache_key, cache_paths, guided_velocity,
+                                     load_classifier, load_teacher, parse_prompts, teacher_check,
+                                     write_json_atomic)
 from rtdmd_bench.errors import UserError
 
 
@@ -54,33 +55,36 @@ class DigitsConfig:
     """Show rich progress bars while training the cached networks."""
 
 
-def _check_path(cfg: DigitsConfig) -> Any:
-    _, teacher_meta = cache_paths("teacher", cfg.teacher)
-    key = f"{cache_key('classifier', cfg.classifier)}-w{cfg.default_cfg:g}-n{cfg.check_samples_per_class}-s{cfg.check_steps}"
-    return teacher_meta, key
+def _check_key(cfg: DigitsConfig) -> str:
+    """Which check: the result depends on the classifier, the guidance scale and the sampler."""
+    return (f"{cache_key('classifier', cfg.classifier)}-w{cfg.default_cfg:g}-n{cfg.check_samples_per_class}"
+            f"-s{cfg.check_steps}")
+
+
+def _build(cfg: DigitsConfig, force: bool) -> tuple[FlowNet, dict[str, Any]]:
+    """(teacher, info): load or train both networks, run the check once per key, record it."""
+    clf, clf_meta = load_classifier(cfg.classifier, force=force, progress=cfg.progress)
+    teacher, t_meta = load_teacher(cfg.teacher, force=force, progress=cfg.progress)
+    t_path, t_meta_path = cache_paths("teacher", cfg.teacher)
+    c_path, c_meta_path = cache_paths("classifier", cfg.classifier)
+    check = t_meta.get("checks", {}).get(_check_key(cfg))
+    if check is None or force:
+        check = teacher_check(teacher, clf, cfg.default_cfg, cfg.check_samples_per_class, cfg.check_steps)
+        t_meta.setdefault("checks", {})[_check_key(cfg)] = check
+        write_json_atomic(t_meta_path, t_meta)
+    return teacher, {"teacher": str(t_path), "teacher_meta": str(t_meta_path), "classifier": str(c_path),
+                     "classifier_meta": str(c_meta_path),
+                     "classifier_held_out_accuracy": clf_meta["held_out_accuracy"], "teacher_check": check}
 
 
 def prepare_digits(cfg: DigitsConfig | None = None, force: bool = False) -> dict[str, Any]:
-    """Build (if absent, or if `force`) and load the digits classifier and teacher caches, run
-    the teacher check and record it in the teacher's metadata JSON.
+    """Build (if absent, or if `force`) the digits classifier and teacher caches, run the
+    teacher check and record it in the teacher's metadata JSON (under "checks").
 
-    Returns {"teacher": path, "classifier": path, "teacher_meta": path, "classifier_meta": path,
+    Returns {"teacher": path, "teacher_meta": path, "classifier": path, "classifier_meta": path,
     "classifier_held_out_accuracy": float, "teacher_check": {...}}. Used by
-    `rtdmd-bench prepare digits` and, on first use, by `Digits.prepare`."""
-    cfg = cfg or DigitsConfig()
-    clf, clf_meta = load_classifier(cfg.classifier, force=force, progress=cfg.progress)
-    teacher, t_meta = load_teacher(cfg.teacher, force=force, progress=cfg.progress)
-    meta_path, check_key = _check_path(cfg)
-    check = t_meta.get("checks", {}).get(check_key)
-    if check is None or force:
-        check = teacher_check(teacher, clf, cfg.default_cfg, cfg.check_samples_per_class, cfg.check_steps)
-        t_meta.setdefault("checks", {})[check_key] = check
-        write_json_atomic(meta_path, t_meta)
-    t_path, _ = cache_paths("teacher", cfg.teacher)
-    c_path, c_meta_path = cache_paths("classifier", cfg.classifier)
-    return {"teacher": str(t_path), "teacher_meta": str(meta_path), "classifier": str(c_path),
-            "classifier_meta": str(c_meta_path), "classifier_held_out_accuracy": clf_meta["held_out_accuracy"],
-            "teacher_check": check}
+    `rtdmd-bench prepare digits`; `Digits.prepare` does the same on first use."""
+    return _build(cfg or DigitsConfig(), force)[1]
 
 
 class Digits:
@@ -104,14 +108,13 @@ class Digits:
         Nothing is charged to "init": the teacher is the pretrained model every method shares
         (like SD3's weights on the real bases), not part of the distillation, and copying
         weights costs no FLOPs."""
-        self.prepared = prepare_digits(self.cfg)
+        teacher, self.prepared = _build(self.cfg, force=False)
         check = self.prepared["teacher_check"]
         if self.cfg.require_teacher_check and not check["passed"]:
             raise UserError(
-                f"digits: the teacher labels only {check['accuracy']:.1%} of its CFG samples correctly "
-                "(needs >= 90%); train it longer (--set base.teacher.train_steps=...) or raise "
-                "base.default_cfg, then `rtdmd-bench prepare digits`")
-        teacher, _ = load_teacher(self.cfg.teacher, progress=self.cfg.progress)
+                f"digits: the classifier labels only {check['accuracy']:.1%} of the teacher's CFG samples as "
+                f"prompted (needs >= {TEACHER_CHECK_THRESHOLD:.0%}); train it longer "
+                "(--set base.teacher.train_steps=...) or raise base.default_cfg")
         self.nets = {"teacher": teacher}
         for role in ("student", "fake"):
             net = copy.deepcopy(teacher).train()
