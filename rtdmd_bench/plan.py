@@ -14,7 +14,8 @@ the parameter counts are exact for the recorded configs. The rest are documented
 - One transformer forward on one sample: F = 2 P T (every weight does one multiply-add per token;
   an upper estimate, since text-stream weights only see text tokens) + 4 L T^2 d (attention
   scores and weighted sum). A backward costs 2F.
-- A training step's cost = samples x forward-equivalents per sample, per `RECIPES` below.
+- A training step's cost = samples x forward-equivalents per sample, per `RECIPES` below, with
+  the official per-GPU batches recorded in `real_configs` (AC-DMD 9; RTDMD stage 2 per base).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ ACTIVATION_VALUES_PER_BLOCK = 17  # x T x d values (= 34 T d bytes at 16-bit, Ko
 class Stage:
     name: str
     steps: int  # optimiser iterations of this stage in the official recipe (0 = no official run)
-    samples_per_gpu: int  # samples each GPU processes per iteration
+    batch: str  # which official per-GPU batch: "cold_start" or "stage2" (RealBase fields)
+    batches_per_step: int  # micro-batches per iteration (RTDMD stage 2: num_batches_per_epoch 16)
     forwards_per_sample: float  # transformer-forward equivalents per sample per iteration
     how: str  # where the forward count comes from
 
@@ -50,14 +52,13 @@ class Stage:
 # two more fake fwd+bwd = 6F; generator step = rollout 2.5F + backward of the last step 2F +
 # teacher CFG 2F + fake 1F = 7.5F, every 10th (AC-DMD) or 5th (DMD2) iteration.
 # RTDMD stage 2 per sample: 4-step rollout 4F + 2 SubGRPO steps fwd+bwd 6F + last step (student
-# 3F + teacher CFG 2F + fake 1F) + fake step with consistency 9F = 25F; 16 batches x 2 per GPU.
+# 3F + teacher CFG 2F + fake 1F) + fake step with consistency 9F = 25F; 16 micro-batches per epoch.
+COLD_START = ("rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10", 2.5 + 3 + 6 + 7.5 / 10)
 RECIPES: dict[str, tuple[Stage, ...]] = {
-    "acdmd": (Stage("AC-DMD", 15000, 9, 2.5 + 3 + 6 + 7.5 / 10,
-                    "rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10"),),
-    "dmd2": (Stage("DMD2", 0, 9, 2.5 + 3 + 7.5 / 5, "rollout 2.5F + fake 3F + generator 7.5F/5"),),
-    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, 9, 2.5 + 3 + 6 + 7.5 / 10,
-                    "rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10"),
-              Stage("stage 2 (reward-tilted)", 1000, 16 * 2, 4 + 6 + 6 + 9,
+    "acdmd": (Stage("AC-DMD", 15000, "cold_start", 1, COLD_START[1], COLD_START[0]),),
+    "dmd2": (Stage("DMD2", 0, "cold_start", 1, 2.5 + 3 + 7.5 / 5, "rollout 2.5F + fake 3F + generator 7.5F/5"),),
+    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, "cold_start", 1, COLD_START[1], COLD_START[0]),
+              Stage("stage 2 (reward-tilted)", 1000, "stage2", 16, 4 + 6 + 6 + 9,
                     "rollout 4F + SubGRPO 2x3F + last step 6F + fake with consistency 9F")),
 }
 
@@ -148,7 +149,8 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
 
     blocks, width = transformer_shape(rb.transformer)
     tokens = rb.image_tokens() + rb.text_tokens
-    batch = micro_batch or rb.micro_batch.get(method, 1)
+    batches = {"cold_start": rb.cold_start_batch, "stage2": rb.stage2_batch}
+    batch = micro_batch or max((batches[st.batch] for st in RECIPES.get(method, ())), default=1)
     act_bytes = WEIGHT_BYTES[precision]  # activations in the autocast / compute dtype
     memory = {
         "frozen weights": frozen * WEIGHT_BYTES[precision] / shard,
@@ -158,10 +160,10 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
     f = forward_flops(params["transformer"], blocks, tokens, width)
     stages = []
     for st in RECIPES.get(method, ()):
-        per_step = st.samples_per_gpu * num_gpus * st.forwards_per_sample * f
+        samples = batches[st.batch] * st.batches_per_step * num_gpus
+        per_step = samples * st.forwards_per_sample * f
         stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
-                       "flops_run": per_step * st.steps if st.steps else None,
-                       "samples_per_step": st.samples_per_gpu * num_gpus})
+                       "flops_run": per_step * st.steps if st.steps else None, "samples_per_step": samples})
     gen = "a second frozen copy (generator weights)" if rb.separate_generator else "the shared frozen copy"
     roles = {"teacher": "shared frozen transformer, adapters disabled",
              "fake": f"shared frozen transformer + 'fake' LoRA ({lora_n:,} params)",
@@ -205,6 +207,9 @@ def render_plan(plan: Plan) -> list[Any]:
     for s in plan.stages:
         f.add_row(s["stage"], str(s["samples_per_step"]), f"{s['flops_per_step']:.3g}", str(s["steps"] or "-"),
                   f"{s['flops_run']:.3g}" if s["flops_run"] else "no official run")
+    runs = [s["flops_run"] for s in plan.stages if s["flops_run"]]
+    if len(runs) > 1:
+        f.add_row("whole recipe", "", "", "", f"{sum(runs):.3g}")
     if not plan.stages:
         f.add_row(plan.method, "-", "no cost model for this method", "-", "-")
     return [p, r, m, f]

@@ -57,6 +57,7 @@ def test_parallelism_and_precision_scale_memory():
     assert fsdp.memory_per_gpu["frozen weights"] == pytest.approx(ddp.memory_per_gpu["frozen weights"] / 8)
     assert fp32.memory_per_gpu["frozen weights"] == pytest.approx(2 * ddp.memory_per_gpu["frozen weights"])
     assert len(ddp.stages) == 2 and ddp.stages[1]["flops_run"] == pytest.approx(1000 * ddp.stages[1]["flops_per_step"])
+    assert ddp.stages[0]["samples_per_step"] == 9 * 8 and ddp.stages[1]["samples_per_step"] == 16 * 2 * 8
     with pytest.raises(UserError, match="precision"):
         compute_plan("rtdmd", "tiny-sd3", "fp8")
     with pytest.raises(UserError, match="no base"):

@@ -120,6 +120,8 @@ class SD35M(SD3):
     class Config(SD3.Config):
         hub_id: str = "stabilityai/stable-diffusion-3.5-medium"
         """Hugging Face repository of the weights, diffusers layout."""
+        resolution: int = 512
+        """Square image side in pixels (official RTDMD SD3.5-M: 512)."""
         default_cfg: float = 4.5
         """Teacher CFG scale (official RTDMD SD3.5-M: 4.5)."""
 

@@ -11,7 +11,7 @@ LoRA settings are not facts of the model: `plan` takes them from each base's `Co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 
@@ -34,7 +34,8 @@ class RealBase:
     text_tokens: int  # conditioning tokens the transformer sees
     image_tokens_per_side_divisor: int = 16  # image tokens = (resolution / 16)^2 for SD3 and FLUX
     separate_generator: bool = False  # FLUX.2-klein: generator initialised from other weights
-    micro_batch: dict[str, int] = field(default_factory=dict)  # per-GPU batch of official recipes
+    cold_start_batch: int = 9  # official per-GPU batch of AC-DMD (configs/cold_start: train.batch_size)
+    stage2_batch: int = 2  # official RTDMD stage-2 per-GPU batch (configs/rtdmd: grpo.train_batch_size)
 
     def image_tokens(self) -> int:
         side = self.resolution // self.image_tokens_per_side_divisor
@@ -83,31 +84,28 @@ def _flux2(num_layers: int, num_single: int, heads: int, joint_dim: int) -> Comp
         timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), guidance_embeds=False))
 
 
-OFFICIAL_BATCH = {"acdmd": 9, "dmd2": 9, "rtdmd": 2}  # cold_start train.batch_size; grpo train_batch_size
 
 REAL_BASES: dict[str, RealBase] = {
     "sd3": RealBase("sd3", "stabilityai/stable-diffusion-3-medium-diffusers",
                     _sd3(24, 24, 1536, pos_embed_max_size=192), VAE_16CH, SD3_TEXT, 1024, SD3_TEXT_TOKENS,
-                    micro_batch=OFFICIAL_BATCH),
+                    stage2_batch=2),
     "sd35m": RealBase("sd35m", "stabilityai/stable-diffusion-3.5-medium",
                       _sd3(24, 24, 1536, pos_embed_max_size=384, qk_norm="rms_norm",
-                           dual_attention_layers=tuple(range(13))), VAE_16CH, SD3_TEXT, 1024, SD3_TEXT_TOKENS,
-                      micro_batch=OFFICIAL_BATCH),
+                           dual_attention_layers=tuple(range(13))), VAE_16CH, SD3_TEXT, 512, SD3_TEXT_TOKENS,
+                      stage2_batch=9),
     "sd35l": RealBase("sd35l", "stabilityai/stable-diffusion-3.5-large",
                       _sd3(38, 38, 2432, pos_embed_max_size=192, qk_norm="rms_norm"), VAE_16CH, SD3_TEXT, 1024,
-                      SD3_TEXT_TOKENS, micro_batch=OFFICIAL_BATCH),
+                      SD3_TEXT_TOKENS, stage2_batch=3),  # no official SD3.5-L config: FLUX-sized batch
     "flux2-4b": RealBase("flux2-4b", "black-forest-labs/FLUX.2-klein-base-4B", _flux2(5, 20, 24, 3 * 2560),
-                         VAE_FLUX2, (QWEN3_4B,), 512, 512, separate_generator=True,
-                         micro_batch=OFFICIAL_BATCH),
+                         VAE_FLUX2, (QWEN3_4B,), 512, 512, separate_generator=True, stage2_batch=6),
     "flux2-9b": RealBase("flux2-9b", "black-forest-labs/FLUX.2-klein-base-9B", _flux2(8, 24, 32, 3 * 4096),
-                         VAE_FLUX2, (QWEN3_8B,), 512, 512, separate_generator=True,
-                         micro_batch=OFFICIAL_BATCH),
+                         VAE_FLUX2, (QWEN3_8B,), 512, 512, separate_generator=True, stage2_batch=3),
     "flux1-dev": RealBase("flux1-dev", "black-forest-labs/FLUX.1-dev", Component(
         "diffusers", "FluxTransformer2DModel", dict(
             patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56))), VAE_16CH, (CLIP_L_NO_PROJ, T5_XXL), 512, 512,
-        micro_batch=OFFICIAL_BATCH),
+        stage2_batch=3),
 }
 
 
@@ -126,11 +124,11 @@ def tiny_bases() -> dict[str, RealBase]:
                      dict(f2.TINY_QWEN3, vocab_size=flux2_vocab, pad_token_id=0), "Qwen3Config")
     return {
         "tiny-sd3": RealBase("tiny-sd3", "", Component("diffusers", "SD3Transformer2DModel", s3.TINY_SD3_TRANSFORMER),
-                             Component("diffusers", "AutoencoderKL", s3.TINY_VAE), (clip, clip, t5), 32, 77 + 8, micro_batch=OFFICIAL_BATCH),
+                             Component("diffusers", "AutoencoderKL", s3.TINY_VAE), (clip, clip, t5), 32, 77 + 8),
         "tiny-flux2": RealBase("tiny-flux2", "", Component("diffusers", "Flux2Transformer2DModel",
                                                            f2.TINY_FLUX2_TRANSFORMER),
                                Component("diffusers", "AutoencoderKLFlux2", f2.TINY_FLUX2_VAE), (qwen,), 32, 16,
-                               separate_generator=True, micro_batch=OFFICIAL_BATCH),
+                               separate_generator=True),
     }
 
 
