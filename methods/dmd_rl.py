@@ -203,7 +203,7 @@ class DMDRL:
             logs["gen/grad_norm"] = optim.optimizer_step(self.opt_g, loss, self.student_params, cfg.grad_clip,
                                                          step, "loss_generator")
             self.ema.update()
-            logs |= {"loss_dm": float(loss_dm), "loss_rl": float(loss_rl)} | {f"rl/{a}": v for a, v in rl_logs.items()}
+            logs |= {"loss_dm": float(loss_dm.detach()), "loss_rl": float(loss_rl.detach())} | {f"rl/{a}": v for a, v in rl_logs.items()}
             x0_fake_train = x0.detach()
         else:
             x0_fake_train, k = self._generate(cond, n, gen, grad=False)
@@ -213,7 +213,7 @@ class DMDRL:
         v = self._fake_velocity(sampling.add_noise(x0_fake_train, noise, t), t, cond, k)
         loss_f = dmd.flow_matching_loss(v, x0_fake_train, noise)
         optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
-        logs["loss_fake"] = float(loss_f)
+        logs["loss_fake"] = float(loss_f.detach())
         return logs
 
     def generator(self) -> Any:

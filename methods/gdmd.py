@@ -165,7 +165,7 @@ class GDMD:
             logs["gen/grad_norm"] = optim.optimizer_step(self.opt_g, loss_g, self.student_params, cfg.grad_clip,
                                                          step, "loss_gdmd")
             self.ema.update()
-            logs |= {"loss_gdmd": float(loss_g)} | {f"gdmd/{a}": v for a, v in term_logs.items()}
+            logs |= {"loss_gdmd": float(loss_g.detach())} | {f"gdmd/{a}": v for a, v in term_logs.items()}
             x0_fake_train = x0.detach()
         else:
             x0_fake_train, k = self._generate(cond, n, gen, grad=False)
@@ -175,7 +175,7 @@ class GDMD:
         v = self._fake_velocity(sampling.add_noise(x0_fake_train, noise, t), t, cond, k)
         loss_f = dmd.flow_matching_loss(v, x0_fake_train, noise)
         optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
-        logs["loss_fake"] = float(loss_f)
+        logs["loss_fake"] = float(loss_f.detach())
         return logs
 
     def generator(self) -> Any:

@@ -185,7 +185,7 @@ class GNDM:
             logs["gen/grad_norm"] = optim.optimizer_step(self.opt_g, loss, self.student_params, cfg.grad_clip,
                                                          step, "loss_ppo")
             self.ema.update()
-            logs[f"loss_ppo/epoch{epoch}"] = float(loss)
+            logs[f"loss_ppo/epoch{epoch}"] = float(loss.detach())
             # The fraction of transitions outside the trust region tells whether reuse is useful.
             logs[f"clip_fraction/epoch{epoch}"] = float(torch.stack(
                 [((lp.detach() - o).exp() - 1).abs().gt(cfg.clip_eps).float().mean() for lp, o in zip(new, old)]).mean())
@@ -209,7 +209,7 @@ class GNDM:
         v = self._fake_velocity(sampling.add_noise(x0, noise, t), t, cond)
         loss_f = dmd.flow_matching_loss(v, x0, noise)
         optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
-        logs["loss_fake"] = float(loss_f)
+        logs["loss_fake"] = float(loss_f.detach())
         return logs
 
     def generator(self) -> Any:
