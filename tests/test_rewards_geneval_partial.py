@@ -180,3 +180,14 @@ def test_training_prompts_follow_geneval_templates_and_stay_disjoint():
     disjoint = training_metadata(500, seed=1, exclude=set(official))
     assert not {r["prompt"] for r in disjoint} & set(official)
     assert training_metadata(10, seed=1, exclude=set()) == training_metadata(10, seed=1, exclude=set())
+
+
+def test_official_models_fail_cleanly_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    meta = write_metadata(tmp_path / "train.jsonl", ROWS)
+    with pytest.raises(UserError, match="mask2former|Mask2Former|detector"):
+        GenevalPartial(GenevalPartial.Config(metadata_path=str(meta), detector_path=str(tmp_path / "none"),
+                                             allow_download=False))

@@ -236,6 +236,7 @@ class GenevalPartial:
             self.name = f"{self.name}[injected models]"
         self.metadata = self._load_metadata()
         self._detector, self._colour_fn = detector, colour_fn
+        self._models()  # load now: missing weights fail at construction, like the other rewards
 
     def _load_metadata(self) -> dict[str, dict[str, Any]]:
         path = self.cfg.metadata_path or os.environ.get("RTDMD_BENCH_GENEVAL_TRAIN_METADATA", "")
@@ -254,7 +255,7 @@ class GenevalPartial:
         return rows
 
     def _models(self) -> tuple[Detector, ColourFn]:
-        """Built on first use by the GenEval suite's own loader (same models and settings)."""
+        """Built by the GenEval suite's own loader (same models and settings as the suite)."""
         if self._detector is None or self._colour_fn is None:
             from suites.geneval import GenEval
 
