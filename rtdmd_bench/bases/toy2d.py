@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,7 +29,7 @@ from rtdmd_bench.compute import measure_flops
 from rtdmd_bench.core.schedules import few_step_sigmas
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.paths import cache_dir, config_hash
-from rtdmd_bench.toy_mixture import Mixture, mixture_velocity
+from rtdmd_bench.toy_mixture import Mixture, mixture_velocity, single_thread
 
 FIT_FORMAT = 1  # bump when the fit procedure changes, so stale caches are not reused
 
@@ -307,19 +306,6 @@ class Toy2D:
         with torch.no_grad():
             _, flops = measure_flops(lambda: net(z, torch.ones(1), one, one))
         return flops
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run tiny-MLP work on one intra-op thread: on a shared CPU, thread synchronisation for
-    (512, 128) matmuls costs ~20x more than the maths (measured: 16 ms vs 250 ms per fit step
-    under load), and one thread makes the fit bitwise reproducible across machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def fit_to_teacher(net: VelocityMLP, base: Toy2D, cfg: Toy2D.Config) -> float:
