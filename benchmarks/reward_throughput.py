@@ -73,9 +73,8 @@ def measure(name: str, images: torch.Tensor, prompts: list[str], metadata: Path,
     start = time.perf_counter()
     again = build(name, metadata, batch_size)
     second_load = time.perf_counter() - start
-    weights = [getattr(r, "encoder", getattr(r, "model", None)) for r in (reward, again)]
-    # geneval-partial builds its detector through the GenEval suite loader, outside this cache.
-    cache = "n/a (suite loader)" if weights[0] is None else ("yes" if weights[0] is weights[1] else "no")
+    weights = [getattr(r, "encoder", getattr(r, "model", getattr(r, "_detector", None))) for r in (reward, again)]
+    cache = "yes" if weights[0] is weights[1] else "no"
     n = images.shape[0]
     with torch.no_grad():
         fwd = timed(lambda: reward(images, prompts), repeats)

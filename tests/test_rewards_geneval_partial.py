@@ -163,6 +163,8 @@ def test_stand_in_models_run_end_to_end(tmp_path):
     assert "stand-in" in reward.name
     out = reward(torch.rand(2, 3, 64, 64), [r["prompt"] for r in ROWS])
     assert out.shape == (2,) and torch.isfinite(out).all()
+    again = cls(cls.Config(metadata_path=str(meta), form="clauses"))
+    assert again._models()[0] is reward._models()[0]  # models cached per process
 
 
 def test_training_prompts_follow_geneval_templates_and_stay_disjoint():

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.clip_based import check_inputs
+from rtdmd_bench.rewards.loading import cached_model
 from suites.geneval_rules import (
     CLASSES, COLORS, OFFICIAL, RELATIONS, Detection, Rules, relative_position, select_detections,
 )
@@ -260,10 +261,11 @@ class GenevalPartial:
             from suites.geneval import GenEval
 
             c = self.cfg
-            suite = GenEval(GenEval.Config(models=c.models, detector_path=c.detector_path,
-                                           clip_path=c.clip_path, allow_download=c.allow_download,
-                                           batch_size=c.batch_size, stand_in_seed=c.stand_in_seed))
-            detector, colour_fn = suite.models()
+            suite_cfg = GenEval.Config(models=c.models, detector_path=c.detector_path,
+                                       clip_path=c.clip_path, allow_download=c.allow_download,
+                                       batch_size=c.batch_size, stand_in_seed=c.stand_in_seed)
+            detector, colour_fn = cached_model("geneval-models", suite_cfg,
+                                               lambda: GenEval(suite_cfg).models())
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
