@@ -183,3 +183,16 @@ def test_rewards_run_under_the_compute_meter():
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert meter.flops["reward"]["fwd"] > 0 and meter.flops["reward"]["bwd"] > 0
     assert reward.name == "tiny-hpsv21[stand-in]"
+
+
+def test_max_length_padding_equals_official_longest_padding():
+    """PickScore's official call pads to the longest prompt; padding to 77 gives the same
+    text features (causal mask + EOS pooling), which keeps scores batch-independent."""
+    enc = build("tiny-pickscore").encoder
+    prompts = ["a cat", "a much longer prompt about a dog on a bench"]
+    tok = enc.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        official = enc.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+        ours = enc.text_features(prompts)
+    assert tok.input_ids.shape[1] < 77
+    torch.testing.assert_close(ours, official, atol=1e-5, rtol=0)
