@@ -83,6 +83,25 @@ def test_dm_reward_prefers_samples_the_teacher_explains(weighting):
     assert r[0] > 0 > r[1]  # the teacher explains the mode better than the broad fake, and vice versa
 
 
+def test_dm_reward_expectation_is_minus_the_score_mismatch_on_generator_samples():
+    # x0 ~ p_fake with the exact fake velocity: the cross term vanishes, so for every t
+    # E[R_dm] = -E[w ||v_fake - v_real||^2] / D <= 0 (the sense in which E_theta[R_dm] ~ -KL).
+    g = torch.Generator().manual_seed(11)
+    n = 200_000
+    fake_mean, real_mean = torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, -0.5], dtype=torch.float64)
+    x0 = 1.5 * torch.randn(n, 2, generator=g, dtype=torch.float64)  # p_fake = N(0, 1.5^2)
+    eps = torch.randn(1, n, 2, generator=g, dtype=torch.float64)
+    t = 0.1 + 0.8 * torch.rand(1, n, generator=g, dtype=torch.float64)
+    x_t = (1 - t[0, :, None]) * x0 + t[0, :, None] * eps[0]
+    v_fake = gaussian_velocity(x_t, t[0], fake_mean, 1.5)[None]
+    v_real = gaussian_velocity(x_t, t[0], real_mean, 1.0)[None]
+    w = rewards_terms.dm_reward_weight(t, "elbo")
+    r = rewards_terms.dm_reward(x0, eps, v_real, v_fake, w)
+    mismatch = (w[0] * ((v_fake - v_real) ** 2)[0].sum(-1) / 2).mean()
+    assert float(r.mean()) == pytest.approx(-float(mismatch), rel=0.05)
+    assert float(r.mean()) < 0
+
+
 def test_dm_reward_uses_common_random_numbers_within_a_group():
     method = GNDM(GNDM.Config(group_size=2, num_dm_draws=2), GaussianBase(), RewardSet(), ComputeMeter())
     x0 = torch.tensor([[1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]])  # two groups of identical points
