@@ -196,3 +196,18 @@ def test_max_length_padding_equals_official_longest_padding():
         ours = enc.text_features(prompts)
     assert tok.input_ids.shape[1] < 77
     torch.testing.assert_close(ours, official, atol=1e-5, rtol=0)
+
+
+def test_every_reward_config_field_can_be_set_from_the_command_line():
+    """`--set reward.NAME.FIELD=VALUE` parses every field type (config.py's strict parser)."""
+    from dataclasses import fields
+
+    from rtdmd_bench.config import set_field
+
+    for name in registry.names("rewards"):
+        if name in ("toy-quadratic", "toy-linear", "digit-correct", "digit-ink"):
+            continue
+        cfg = registry.resolve("rewards", name).Config()
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            assert set_field(cfg, [f.name], str(value), f"reward.{name}.{f.name}") == cfg

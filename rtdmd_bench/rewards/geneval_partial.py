@@ -245,7 +245,10 @@ class GenevalPartial:
             raise UserError(
                 f"reward {self.name!r} needs GenEval-style training metadata (jsonl with tag/include/"
                 f"exclude/prompt per line; e.g. Flow-GRPO's dataset/geneval/train_metadata.jsonl): "
-                f"set the reward config field metadata_path=FILE or RTDMD_BENCH_GENEVAL_TRAIN_METADATA"
+                f"pass --set reward.{self.name.split('[')[0]}.metadata_path=FILE or set "
+                f"RTDMD_BENCH_GENEVAL_TRAIN_METADATA=FILE "
+                f"(write one with `python -m rtdmd_bench.rewards.geneval_partial --out FILE --exclude "
+                f"EVALUATION_METADATA.jsonl`)"
                 + (f" ({path} is not a file)" if path else ""))
         rows = load_metadata(Path(path))
         if self.cfg.disjoint_from:

@@ -97,8 +97,8 @@ def _advice(spec: WeightSpec, hub_id: str) -> str:
     # --include with every alternative: which of them a repo holds varies (safetensors or .bin).
     patterns = " ".join(f'"{n}"' for g in spec.files for n in _alternatives(g))
     return (f"  {spec.what} for {spec.reward!r}: download with "
-            f"`hf download {hub_id} --include {patterns} --local-dir DIR` and set the reward config field "
-            f"`{spec.field}=DIR` or the environment variable {spec.env_var}=DIR")
+            f"`hf download {hub_id} --include {patterns} --local-dir DIR`, then pass "
+            f"`--set reward.{spec.reward}.{spec.field}=DIR` or set the environment variable {spec.env_var}=DIR")
 
 
 def resolve_files(requests: Sequence[tuple[WeightSpec, str, str]]) -> list[dict[str, Path]]:
