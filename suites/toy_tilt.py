@@ -257,13 +257,14 @@ def plot_samples_over_target(panels: dict[str, Tensor], base: Any, rewards: Rewa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    target = exact_target(base, rewards, prompt)
-    teacher = base.teacher_mixture(prompt)
-    all_means = base.mixture.means
-    half = float(all_means.abs().max()) + 6 * float(torch.linalg.eigvalsh(teacher.covs).max().sqrt())
-    axis = torch.linspace(-half, half, resolution, dtype=torch.float64)
-    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
-    dens = target.log_prob(torch.stack([gx.flatten(), gy.flatten()], -1)).exp().reshape(gx.shape)
+    with single_thread():
+        target = exact_target(base, rewards, prompt)
+        teacher = base.teacher_mixture(prompt)
+        spread = 6 * float(torch.linalg.eigvalsh(teacher.covs).max().sqrt())
+        half = float(base.mixture.means.abs().max()) + spread
+        axis = torch.linspace(-half, half, resolution, dtype=torch.float64)
+        gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+        dens = target.log_prob(torch.stack([gx.flatten(), gy.flatten()], -1)).exp().reshape(gx.shape)
     label = "closed-form" if isinstance(target, Mixture) else target.label
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 4), squeeze=False)
     for ax, (name, pts) in zip(axes[0], panels.items()):
