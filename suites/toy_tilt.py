@@ -155,6 +155,15 @@ class ToyTilt:
     def prompts(self) -> list[str]:
         return list(self.cfg.prompts)
 
+    def bind(self, base: Any) -> None:
+        """Check, before anything is generated, that the base knows every suite prompt
+        (rtdmd_bench.evaluate calls this first); a missing one is a UserError naming the valid ones."""
+        if not hasattr(base, "teacher_mixture"):
+            raise UserError("suite toy-tilt needs a base with an exact teacher mixture: use --base "
+                            "toy2d or toy2d-hard")
+        for p in self.cfg.prompts:
+            base.teacher_mixture(p)
+
     def target(self, base: Any, rewards: RewardSet, prompt: str) -> Mixture | GridTarget:
         return exact_target(base, rewards, prompt, self.cfg.grid_resolution, self.cfg.grid_margin)
 

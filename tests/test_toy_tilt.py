@@ -198,3 +198,11 @@ def test_plot_samples_over_target(tmp_path):
               "target": exact_target(base, rewards, "all modes").sample(500, gen)}
     path = plot_samples_over_target(panels, base, rewards, "all modes", tmp_path / "p" / "tilt.png")
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bind_checks_prompts_against_the_base():
+    ToyTilt().bind(Toy2D())
+    with pytest.raises(UserError, match="valid prompts"):
+        ToyTilt(ToyTilt.Config(prompts=("all modes", "a cat"))).bind(Toy2D())
+    with pytest.raises(UserError, match="toy2d"):
+        ToyTilt().bind(object())
