@@ -11,9 +11,11 @@ iteration one generator step. For each backward-simulated generator sample x0, d
 gradient at (t_k, n_k)); score R_k = r(decode(T_k)); advantages inside the target group
 A_k = clip((R_k - mean_k R) / (std_k R + 1e-6), -1, 1); loss
 mean_k (1 + lambda A_k) * 0.5 ||x0 - T_k||^2 (lambda in [0, 1]; lambda = 0 is DMD2 with K targets).
-`vary` selects what differs between the K targets: timestep, noise, or both (the default, K
-independent draws). A third option of METHODS.md, fake-score snapshots, is not implemented: it
-would keep K copies of the fake score's weights and swap them into the base per target.
+`vary` selects what differs between the K targets: timestep, noise, both (the default, K
+independent draws), or `fake_snapshot`: one shared (t, n), target k uses the fake score of k
+snapshots ago (snapshots every `snapshot_every` iterations; the K-1 newest are kept in the
+method's state and swapped into the base's fake role for their target, then the live weights are
+restored).
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ class Config:
     """K, implicit targets per generator sample (suite definition)."""
     lam: float = 0.5
     """lambda in [0, 1], strength of the reward weighting (0 = DMD2 with K targets; suite's choice)."""
-    vary: Literal["both", "timestep", "noise"] = "both"
+    vary: Literal["both", "timestep", "noise", "fake_snapshot"] = "both"
     """What differs between a sample's K targets: independent (t_k, n_k) ("both"), only t_k with
-    one shared noise, or only n_k at one shared timestep (METHODS.md section 6)."""
+    one shared noise, only n_k at one shared timestep, or only the fake score (current weights
+    and the K-1 newest snapshots) at one shared (t, n) (METHODS.md section 6)."""
+    snapshot_every: int = 25
+    """fake_snapshot: iterations between fake-score snapshots (suite's choice)."""
     adv_clip: float = 1.0
     """Target-group advantages are clipped to +-adv_clip (METHODS.md section 6: 1)."""
 
@@ -98,6 +103,7 @@ class GDMD:
         self.ema = EMA(self.student_params, cfg.ema_decay)
         self.sigmas = base.sigmas(cfg.num_steps)
         self.guidance = base.default_cfg if cfg.cfg is None else cfg.cfg
+        self.snapshots: list[dict[str, torch.Tensor]] = []  # fake-score weights, oldest first
 
     def _generate(self, cond: Any, n: int, gen: torch.Generator, grad: bool) -> tuple[torch.Tensor, int]:
         """Backward simulation: k ~ U{1..N} steps, grad only through step k; returns (x0, k-1)."""
@@ -114,10 +120,31 @@ class GDMD:
         step = torch.full((x.shape[0],), step_index, dtype=torch.long) if self.cfg.fake_step_conditioning else None
         return self.base.velocity("fake", x, t, cond, step=step)
 
+    def _fake_x0(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[str], step_index: int) -> torch.Tensor:
+        """(K B, ...) fake-score x0-predictions at the k-major (x_t, t); under fake_snapshot the k-th
+        block uses the weights of k snapshots ago (the oldest kept one when there are fewer)."""
+        kk, n = self.cfg.num_targets, len(prompts)
+        if self.cfg.vary != "fake_snapshot":
+            cond = self.base.encode(list(prompts) * kk)
+            return sampling.x0_from_velocity(x_t, t, self._fake_velocity(x_t, t, cond, step_index))
+        cond = self.base.encode(prompts)
+        live = {name: v.detach().clone() for name, v in self.base.state_dict("fake").items()}
+        weights = [live] + self.snapshots[::-1]  # newest first
+        out = []
+        try:
+            for k in range(kk):
+                if k:
+                    self.base.load_state_dict("fake", weights[min(k, len(weights) - 1)])
+                xk, tk = x_t[k * n:(k + 1) * n], t[k * n:(k + 1) * n]
+                out.append(sampling.x0_from_velocity(xk, tk, self._fake_velocity(xk, tk, cond, step_index)))
+        finally:
+            self.base.load_state_dict("fake", live)
+        return torch.cat(out)
+
     def _target_draws(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(t (K, B), noise (K, B, ...)) with the `vary` switch deciding what is shared over k."""
         cfg, (n, shape) = self.cfg, (x0.shape[0], x0.shape[1:])
-        kt = cfg.num_targets if cfg.vary in ("both", "timestep") else 1
+        kt = cfg.num_targets if cfg.vary in ("both", "timestep") else 1  # fake_snapshot: shared
         kn = cfg.num_targets if cfg.vary in ("both", "noise") else 1
         t = schedules.uniform_sigma(kt * n, gen, cfg.t_min, cfg.t_max).view(kt, n)
         noise = torch.randn((kn, n, *shape), generator=gen)
@@ -125,7 +152,7 @@ class GDMD:
 
     def implicit_targets(self, x0: torch.Tensor, k: int, prompts: list[str], gen: torch.Generator
                          ) -> torch.Tensor:
-        """(K, B, ...) DMD2 implicit targets T_k = sg(x0 - g_k), one batched teacher/fake call."""
+        """(K, B, ...) DMD2 implicit targets T_k = sg(x0 - g_k), one batched teacher call."""
         kk, n = self.cfg.num_targets, x0.shape[0]
         t, noise = self._target_draws(x0, gen)
         x0_rep = x0.detach().unsqueeze(0).expand(kk, *x0.shape).reshape(kk * n, *x0.shape[1:])  # (K B, ...)
@@ -135,7 +162,7 @@ class GDMD:
         with torch.no_grad():
             v_real = self.base.velocity("teacher", x_t, t_flat, cond, cfg=self.guidance)
             x0_real = sampling.x0_from_velocity(x_t, t_flat, v_real)
-            x0_fake = sampling.x0_from_velocity(x_t, t_flat, self._fake_velocity(x_t, t_flat, cond, k))
+            x0_fake = self._fake_x0(x_t, t_flat, prompts, k)
         g = dmd.dmd_gradient(x0_rep, x0_fake, x0_real, self.cfg.dm_normalize)
         return (x0_rep - g).view(kk, *x0.shape).detach()
 
@@ -174,6 +201,10 @@ class GDMD:
         noise = torch.randn(x0_fake_train.shape, generator=gen)
         v = self._fake_velocity(sampling.add_noise(x0_fake_train, noise, t), t, cond, k)
         loss_f = dmd.flow_matching_loss(v, x0_fake_train, noise)
+        if cfg.vary == "fake_snapshot" and (step + 1) % cfg.snapshot_every == 0:
+            # Taken BEFORE this fake step, so even the newest snapshot differs from the live weights.
+            snap = {name: w.detach().clone() for name, w in self.base.state_dict("fake").items()}
+            self.snapshots = (self.snapshots + [snap])[-(cfg.num_targets - 1):] if cfg.num_targets > 1 else []
         optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
         logs["loss_fake"] = float(loss_f.detach())
         return logs
@@ -183,7 +214,8 @@ class GDMD:
 
     def state_dict(self) -> dict[str, Any]:
         return {"student": self.base.state_dict("student"), "fake": self.base.state_dict("fake"),
-                "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict()}
+                "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict(),
+                "fake_snapshots": list(self.snapshots)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict("student", state["student"])
@@ -191,3 +223,4 @@ class GDMD:
         self.ema.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_f.load_state_dict(state["opt_f"])
+        self.snapshots = [dict(s) for s in state.get("fake_snapshots", [])]

@@ -152,13 +152,13 @@ def test_gdmd_loss_weights_targets_by_advantage():
     assert gl[0, 0] < 0  # descending moves x0 towards the better target
 
 
-@pytest.mark.parametrize("vary", ["timestep", "noise", "both"])
+@pytest.mark.parametrize("vary", ["timestep", "noise", "both", "fake_snapshot"])
 def test_gdmd_vary_switch_shares_the_other_draw(vary):
     method = GDMD(GDMD.Config(num_targets=3, vary=vary, lam=0.0), GaussianBase(), RewardSet(), ComputeMeter())
     t, noise = method._target_draws(torch.zeros(5, 2), torch.Generator().manual_seed(4))
     assert t.shape == (3, 5) and noise.shape == (3, 5, 2)
-    assert (t[0] == t[1]).all() == (vary == "noise")
-    assert (noise[0] == noise[1]).all() == (vary == "timestep")
+    assert bool((t[0] == t[1]).all()) == (vary in ("noise", "fake_snapshot"))
+    assert bool((noise[0] == noise[1]).all()) == (vary in ("timestep", "fake_snapshot"))
 
 
 # ---------------------------------------------------------------- GNDMR adaptive scaling
@@ -312,3 +312,24 @@ def test_misconfiguration_is_a_user_error():
         GDMD(GDMD.Config(lam=1.5), base, RewardSet(), ComputeMeter())
     with pytest.raises(UserError, match="external_rewards needs"):
         GNDMR(GNDMR.Config(), base, RewardSet(), ComputeMeter())
+
+
+def test_gdmd_fake_snapshots_give_the_targets_and_leave_the_live_fake_score(toy_cache):
+    base, rewards, meter = toy_setup(toy_cache)
+    method = GDMD(GDMD.Config(num_targets=3, vary="fake_snapshot", snapshot_every=1, num_fake_per_gen=1,
+                              lr_fake=1e-2), base, rewards, meter)
+    prompts = base.train_prompts()
+    x0 = torch.randn(len(prompts), 2, generator=torch.Generator().manual_seed(5))
+    live = flat(base.trainable("fake"))
+    method.snapshots = [base.state_dict("fake"), base.state_dict("fake")]  # all equal to the live score
+    same = method.implicit_targets(x0, 3, prompts, torch.Generator().manual_seed(6))
+    assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2])
+    method.snapshots = []
+    for step in range(3):  # snapshots of a training fake score, every iteration, K-1 kept
+        method.train_step(Batch(prompts, seed=step), step)
+    assert len(method.snapshots) == 2
+    live = flat(base.trainable("fake"))
+    targets = method.implicit_targets(x0, 3, prompts, torch.Generator().manual_seed(6))
+    assert not torch.allclose(targets[0], targets[1]) and not torch.allclose(targets[1], targets[2])
+    assert torch.equal(flat(base.trainable("fake")), live)  # the live weights were restored
+    assert len(method.state_dict()["fake_snapshots"]) == 2
