@@ -11,9 +11,12 @@ the parameter counts are exact for the recorded configs. The rest are documented
   store): 34 T d bytes per block in 16-bit, i.e. 17 T d values. With gradient checkpointing (the
   official setting) only each block's input (T d values) is kept plus one live block:
   (L + 17) T d values; T = image + text tokens, d = width, L = blocks.
-- One transformer forward on one sample: F = 2 P T (every weight does one multiply-add per token;
-  an upper estimate, since text-stream weights only see text tokens) + 4 L T^2 d (attention
-  scores and weighted sum). A backward costs 2F.
+- One transformer forward on one sample, F, is counted by torch's FlopCounterMode running the
+  meta-device transformer on meta inputs of the official shapes: the same counter the training
+  budget uses. The formula F ~ 2 P T + 4 L T^2 d (every weight one multiply-add per token, plus
+  attention scores and weighted sum) is printed as a cross-check; it overestimates (2-3x on SD3)
+  because adaLN modulation weights act once per sample and text-stream weights only on text
+  tokens. A backward costs 2F.
 - A training step's cost = samples x forward-equivalents per sample, per `RECIPES` below, with
   the official per-GPU batches recorded in `real_configs` (AC-DMD 9; RTDMD stage 2 per base).
 """
@@ -77,7 +80,8 @@ class Plan:
     separate_copies_params: int  # the same with three full transformer copies (no sharing, no LoRA)
     resident_param_bytes: int
     memory_per_gpu: dict[str, float]  # bytes by part
-    flops_per_forward: float
+    flops_per_forward: float  # measured on meta (FlopCounterMode)
+    flops_per_forward_formula: float  # 2 P T + 4 L T^2 d cross-check
     stages: list[dict[str, Any]]
 
 
@@ -111,8 +115,36 @@ def activation_values(blocks: int, tokens: int, width: int, checkpointing: bool 
 
 
 def forward_flops(params: int, blocks: int, tokens: int, width: int) -> float:
-    """F: one transformer forward on one sample = 2 P T + 4 L T^2 d."""
+    """Formula cross-check of F: 2 P T + 4 L T^2 d (an upper estimate, see module docstring)."""
     return 2.0 * params * tokens + 4.0 * blocks * tokens ** 2 * width
+
+
+def meta_inputs(rb: RealBase) -> dict[str, torch.Tensor]:
+    """Shape-only inputs of one sample at the official resolution, as each adapter feeds them."""
+    k, side, txt = rb.transformer.kwargs, rb.resolution // 16, rb.text_tokens
+    e = torch.empty(1, txt, k["joint_attention_dim"], device="meta")
+    if rb.transformer.cls == "SD3Transformer2DModel":  # latents (B, C, H/8, W/8), patch 2 inside
+        return dict(hidden_states=torch.empty(1, k["in_channels"], 2 * side, 2 * side, device="meta"),
+                    encoder_hidden_states=e, timestep=torch.ones(1, device="meta"),
+                    pooled_projections=torch.empty(1, k["pooled_projection_dim"], device="meta"))
+    ids = 4 if rb.transformer.cls == "Flux2Transformer2DModel" else 3  # RoPE axes
+    out = dict(hidden_states=torch.empty(1, side * side, k["in_channels"], device="meta"), encoder_hidden_states=e,
+               timestep=torch.ones(1, device="meta"), img_ids=torch.zeros(side * side, ids, device="meta"),
+               txt_ids=torch.zeros(txt, ids, device="meta"))
+    if k.get("pooled_projection_dim"):  # FLUX.1: CLIP pooled vector and guidance embedding
+        out.update(pooled_projections=torch.empty(1, k["pooled_projection_dim"], device="meta"),
+                   guidance=torch.ones(1, device="meta"))
+    return out
+
+
+def measured_forward_flops(net: nn.Module, rb: RealBase) -> float:
+    """F counted by torch's FlopCounterMode on the meta device: the same counter the training
+    budget uses (`rtdmd_bench.compute`), without memory or weights."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(**meta_inputs(rb), return_dict=False)
+    return float(counter.get_total_flops())
 
 
 def facts(base: str) -> RealBase:
@@ -157,7 +189,7 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
         "LoRA + grads + AdamW + EMA": (2 * lora_n * TRAINABLE_BYTES + lora_n * EMA_BYTES) / shard,
         f"activations (micro-batch {batch}, checkpointed)": batch * activation_values(blocks, tokens, width) * act_bytes,
     }
-    f = forward_flops(params["transformer"], blocks, tokens, width)
+    f = measured_forward_flops(net, rb)
     stages = []
     for st in RECIPES.get(method, ()):
         samples = batches[st.batch] * st.batches_per_step * num_gpus
@@ -169,7 +201,8 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
              "fake": f"shared frozen transformer + 'fake' LoRA ({lora_n:,} params)",
              "student": f"{gen} + 'student' LoRA ({lora_n:,} params)"}
     return Plan(base, method, precision, parallelism, num_gpus, params, roles, lora_n, resident,
-                frozen + (3 - copies) * params["transformer"], frozen * WEIGHT_BYTES[precision] + 2 * lora_n * 4, memory, f, stages)
+                frozen + (3 - copies) * params["transformer"], frozen * WEIGHT_BYTES[precision] + 2 * lora_n * 4, memory, f,
+                forward_flops(params["transformer"], blocks, tokens, width), stages)
 
 
 def _gib(x: float) -> str:
@@ -200,7 +233,8 @@ def render_plan(plan: Plan) -> list[Any]:
     for k, v in plan.memory_per_gpu.items():
         m.add_row(k, _gib(v))
     m.add_row("total", _gib(sum(plan.memory_per_gpu.values())))
-    f = Table(title=f"FLOPs (F = one transformer forward on one sample = {plan.flops_per_forward:.3g})",
+    f = Table(title=f"FLOPs (F = one transformer forward on one sample = {plan.flops_per_forward:.3g} counted "
+                    f"on meta; formula 2PT + 4LT^2d gives {plan.flops_per_forward_formula:.3g})",
               caption="; ".join(f"{s['stage']}: {s['how']}" for s in plan.stages) or None)
     for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs"):
         f.add_column(col, justify="right" if col != "stage" else "left")
@@ -223,8 +257,8 @@ def main(method: str, base: str, precision: str = "bf16", parallelism: str = "dd
     console = Console()
     for table in render_plan(plan):
         console.print(table)
-    console.print("Estimates: see rtdmd_bench/plan.py for the formulas (weights x precision, 16 B per "
-                  "trainable, checkpointed activations 17 T d per live block, F = 2PT + 4LT^2 d).")
+    console.print("Estimates: see rtdmd_bench/plan.py (weights x precision, 16 B per trainable, checkpointed "
+                  "activations 17 T d per live block, F counted on the meta device, backward = 2F).")
     return plan
 
 

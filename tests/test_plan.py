@@ -64,6 +64,7 @@ def test_parallelism_and_precision_scale_memory():
         compute_plan("rtdmd", "sd4")
 
 
+@pytest.mark.slow  # ~10 s each: the meta-device forward of a multi-billion model under FlopCounterMode
 @pytest.mark.parametrize("name,billions", [("sd3", 2.03), ("sd35m", 2.24), ("sd35l", 8.06),
                                            ("flux2-4b", 3.88), ("flux2-9b", 9.08), ("flux1-dev", 11.9)])
 def test_every_real_base_plans_on_meta(name, billions, capsys):
@@ -72,3 +73,24 @@ def test_every_real_base_plans_on_meta(name, billions, capsys):
     assert plan.resident_params < plan.separate_copies_params
     assert len(render_plan(plan)) == 4
     assert "Estimated memory per GPU" in capsys.readouterr().out
+
+
+def test_plan_forward_flops_equal_a_real_tiny_forward():
+    """F counted on the meta device equals FlopCounterMode on one real teacher call on one sample.
+
+    CPU runs dispatch SDPA to `_scaled_dot_product_flash_attention_for_cpu`, which torch's flop
+    registry does not know (counted as 0); the mapping below adds the standard SDPA count for it."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from rtdmd_bench.bases.diffusers_sd3 import TinySD3
+
+    base = TinySD3(TinySD3.Config())
+    base.prepare(None)
+    cond = base.encode(["a red cat"])
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        base.velocity("teacher", torch.randn(1, *base.latent_shape), torch.tensor([0.5]), cond)
+    plan = compute_plan("acdmd", "tiny-sd3")
+    assert plan.flops_per_forward == pytest.approx(counter.get_total_flops(), rel=0.01)
+    assert plan.flops_per_forward_formula > plan.flops_per_forward  # the formula is an upper estimate
