@@ -38,7 +38,7 @@ class Config:
     """Fraction of the FLOP budget spent in stage 1 before switching to stage 2 (suite choice,
     recorded in results). 0 = stage 2 only, from the base's initial student."""
     group_size: int = 16
-    """K samples per prompt, one GRPO group (official SD3-M: 16; SD3.5/FLUX.2: 24)."""
+    """K >= 2 samples per prompt, one GRPO group (official SD3-M: 16; SD3.5/FLUX.2: 24)."""
     subset_size: int = 2
     """SubGRPO: stochastic steps trained by PPO per epoch (official 2; N-1 = plain GRPO)."""
     reward_term: Literal["hybrid", "grpo", "backprop"] = "hybrid"
@@ -110,11 +110,9 @@ class RTDMD:
             raise UserError(f"rtdmd stage1_fraction={cfg.stage1_fraction} must be in [0, 1]")
         if 0.0 < cfg.stage1_fraction < 1.0 and not math.isfinite(meter.budget_flops):
             raise UserError("rtdmd splits its FLOP budget between stages: give a finite --budget")
-        if cfg.group_size < 2:
-            raise UserError(f"rtdmd group_size={cfg.group_size}: group advantages need >= 2")
-        if not 1 <= cfg.subset_size <= cfg.stage1.num_steps - 1:
-            raise UserError(f"rtdmd subset_size={cfg.subset_size} must be in [1, "
-                            f"{cfg.stage1.num_steps - 1}] (the stochastic steps)")
+        if cfg.group_size < 2 or not 1 <= cfg.subset_size <= cfg.stage1.num_steps - 1:
+            raise UserError(f"rtdmd group_size={cfg.group_size} must be >= 2 and subset_size="
+                            f"{cfg.subset_size} in [1, {cfg.stage1.num_steps - 1}] (the stochastic steps)")
         if cfg.reward_term != "grpo" and not any(r.differentiable for r in rewards.rewards.values()):
             raise UserError("rtdmd reward_term hybrid/backprop needs a differentiable reward: pass "
                             "--rewards with one, or --set method.reward_term=grpo")
@@ -199,11 +197,9 @@ class RTDMD:
 
     def _student_step(self, r: sampling.Rollout, j: int, cond: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Re-run step j with grad: (v, CPS mean, CPS std) at (xs[j], sigma_j)."""
-        b = r.xs[j].shape[0]
-        sig, sig_next = self.sigmas[j].expand(b), self.sigmas[j + 1].expand(b)
+        sig, sig_next = (self.sigmas[i].expand(r.xs[j].shape[0]) for i in (j, j + 1))
         v = self.base.velocity("student", r.xs[j], sig, cond)
-        mean, std = sampling.cps_mean_std(r.xs[j], sig, v, sig_next, self.cfg.stage1.eta)
-        return v, mean, std
+        return (v, *sampling.cps_mean_std(r.xs[j], sig, v, sig_next, self.cfg.stage1.eta))
 
     def _stage2_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg, n_steps = self.cfg, self.cfg.stage1.num_steps

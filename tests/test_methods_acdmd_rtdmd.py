@@ -266,3 +266,26 @@ def test_one_step_on_toy2d_trains_both_networks(make):
     live = flat(base.trainable("student"))
     m.load_state_dict(m.state_dict())
     assert torch.equal(flat(base.trainable("student")), live)
+
+
+@pytest.mark.slow
+def test_rtdmd_run_killed_after_the_switch_resumes_to_the_same_weights(tmp_path):
+    """Through the real loop and checkpoint files: the switch step and stage-2 state round-trip."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import train
+    sets = ["base.fit_steps=200", "train.batch_size=4", "train.checkpoint_every=5", "train.log_every=1",
+            "train.threads=1", "train.budget=6e8", "method.stage1_fraction=0.3", "method.group_size=4"]
+    cfg = resolve_config("rtdmd", "toy2d", sets)
+    straight = train(cfg, tmp_path / "a")
+    stages = [json.loads(line).get("stage") for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    first_stage2 = stages.index(2.0) + 1  # steps are logged 1-based
+    train(cfg, tmp_path / "b", stop_after_steps=first_stage2 + 7)  # last checkpoint is past the switch
+    resumed = train(cfg, tmp_path / "b", resume=True)
+    assert resumed["steps"] == straight["steps"] and 1.0 in stages
+    a, b = (load_file(str(RunDir(tmp_path / r).latest_checkpoint() / "tensors.safetensors")) for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
