@@ -224,3 +224,27 @@ def test_default_teacher_passes_the_90_percent_check() -> None:
     assert result["classifier_held_out_accuracy"] >= 0.97
     assert result["teacher_check"]["steps"] == 50 and result["teacher_check"]["samples_per_class"] == 50
     assert result["teacher_check"]["accuracy"] >= 0.9 and result["teacher_check"]["passed"]
+
+
+def test_registry_resolves_digits_components() -> None:
+    from rtdmd_bench import registry
+
+    assert registry.resolve("bases", "digits") is Digits
+    for kind, name in (("rewards", "digit-correct"), ("rewards", "digit-ink"), ("suites", "digits")):
+        assert registry.resolve(kind, name).__name__ in ("DigitCorrect", "DigitInk", "DigitsSuite")
+
+
+def test_metered_student_call_charges_forward_and_backward(tiny_base: Digits) -> None:
+    from rtdmd_bench.compute import MeteredBase
+
+    meter = ComputeMeter()
+    metered = MeteredBase(tiny_base, meter)
+    x, sigma, cond = torch.randn(3, 1, 8, 8), torch.full((3,), 0.5), torch.tensor([1, 2, 3])
+    metered.velocity("student", x, sigma, cond).sum().backward()
+    with torch.no_grad():
+        metered.velocity("teacher", x, sigma, cond, cfg=2.0)
+    flops = meter.breakdown()["roles"]
+    assert flops["student"]["fwd"] > 0 and flops["student"]["bwd"] > flops["student"]["fwd"]
+    # CFG runs the conditional and null passes: twice the per-sample cost of the student
+    assert flops["teacher"]["fwd"] == pytest.approx(2 * flops["student"]["fwd"], rel=0.05)
+    assert flops["teacher"]["bwd"] == 0
