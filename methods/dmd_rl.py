@@ -16,9 +16,12 @@ iteration one generator step on the SUM of
 lambda and beta: the tilted target p* ∝ p_teacher exp(r/beta) has
 KL(p_theta || p*) = KL(p_theta || p_teacher) - E[r]/beta + const, so with
 `reward_weighting="beta"` lambda = 1/beta: the reward weighs 1/beta relative to the DM term.
-This is exact only for an unnormalised DM gradient with the KL's time weighting
-(`dm_normalize="none"`); DMD2's per-sample normalisation rescales the DM term per sample, so under
-the default the relation is nominal (which is part of what the benchmark measures).
+The relation is nominal, not exact: per sample the DM surrogate's gradient is g/D (mean over the
+D dimensions), and even unnormalised (`dm_normalize="none"`) g = x0_fake - x0_real equals
+t^2/(1-t)^2 x the gradient of KL(p_theta,t || p_teacher,t) w.r.t. x0 (Tweedie:
+E[x0|x_t] = (x_t + t^2 score)/(1-t)), while DMD2's default divides g by a per-sample scale. So
+p* is not the exact fixed point for any single lambda; how far each method lands from p* is what
+the toy benchmark measures.
 
 DMDR extras, as options: Beta-distributed DM timesteps annealed to uniform (`dm_timesteps`).
 Not implemented: DMDR's dynamic real-score LoRA scale, because it needs a base that exposes an
