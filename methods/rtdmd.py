@@ -44,7 +44,8 @@ class Config:
     reward_term: Literal["hybrid", "grpo", "backprop"] = "hybrid"
     """Ablation: PPO on the subset + reward backprop on the last step (official), or one of them."""
     consistency: bool = True
-    """Ablation: the consistency regulariser in the stage-2 fake-score step (official: on)."""
+    """Ablation: the consistency regulariser in the stage-2 fake-score step (official: on; stage 1
+    has its own switch, stage1.consistency)."""
     dm_term: Literal["acdmd", "dmd"] = "acdmd"
     """Ablation: the last-step DM term is AC-DMD (official) or plain DMD (plain flow-matching fake
     score without consistency, logit-normal DM levels as the official loss_type "dmd")."""
