@@ -23,7 +23,6 @@ the parameter counts are exact for the recorded configs. The rest are documented
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,7 +259,3 @@ def main(method: str, base: str, precision: str = "bf16", parallelism: str = "dd
     console.print("Estimates: see rtdmd_bench/plan.py (weights x precision, 16 B per trainable, checkpointed "
                   "activations 17 T d per live block, F counted on the meta device, backward = 2F).")
     return plan
-
-
-def as_dict(plan: Plan) -> dict[str, Any]:
-    return dataclasses.asdict(plan)
