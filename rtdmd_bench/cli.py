@@ -167,16 +167,23 @@ def _eval_run(suite_name: str, run_dir: Path, suite_sets: dict[str, str], seed: 
     spec = SamplerSpec(role="student", num_steps=getattr(mcfg, "num_steps", 4), eta=getattr(mcfg, "eta", 0.9),
                        tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
     with b.method.generator():
-        res = evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), seed or 0, run.path / "samples",
+        res = evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), _seed(seed, suite), run.path / "samples",
                              run.path / "eval" / f"{suite.name}.json", batch_size=batch_size or 256)
     _print_metrics(res)
     return res
 
 
+def _seed(seed: Optional[int], suite: Any) -> int:
+    """The user's seed, else the suite's protocol seed (DrawBench: 42), else 0."""
+    return int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)
+
+
 def _print_metrics(res: dict[str, Any]) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{res['suite']} ({res['suite_version']})")
+    from rich.markup import escape
+
+    t = Table(title=escape(f"{res['suite']} ({res['suite_version']})"))  # "[stand-in]" is not markup
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in res["metrics"].items():
@@ -195,12 +202,16 @@ def eval_cmd(
     set_: list[str] = typer.Option([], "--set", help="Suite config override suite.FIELD=VALUE (repeatable)."),
     base_set: list[str] = typer.Option([], "--base-set", help="With --base: base config override base.FIELD=VALUE."),
     out: Path = typer.Option(Path("runs/teacher-eval"), help="With --base: output folder."),
-    seed: int = typer.Option(0, help="Evaluation seed (image j of prompt i uses noise seeded by (seed, i, j))."),
+    seed: Optional[int] = typer.Option(None, help="Evaluation seed (image j of prompt i uses noise seeded by (seed, i, j)); "
+                                       "default: the suite's protocol seed (e.g. 42 for DrawBench), else 0."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompt file for the suite(s) (same as --set suite.prompts=PATH)."),
     batch_size: int = typer.Option(256, help="Generation batch size (scores do not depend on it)."),
 ) -> None:
     """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
     and generated images are cached so a second suite on the same prompts generates nothing new."""
     sets = _parse_suite_sets(set_)
+    if prompts is not None:
+        sets["prompts"] = str(prompts)
     if (run is None) == (base is None):
         raise UserError("give exactly one of --run RUN or --base BASE")
     if run is not None:
@@ -216,7 +227,7 @@ def eval_cmd(
     spec = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, tag=base)
     for s in suite:
         st = build_suite(s, sets)
-        res = evaluate_suite(st, b.base, spec, b.rewards, cfg.to_dict(), seed, out / "samples",
+        res = evaluate_suite(st, b.base, spec, b.rewards, cfg.to_dict(), _seed(seed, st), out / "samples",
                              out / "eval" / f"{st.name}.json", batch_size=batch_size)
         _print_metrics(res)
 
