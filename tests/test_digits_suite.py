@@ -98,6 +98,16 @@ def test_digit_ink_rewards_thick_strokes_and_is_bounded() -> None:
         DigitInk(DigitInk.Config(cap=2.0))
 
 
+def test_ink_conflicts_with_correctness(cache) -> None:
+    """Thickening strokes (3x3 dilation) buys ink and costs recognisability: the trade-off a
+    reward-hacking generator makes."""
+    images, prompts = real_images()
+    thick = torch.nn.functional.max_pool2d(images, 3, stride=1, padding=1)
+    correct, ink = DigitCorrect(DigitCorrect.Config(classifier=SMALL_CLASSIFIER)), DigitInk()
+    assert ink(thick, prompts).mean() > 2 * ink(images, prompts).mean()
+    assert correct(thick, prompts).mean() < correct(images, prompts).mean() - 1.0
+
+
 def test_rewards_reject_non_digit_images(cache) -> None:
     with pytest.raises(UserError, match="8x8"):
         DigitInk()(torch.zeros(2, 3, 16, 16), ["1", "2"])
