@@ -13,7 +13,8 @@ Metrics per prompt, then averaged over prompts (all lower-is-better except rewar
   both against exact target samples, on subsamples of `mmd_samples` points.
 - mode_mass_error: total variation between the fraction of samples assigned to each target
   component (highest responsibility) and the target's component weights.
-- mean_reward (weighted total) and reward/<name> (unweighted, per reward).
+- mean_reward (weighted total) and reward = {name: mean} (unweighted, per reward; report.py
+  flattens it to reward.<name> columns, as for the digits suite).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ class ToyTilt:
     name = "toy-tilt"
     version = "toy-tilt/1"
     higher_is_better = {"kl_target": False, "kl_teacher": False, "kl_floor": False, "mmd": False,
-                        "energy_distance": False, "mode_mass_error": False, "mean_reward": True}
+                        "energy_distance": False, "mode_mass_error": False, "mean_reward": True,
+                        "reward": True}
 
     @dataclass
     class Config:
@@ -181,9 +183,11 @@ class ToyTilt:
         metric_names = [k for k, v in next(iter(per_prompt.values())).items() if isinstance(v, float)]
         out: dict[str, Any] = {m: float(np.mean([p[m] for p in per_prompt.values()]))
                                for m in metric_names}
-        hib = dict(self.higher_is_better)
-        hib.update({m: True for m in metric_names if m.startswith("reward/")})
-        out["higher_is_better"] = {m: hib[m] for m in metric_names}
+        if ctx.rewards:
+            out["reward"] = {k: float(np.mean([p["reward"][k] for p in per_prompt.values()]))
+                             for k in ctx.rewards.rewards}
+        reported = metric_names + (["reward"] if ctx.rewards else [])
+        out["higher_is_better"] = {m: self.higher_is_better[m] for m in reported}
         out["version"] = self.version
         out["per_prompt"] = per_prompt
         out["setup"] = {
@@ -233,7 +237,7 @@ class ToyTilt:
             with torch.no_grad():
                 each = rewards.each(pts, [prompt] * n)
                 metrics["mean_reward"] = float(sum(rewards.weights[k] * v for k, v in each.items()).mean())
-                metrics.update({f"reward/{k}": float(v.mean()) for k, v in each.items()})
+                metrics["reward"] = {k: float(v.mean()) for k, v in each.items()}
         metrics["mode_masses"] = masses.tolist()
         metrics["target_mode_weights"] = target.weights.tolist()
         metrics["duplicate_points"] = dup

@@ -145,12 +145,12 @@ def test_result_is_self_describing_json():
     out = suite.score(_exact_samples(suite, base, rewards, 3), suite.prompts(), EvalContext(base, rewards, {}))
     json.dumps(out)  # plain Python types only
     numeric = [k for k, v in out.items() if isinstance(v, float)]
-    assert set(numeric) == set(out["higher_is_better"])
+    assert set(numeric) | {"reward"} == set(out["higher_is_better"]) == set(ToyTilt.higher_is_better)
     assert {"kl_target", "kl_teacher", "kl_floor", "mmd", "energy_distance", "mode_mass_error",
-            "mean_reward", "reward/toy-linear"} <= set(numeric)
-    assert out["higher_is_better"]["reward/toy-linear"] and not out["higher_is_better"]["kl_target"]
+            "mean_reward"} <= set(numeric)
+    assert out["higher_is_better"]["reward"] and not out["higher_is_better"]["kl_target"]
     assert out["version"] == ToyTilt.version
-    assert out["mean_reward"] == pytest.approx(2.0 * out["reward/toy-linear"])
+    assert out["mean_reward"] == pytest.approx(2.0 * out["reward"]["toy-linear"])
     setup = out["setup"]
     assert setup["rewards"]["beta"] == 0.5 and setup["rewards"]["configs"]["toy-linear"]["cap"] == 3.0
     assert setup["prompts"]["upper half"]["target"]["label"] == "numerical-grid"
@@ -174,7 +174,8 @@ def test_no_rewards_target_is_teacher_and_mode_masses():
     pp = out["per_prompt"]["modes 0 and 4"]
     assert pp["mode_masses"] == [1.0, 0.0] and pp["mode_mass_error"] == pytest.approx(0.5)
     assert pp["kl_target"] == pp["kl_teacher"] and pp["kl_target"] > 0.5
-    assert "mean_reward" not in out
+    assert "mean_reward" not in out and "reward" not in out
+    assert set(out["higher_is_better"]) == {k for k, v in out.items() if isinstance(v, float)}
 
 
 def test_prompt_layouts_and_errors():
