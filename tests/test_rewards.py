@@ -211,3 +211,23 @@ def test_every_reward_config_field_can_be_set_from_the_command_line():
         for f in fields(cfg):
             value = getattr(cfg, f.name)
             assert set_field(cfg, [f.name], str(value), f"reward.{name}.{f.name}") == cfg
+
+
+def test_repeated_prompts_share_text_features():
+    """GRPO groups repeat prompts: the text tower runs once per distinct prompt, same scores."""
+    from rtdmd_bench.rewards.clip_based import unique_prompts
+
+    unique, index = unique_prompts(["b", "a", "b", "c", "a"])
+    assert unique == ["b", "a", "c"] and index.tolist() == [0, 1, 0, 2, 1]
+    x = images(4)
+    for name in ("tiny-clipscore", "tiny-hpsv21"):
+        reward = build(name, batch_size=4)
+        grouped = reward(x, ["a cat", "a cat", "a dog", "a cat"])
+        single = torch.cat([reward(x[i:i + 1], [p]) for i, p in enumerate(["a cat", "a cat", "a dog", "a cat"])])
+        torch.testing.assert_close(grouped, single, atol=1e-5, rtol=0)
+
+
+def test_official_classes_carry_their_registry_names():
+    for name in ("clipscore", "hpsv2", "hpsv21", "pickscore", "aesthetic", "imagereward", "geneval-partial"):
+        cls = registry.resolve("rewards", name)
+        assert cls.name == name and "stand-in" not in cls.name

@@ -114,6 +114,14 @@ def pixel_spec_from_processor(path: Path, mode: str | None = None) -> PixelSpec:
 # ---------------------------------------------------------------------------------------
 # Dual encoders: the loaded CLIP towers behind one small interface.
 
+def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], Tensor]:
+    """Distinct prompts and, per input, its row among them: GRPO groups repeat each prompt K
+    times, so the text tower runs once per distinct prompt (features are per prompt anyway)."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(p, len(rows)) for p in prompts]
+    return list(rows), torch.tensor(index, dtype=torch.long)
+
+
 class HFClip(nn.Module):
     """transformers `CLIPModel` + its tokenizer + pixel spec."""
 
@@ -129,11 +137,13 @@ class HFClip(nn.Module):
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
         # Padding to max_length keeps scores independent of what else is in the batch
         # (causal text mask + EOS pooling make it equal to the official padding=True).
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+        unique, index = unique_prompts(prompts)
+        tok = self.tokenizer(unique, padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         device = self.model.logit_scale.device
-        return self.model.get_text_features(input_ids=tok.input_ids.to(device),
-                                            attention_mask=tok.attention_mask.to(device)).pooler_output
+        feats = self.model.get_text_features(input_ids=tok.input_ids.to(device),
+                                             attention_mask=tok.attention_mask.to(device)).pooler_output
+        return feats[index.to(device)]
 
     @property
     def logit_scale(self) -> Tensor:
@@ -152,8 +162,9 @@ class OpenClip(nn.Module):
         return self.model.encode_image(pixels)
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
-        ids = self.tokenizer(list(prompts)).to(self.model.logit_scale.device)
-        return self.model.encode_text(ids)
+        unique, index = unique_prompts(prompts)
+        device = self.model.logit_scale.device
+        return self.model.encode_text(self.tokenizer(unique).to(device))[index.to(device)]
 
     @property
     def logit_scale(self) -> Tensor:
