@@ -164,6 +164,7 @@ def test_prepare_fits_then_loads_from_cache(tmp_path, monkeypatch):
     second, meter2 = Toy2D(cfg), ComputeMeter()
     second.prepare(meter2)
     assert second.init_info["loaded_from_cache"] is True
+    assert second.init_info["fit_mse"] == first.init_info["fit_mse"]
     for role in ("student", "fake"):
         for k, v in first.state_dict(role).items():
             torch.testing.assert_close(second.state_dict(role)[k], v, rtol=0, atol=0)
@@ -175,6 +176,9 @@ def test_prepare_fits_then_loads_from_cache(tmp_path, monkeypatch):
     assert meter1.used == 0
     assert 0 < meter1.teacher_forward_flops == meter2.teacher_forward_flops
     assert meter1.teacher_forward_flops < meter1.breakdown()["init_flops"] / cfg.fit_steps
+    first.cache_path().write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="delete"):
+        Toy2D(cfg).prepare(ComputeMeter())
 
 
 def test_fit_is_deterministic_and_keyed_by_config(tmp_path, monkeypatch):

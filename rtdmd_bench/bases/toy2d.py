@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -239,7 +241,7 @@ class Toy2D:
         return self.nets[role]
 
     # ------------------------------------------------------------------ initialisation
-    def cache_path(self) -> os.PathLike:
+    def cache_path(self) -> Path:
         key = config_hash({"config": asdict(self.cfg), "fit_format": FIT_FORMAT})
         return cache_dir("toy2d") / f"{type(self).__name__.lower()}-{key}.safetensors"
 
@@ -251,8 +253,14 @@ class Toy2D:
         path = self.cache_path()
         fit_net = self._new_net()
         if os.path.exists(path):
-            fit_net.load_state_dict(load_file(str(path)))
-            self.init_info = {"loaded_from_cache": True, "path": str(path)}
+            try:
+                fit_net.load_state_dict(load_file(str(path)))
+                with safe_open(str(path), "pt") as f:
+                    mse = float(f.metadata()["fit_mse"])
+            except Exception as exc:  # a truncated or foreign file: say which one to delete
+                raise UserError(f"toy2d: cannot load the cached student init {path} ({exc}); delete "
+                                "it and run again to refit") from exc
+            self.init_info = {"loaded_from_cache": True, "path": str(path), "fit_mse": mse}
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.init_seed)
