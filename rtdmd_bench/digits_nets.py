@@ -18,6 +18,7 @@ temp file + os.replace) plus a metadata JSON per network, keyed by the hash of i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -239,6 +240,17 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def isolated_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` on a fork of torch's global RNG: training that seeds itself neither depends on
+    nor shifts the caller's random stream, so a run that builds the cache on first use draws
+    the same numbers as one that finds it cached."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _progress(description: str, total: int, enabled: bool) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -259,13 +271,14 @@ def flow_matching_loss(net: FlowNet, x0: Tensor, label: Tensor, gen: torch.Gener
     return F.mse_loss(net(x, sigma, label), eps - x0)
 
 
+@isolated_rng
 @single_thread()
 def train_teacher(cfg: TeacherConfig, progress: bool = True) -> tuple[FlowNet, dict[str, Any]]:
     """Train the flow teacher from scratch, deterministically; return its EMA copy and a log."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # global RNG forked by @isolated_rng: initialisation only
+    net, ema = FlowNet(cfg), FlowNet(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, labels = load_split("train")
-    net, ema = FlowNet(cfg), FlowNet(cfg)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     # The step table stays zero in the teacher: only student / fake copies learn it.
@@ -303,13 +316,14 @@ def classifier_accuracy(clf: DigitClassifier, images: Tensor, labels: Tensor) ->
     return (clf.eval()(images).argmax(1) == labels).float().mean().item()
 
 
+@isolated_rng
 @single_thread()
 def train_classifier(cfg: ClassifierConfig, progress: bool = True) -> tuple[DigitClassifier, dict[str, Any]]:
     """Train the CNN on the train split, deterministically; report held-out accuracy."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # global RNG forked by @isolated_rng: initialisation, dropout
+    clf = DigitClassifier(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, labels = load_split("train")
-    clf = DigitClassifier(cfg)
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(clf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -420,7 +434,7 @@ def _load_or_train(kind: str, cfg: Any, build: Callable[[], nn.Module],
         net.load_state_dict(load_file(str(weights)))
     except Exception as exc:  # a truncated / foreign file: say which and how to rebuild
         raise UserError(f"digits: cannot load cached {kind} {weights} ({exc}); delete it or run "
-                        "`rtdmd-bench prepare digits` (force) to rebuild") from exc
+                        "`rtdmd-bench prepare digits --force` to rebuild") from exc
     return net.eval().requires_grad_(False), json.loads(meta_path.read_text())
 
 

@@ -134,6 +134,15 @@ def test_teacher_training_is_deterministic(tmp_cache: Path) -> None:
         assert torch.equal(va, vb), k
 
 
+def test_training_leaves_the_callers_random_stream_untouched(tmp_cache: Path) -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train_teacher(TINY_TEACHER, progress=False)
+    digits_nets.train_classifier(TINY_CLASSIFIER, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_failed_teacher_check_raises_when_required(tmp_cache: Path) -> None:
     cfg = tiny_cfg()
     cfg.require_teacher_check = True
