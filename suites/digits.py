@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -129,7 +128,7 @@ class DigitsSuite:
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
-        return float(np.mean([mean_pairwise_distance(feats[idx]) for idx in groups.values()]))
+        return float(np.mean([mean_pairwise_distance(feats[idx]) for idx in groups.values() if len(idx) > 1]))
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any) -> dict[str, Any]:
@@ -162,8 +161,8 @@ class DigitsSuite:
             out["diversity"] = self._diversity(feats, per_image)
         else:
             notes.append("diversity skipped: one sample per prompt")
-        per_class = [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else math.nan
-                     for c in range(NUM_CLASSES)]
+        per_class = [(pred[labels == c] == c).float().mean().item() if (labels == c).any() else None
+                     for c in range(NUM_CLASSES)]  # None (valid JSON) for a class without samples
         out["accuracy_per_class"] = per_class  # a list: kept in the JSON, not a table column
         out["note"] = "; ".join(notes)
         return out
