@@ -314,6 +314,9 @@ class DiffusersBase:
         self.cfg = cfg
         self.default_cfg = float(cfg.default_cfg)
         self.device = pick_device(cfg.device)
+        if cfg.device == "auto" and self.device.type == "cpu" and not self.name.startswith("tiny-"):
+            warnings.warn(f"base {self.name!r} found no GPU and runs on CPU (very slow); "
+                          "--set base.device=cpu says that is intended", stacklevel=2)
         self.dtype = DTYPES[cfg.weights_dtype]
         self.nets: Networks | None = None
         self._switch: dict[str, AdapterSwitch] = {}
