@@ -171,7 +171,7 @@ class DMDRL:
         """PPO-clip on the stochastic steps of a fresh group rollout (on-policy: ratio 1 at the
         update, so the clip only matters for the gradient's support, as in Flow-GRPO's first step)."""
         cfg, k = self.cfg, self.cfg.group_size
-        group_prompts = [p for p in prompts for _ in range(k)]  # (B K,) prompt-major groups
+        group_prompts = rl.grouped_prompts(prompts, k)  # (B,) B // K prompts, K samples each
         cond = self.base.encode(group_prompts)
         velocity = sampling.base_velocity(self.base, "student", cond)
         noise = torch.randn((len(group_prompts), *self.base.latent_shape), generator=gen)

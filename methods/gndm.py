@@ -196,7 +196,7 @@ class GNDM:
         gen = torch.Generator().manual_seed(batch.seed)
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:
-            prompts = [p for p in batch.prompts for _ in range(cfg.group_size)]  # prompt-major groups
+            prompts = rl.grouped_prompts(batch.prompts, cfg.group_size)  # B // K prompts, K samples each
             x0, logs = self._generator_update(prompts, gen, step)
         else:
             prompts = list(batch.prompts)

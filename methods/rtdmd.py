@@ -204,7 +204,7 @@ class RTDMD:
 
     def _stage2_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg, n_steps = self.cfg, self.cfg.stage1.num_steps
-        prompts = [p for p in batch.prompts for _ in range(cfg.group_size)]  # prompt-major groups
+        prompts = rl.grouped_prompts(batch.prompts, cfg.group_size)  # B // K prompts, K samples each
         cond, gen = self.base.encode(prompts), torch.Generator().manual_seed(batch.seed)
         use_ppo, use_bp = cfg.reward_term != "backprop", cfg.reward_term != "grpo"
         subset = rl.choose_subset(n_steps - 1, cfg.subset_size, batch.seed) if use_ppo else []

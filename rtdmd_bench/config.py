@@ -51,7 +51,8 @@ class TrainConfig:
     budget: str = "1e11"
     """Compute budget: FLOPs (2e12, 2T, 500G) or teacher-forward equivalents (20ktf)."""
     batch_size: int = 256
-    """Prompts per training step (group methods draw batch_size / group_size distinct prompts)."""
+    """Samples per training step; group methods draw batch_size // group_size distinct prompts
+    and K = group_size samples of each (rtdmd_bench.core.rl.grouped_prompts)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (a final one is always written)."""
     log_every: int = 50

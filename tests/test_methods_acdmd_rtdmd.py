@@ -124,7 +124,7 @@ def test_subset_and_group_noise_are_shared_inside_a_real_rtdmd_rollout():
     state = ranks[0].state_dict()
     for m in ranks:
         m.load_state_dict(state)
-        m.train_step(Batch(prompts=base.train_prompts()[:3], seed=11), step=0)
+        m.train_step(Batch(prompts=base.train_prompts()[:3] * 4, seed=11), step=0)
     (sub0, r0), (sub1, r1) = seen
     assert sub0 == sub1 == rl.choose_subset(3, 2, 11) and len(sub0) == 2
     free = [j for j in range(3) if j not in sub0]

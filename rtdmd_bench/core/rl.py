@@ -54,6 +54,13 @@ def choose_subset(num_stochastic: int, size: int, seed: int) -> list[int]:
     return sorted(torch.randperm(num_stochastic, generator=g)[:size].tolist())
 
 
+def grouped_prompts(prompts: Sequence[str], group_size: int) -> list[str]:
+    """Prompt-major groups with the batch's sample count: the first max(1, B // K) prompts, each
+    repeated K times, so `train.batch_size` means samples per step for every method."""
+    distinct = list(prompts[: max(1, len(prompts) // group_size)])
+    return [p for p in distinct for _ in range(group_size)]
+
+
 def stable_seed(*parts: object) -> int:
     """A seed from text parts that is identical across processes (unlike Python's hash)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
