@@ -102,8 +102,10 @@ class Toy2D:
         """Adam steps of the regression of the initial MLP onto the exact teacher velocity."""
         fit_batch: int = 512
         """Batch size of that regression."""
-        fit_lr: float = 2e-3
-        """Peak Adam learning rate of the fit (cosine decay to 0)."""
+        fit_lr: float = 1e-2
+        """Peak Adam learning rate of the fit (cosine decay to 0). Measured on the default toy
+        (2000 steps): lr 2e-3 -> velocity MSE 0.009, student 50-step Euler KL 0.27 nats;
+        1e-2 -> MSE 0.0014, KL 0.10 (exact teacher: 0.05); 2e-2 barely better."""
         init_seed: int = 0
         """Seed of the MLP initialisation and the fit data (the fit is deterministic)."""
 
@@ -113,6 +115,11 @@ class Toy2D:
         self.mixture = self._build_mixture()
         self.prompt_names, self.prompt_modes = self._parse_prompts()
         self.conditionals = [self.mixture.subset(m) for m in self.prompt_modes]
+        self.prompt_log_weights = torch.full((len(self.prompt_modes), self.cfg.num_modes), -math.inf,
+                                             dtype=torch.float64)  # (P, K)
+        for pid, modes in enumerate(self.prompt_modes):
+            w = self.mixture.weights[modes]
+            self.prompt_log_weights[pid, modes] = torch.log(w / w.sum())
         self.nets = {role: self._new_net() for role in ("student", "fake")}
         for net in self.nets.values():
             net.requires_grad_(False)  # frozen until prepare() installs the fitted weights
@@ -179,13 +186,12 @@ class Toy2D:
         return self.conditionals[self.prompt_id(prompt)]
 
     def teacher_velocity(self, x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
-        """Exact conditional velocity E[eps - x0 | x_sigma, prompt]: (B, 2) float64."""
-        pids = torch.unique(cond).tolist()
-        groups = [torch.nonzero(cond == pid).flatten() for pid in pids]
-        parts = [mixture_velocity(self.conditionals[p], x[g], sigma[g]) for p, g in zip(pids, groups)]
-        # Scatter the per-prompt groups back by a permutation (no in-place writes: keeps autograd).
-        order = torch.cat(groups)
-        return torch.cat(parts)[torch.argsort(order)]
+        """Exact conditional velocity E[eps - x0 | x_sigma, prompt]: (B, 2) float64.
+
+        One call over all components with per-sample log-weights (-inf outside the prompt's
+        subset): equal to each prompt's conditional mixture, at a cost that does not depend on
+        which prompts are in the batch."""
+        return mixture_velocity(self.mixture, x, sigma, self.prompt_log_weights[cond])
 
     def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Tensor,
                  cfg: float | None = None, step: Tensor | None = None) -> Tensor:
@@ -242,7 +248,9 @@ class Toy2D:
 
     # ------------------------------------------------------------------ initialisation
     def cache_path(self) -> Path:
-        key = config_hash({"config": asdict(self.cfg), "fit_format": FIT_FORMAT})
+        # Fields that do not change the fitted network (sampling schedule, CFG) stay out of the key.
+        fit_cfg = {k: v for k, v in asdict(self.cfg).items() if k not in ("shift", "default_cfg")}
+        key = config_hash({"config": fit_cfg, "fit_format": FIT_FORMAT})
         return cache_dir("toy2d") / f"{type(self).__name__.lower()}-{key}.safetensors"
 
     def prepare(self, meter: Any) -> None:
