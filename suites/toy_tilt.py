@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from torch import Tensor
 
+from rtdmd_bench.compute import MeteredReward
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.toy_mixture import GridTarget, Mixture, single_thread, tilt_mixture
@@ -84,7 +85,7 @@ def _reward_names_forms(rewards: RewardSet) -> list[tuple[str, float, Any]]:
     out = []
     for name, reward in rewards.rewards.items():
         form_fn = getattr(reward, "quadratic_form", None)
-        out.append((name, float(rewards.weights.get(name, 1.0)), form_fn() if form_fn else None))
+        out.append((name, float(rewards.weights[name]), form_fn() if form_fn else None))
     return out
 
 
@@ -114,6 +115,13 @@ def exact_target(base: Any, rewards: RewardSet, prompt: str, grid_resolution: in
     lo = teacher.means.min(0).values - spread
     hi = teacher.means.max(0).values + spread
     return GridTarget(teacher, log_tilt, lo, hi, grid_resolution)
+
+
+def unmetered(rewards: RewardSet) -> RewardSet:
+    """The same rewards without `compute.MeteredReward` wrappers: evaluation (also the
+    metric-vs-FLOPs curve run during training) must not spend the training budget."""
+    inner = {n: (r._reward if isinstance(r, MeteredReward) else r) for n, r in rewards.rewards.items()}
+    return RewardSet(inner, dict(rewards.weights), rewards.beta)
 
 
 def _config_of(obj: Any) -> Any:
@@ -210,7 +218,7 @@ class ToyTilt:
     def score_prompt(self, x: Tensor, prompt: str, ctx: EvalContext, gen: torch.Generator
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(metrics, setup) for one prompt's samples x (n, 2) float64."""
-        base, rewards, c = ctx.base, ctx.rewards, self.cfg
+        base, rewards, c = ctx.base, unmetered(ctx.rewards), self.cfg
         teacher = base.teacher_mixture(prompt)
         target = self.target(base, rewards, prompt)
         if not bool(torch.isfinite(x).all()):
@@ -270,6 +278,7 @@ def plot_samples_over_target(panels: dict[str, Tensor], base: Any, rewards: Rewa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rewards = unmetered(rewards)
     with single_thread():
         target = exact_target(base, rewards, prompt)
         teacher = base.teacher_mixture(prompt)

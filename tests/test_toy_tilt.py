@@ -12,12 +12,13 @@ import torch
 from torch import Tensor
 
 from rtdmd_bench.bases.toy2d import Toy2D
+from rtdmd_bench.compute import ComputeMeter, MeteredReward
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.rewards.toy import CappedLinearReward, QuadraticReward
 from rtdmd_bench.toy_mixture import GridTarget, Mixture, single_thread, tilt_mixture
-from suites.toy_tilt import (ToyTilt, exact_target, kl_estimate, knn_entropy,
-                             plot_samples_over_target, two_sample_distances)
+from suites.toy_tilt import (ToyTilt, exact_target, knn_entropy,
+                             plot_samples_over_target, two_sample_distances, unmetered)
 
 
 def _mixture() -> Mixture:
@@ -207,3 +208,12 @@ def test_bind_checks_prompts_against_the_base():
         ToyTilt(ToyTilt.Config(prompts=("all modes", "a cat"))).bind(Toy2D())
     with pytest.raises(UserError, match="toy2d"):
         ToyTilt().bind(object())
+
+
+def test_scoring_does_not_spend_the_training_budget():
+    base, suite = Toy2D(), _suite()
+    meter = ComputeMeter()
+    rewards = RewardSet({"toy-linear": MeteredReward(CappedLinearReward(), meter)}, {"toy-linear": 1.0}, 1.0)
+    x = _exact_samples(suite, base, unmetered(rewards), 5)
+    out = suite.score(x, suite.prompts(), EvalContext(base, rewards, {}))
+    assert meter.used == 0 and out["reward"]["toy-linear"] < 3.0
