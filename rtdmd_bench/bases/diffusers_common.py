@@ -350,8 +350,10 @@ class DiffusersBase:
         nets = self._build()
         freeze(nets.transformer, nets.vae, nets.generator, *[m for m in nets.text.values() if isinstance(m, nn.Module)])
         for m in (nets.transformer, nets.vae, nets.generator, *nets.text.values()):
-            if isinstance(m, nn.Module):  # no-op for weights loaded with torch_dtype; casts tiny ones
-                m.to(device=self.device, dtype=self.dtype)
+            if isinstance(m, nn.Module):
+                m.to(self.device)
+                if any(p.dtype != self.dtype for p in m.parameters()):  # tiny bases; loaded weights already are
+                    m.to(self.dtype)
         seed = int(getattr(self.cfg, "seed", 0))
         shared = nets.generator is None
         self._switch = {"base": AdapterSwitch(nets.transformer, ("fake", "student") if shared else ("fake",),
