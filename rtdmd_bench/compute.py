@@ -23,6 +23,29 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtdmd_bench.errors import UserError
 
+def _register_cpu_attention_flops() -> None:
+    """torch's FLOP counter has no formula for the CPU flash-attention kernel, so attention on CPU
+    would count as 0 FLOPs; give it the same formula as the other SDPA kernels."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001
+        return fc.sdpa_flop_count(query, key, value)
+
+    if bwd is not None and bwd not in fc.flop_registry:
+        @fc.register_flop_formula(bwd)
+        def _sdpa_cpu_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001
+            return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+_register_cpu_attention_flops()
+
 _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKMGTP]?)\s*(tf)?\s*$")
 

@@ -127,8 +127,12 @@ class Mixture:
 
 
 # ---------------------------------------------------------------- exact velocity
-def mixture_velocity(mix: Mixture, x: Tensor, sigma: Tensor) -> Tensor:
+def mixture_velocity(mix: Mixture, x: Tensor, sigma: Tensor, log_weights: Tensor | None = None) -> Tensor:
     """Exact E[eps - x0 | x_sigma = x] for x0 ~ mix. x (B, 2), sigma (B,) -> (B, 2), float64.
+
+    `log_weights` (B, K) optionally replaces log(mix.weights) per sample (-inf drops a component):
+    one batched call serves samples of different prompts with a cost independent of which
+    prompts they are (so the compute meter's per-shape cost is exact).
 
     Per component k (x0 ~ N(mu, S), eps ~ N(0, I)), (x0, eps, x) are jointly Gaussian with
     Cov(x) = C = (1-s)^2 S + s^2 I, so with d = x - (1-s) mu:
@@ -147,7 +151,8 @@ def mixture_velocity(mix: Mixture, x: Tensor, sigma: Tensor) -> Tensor:
     d = x[:, None, :] - (1 - s[..., 0]) * mix.means[None]  # (B, K, 2)
     c_inv_d = matvec(c_inv, d)  # (B, K, 2)
     maha = (d * c_inv_d).sum(-1)  # (B, K)
-    log_post = torch.log(mix.weights)[None] - 0.5 * maha - 0.5 * torch.log(det2(c))
+    log_w = torch.log(mix.weights)[None] if log_weights is None else log_weights.to(torch.float64)
+    log_post = log_w - 0.5 * maha - 0.5 * torch.log(det2(c))
     resp = torch.softmax(log_post, dim=-1)  # (B, K)
     v_k = matvec(s * eye - (1 - s) * cov, c_inv_d) - mix.means[None]  # (B, K, 2)
     return (resp[..., None] * v_k).sum(1)
