@@ -291,8 +291,9 @@ def plot_samples_over_target(panels: dict[str, Tensor], base: Any, rewards: Rewa
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 4), squeeze=False)
     for ax, (name, pts) in zip(axes[0], panels.items()):
         pts = pts.detach().cpu().double()[:max_points]
-        ax.imshow(dens.numpy(), extent=(-half, half, -half, half), origin="lower", cmap="Greys")
-        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=2, alpha=0.4, color="tab:red")
+        # sqrt keeps low-mass target modes visible next to the dominant ones
+        ax.imshow(dens.sqrt().numpy(), extent=(-half, half, -half, half), origin="lower", cmap="Blues")
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, alpha=0.3, color="tab:red")
         ax.set_title(name, fontsize=10)
         ax.set_xlim(-half, half)
         ax.set_ylim(-half, half)
