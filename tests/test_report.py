@@ -1,0 +1,44 @@
+"""compare: grouping by config over seeds, mean ± 95% CI, Markdown/CSV/LaTeX output."""
+
+import json
+import math
+
+import pytest
+
+from rtdmd_bench.report import Table, compare_runs, mean_ci
+from rtdmd_bench.runs import RunDir, atomic_write_json
+
+
+def test_mean_ci_matches_student_t():
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0
+    assert h == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))  # t_{0.975, 2} * sd / sqrt(n)
+    assert mean_ci([5.0]) == (5.0, 0.0)
+
+
+def _fake_run(root, name, method, seed, kl, lr=1e-3):
+    run = RunDir(root / name)
+    run.path.mkdir(parents=True)
+    run.write_config({"run": {"method": method, "base": "toy2d", "seed": seed}, "method": {"lr": lr}})
+    atomic_write_json(run.path / "eval" / "toy-tilt.json",
+                      {"metrics": {"kl_target": kl, "reward": {"toy-quadratic": -kl}}, "higher_is_better": {"kl_target": False, "reward": True}})
+    atomic_write_json(run.path / "result.json", {"compute": {"used_flops": 1e9}, "wall_time_s": 2.0})
+    return run.path
+
+
+def test_compare_groups_seeds_and_writes_tables(tmp_path):
+    runs = [_fake_run(tmp_path, f"a{s}", "dmd2", s, kl) for s, kl in enumerate([1.0, 2.0, 3.0])]
+    runs += [_fake_run(tmp_path, "b0", "rtdmd", 0, 0.5), _fake_run(tmp_path, "c0", "dmd2", 0, 9.0, lr=5.0)]
+    table = compare_runs(runs)
+    labels = [label for label, _ in table.rows]
+    assert len(labels) == 3  # dmd2 x3 seeds grouped; another lr is another row
+    dmd2 = dict(table.rows)[labels[0]]
+    assert dmd2["kl_target"] == [1.0, 2.0, 3.0] and "seeds 0,1,2" in labels[0]
+    assert "reward.toy-quadratic" in table.columns and table.higher_is_better["kl_target"] is False
+    paths = table.write(tmp_path / "out", "cmp")
+    md = (tmp_path / "out" / "cmp.md").read_text()
+    assert "2.000 ± 2.484" in md and "kl_target ↓" in md
+    csv = (tmp_path / "out" / "cmp.csv").read_text().splitlines()
+    assert csv[0].startswith("row,kl_target_mean,kl_target_ci95,kl_target_n")
+    assert r"\pm" in (tmp_path / "out" / "cmp.tex").read_text()
+    assert len(paths) == 3
