@@ -129,8 +129,11 @@ def test_encode_sigmas_decode():
     base = Toy2D()
     ids = base.encode(base.train_prompts())
     assert ids.dtype == torch.long and ids.tolist() == list(range(len(base.train_prompts())))
-    torch.testing.assert_close(base.sigmas(4), few_step_sigmas(4, shift=1.0))
-    torch.testing.assert_close(base.sigmas(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    torch.testing.assert_close(base.sigmas(4), few_step_sigmas(4, shift=base.cfg.shift))
+    shift1 = Toy2D(Toy2D.Config(shift=1.0))
+    torch.testing.assert_close(shift1.sigmas(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    shift3 = Toy2D(Toy2D.Config(shift=3.0))  # SD3's 4-step schedule (METHODS.md section 1)
+    torch.testing.assert_close(shift3.sigmas(4), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
     x = torch.randn(3, 2)
     assert base.decode(x) is x
     # Default ring: modes 0-3 lie in the upper half plane, 2-5 in the left half.
