@@ -108,6 +108,19 @@ def test_cfg_one_is_conditional_and_zero_is_unconditional():
     assert not torch.allclose(v_cond, v_uncond, atol=1e-2)
 
 
+def test_batched_teacher_velocity_equals_each_prompts_mixture():
+    # The base evaluates all prompts in one call with -inf log-weights outside each subset;
+    # it must equal the velocity of each prompt's own (renormalised) mixture.
+    for base in (Toy2D(), Toy2DHard()):
+        gen = torch.Generator().manual_seed(1)
+        prompts = base.train_prompts() * 3
+        x, sigma = torch.randn(len(prompts), 2, generator=gen) * 3, torch.rand(len(prompts), generator=gen)
+        got = base.velocity("teacher", x, sigma, base.encode(prompts))
+        for i, p in enumerate(prompts):
+            ref = mixture_velocity(base.teacher_mixture(p), x[i:i + 1], sigma[i:i + 1]).float()
+            torch.testing.assert_close(got[i:i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
 def test_teacher_velocity_is_per_prompt_and_differentiable():
     base = Toy2D()
     x = torch.tensor([[1.0, 1.0], [1.0, 1.0]], requires_grad=True)
