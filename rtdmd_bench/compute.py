@@ -229,5 +229,10 @@ class MeteredReward:
         return self.meter.call("reward", self._reward, images, list(prompts),
                                key_extra=self.name)
 
+    @property
+    def raw(self) -> Any:
+        """The unmetered reward (evaluation must not spend the training budget)."""
+        return self._reward
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reward, name)

@@ -142,6 +142,8 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
         ts = teacher_spec or SamplerSpec(role="teacher", num_steps=50, kind="euler")
         return generate(base, ts, prompts, n, seed, cache_dir, batch_size, stats)
 
+    # Suites score with the unmetered rewards: evaluation never spends a run's training budget.
+    rewards = RewardSet({n: getattr(r, "raw", r) for n, r in rewards.rewards.items()}, dict(rewards.weights), rewards.beta)
     ctx = EvalContext(base=base, rewards=rewards, run_config=run_config, teacher_samples=teacher_samples, seed=seed)
     metrics = suite.score(images, prompts, ctx)
     result = {

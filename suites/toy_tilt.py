@@ -120,7 +120,7 @@ def exact_target(base: Any, rewards: RewardSet, prompt: str, grid_resolution: in
 def unmetered(rewards: RewardSet) -> RewardSet:
     """The same rewards without `compute.MeteredReward` wrappers: evaluation (also the
     metric-vs-FLOPs curve run during training) must not spend the training budget."""
-    inner = {n: (r._reward if isinstance(r, MeteredReward) else r) for n, r in rewards.rewards.items()}
+    inner = {n: (r.raw if isinstance(r, MeteredReward) else r) for n, r in rewards.rewards.items()}
     return RewardSet(inner, dict(rewards.weights), rewards.beta)
 
 
