@@ -90,8 +90,10 @@ def run_one(bench: str, method: str, seed: int, runs_dir: str) -> dict[str, Any]
     suite = build_suite(spec.suite)
     sampler = SamplerSpec(role="student", num_steps=getattr(b.cfg.method, "num_steps", 4),
                           eta=getattr(b.cfg.method, "eta", 0.9), tag=f"{bench}-{method}-s{seed}")
+    # One sample cache per bench: student samples are keyed by run, the teacher's (for FID-T) are
+    # shared by every run of the bench.
     with b.method.generator():
-        evaluate_suite(suite, b.base, sampler, b.rewards, b.cfg.to_dict(), 0, run_dir / "samples", eval_path)
+        evaluate_suite(suite, b.base, sampler, b.rewards, b.cfg.to_dict(), 0, Path(runs_dir) / bench / "samples", eval_path)
     return {"run": str(run_dir), "reused": False}
 
 
@@ -111,7 +113,8 @@ def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) ->
         cfg = resolve_config("dmd2", spec.base, [])
         b = build(cfg)
         sampler = SamplerSpec(role="teacher", num_steps=steps, kind=kind, tag=f"{bench}-teacher")
-        evaluate_suite(build_suite(spec.suite), b.base, sampler, b.rewards, cfg.to_dict(), 0, out / "samples", path)
+        evaluate_suite(build_suite(spec.suite), b.base, sampler, b.rewards, cfg.to_dict(), 0,
+                       Path(runs_dir) / bench / "samples", path)
     return {"label": label, "eval": str(path)}
 
 
@@ -232,40 +235,41 @@ def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:
         build(resolve_config("dmd2", BENCHES[b].base, []))
 
 
-def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
-    from rtdmd_bench.evaluate import read_eval  # noqa: F401  (kept for symmetry with tables)
+def _cached(runs_dir: Path, bench: str, key_glob: str, prompt_index: int) -> Any:
+    """Cached evaluation samples of one prompt (see evaluate.generate's layout), or None."""
     from safetensors.torch import load_file
 
-    spec = BENCHES[bench]
-    panels = {}
-    for method in METHODS:
-        files = sorted((runs_dir / bench / f"{method}-s0" / "samples").rglob("*.safetensors"))
-        panels[method] = files
+    files = sorted((runs_dir / bench / "samples").glob(f"{key_glob}/*/{prompt_index:05d}.safetensors"))
+    return load_file(str(files[0]))["images"] if files else None
+
+
+def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
+    """toy2d: samples over the exact target (seed 0, first prompt) and KL vs FLOPs;
+    digits: a grid of samples (rows: teacher and methods, columns: prompts)."""
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.evaluate import build_suite
+    from rtdmd_bench.train import build
+
+    sources = {"teacher (4-step CPS)": "teacher-cps4-*"}
+    sources |= {m: f"student-*-{bench}-{m}-s0" for m in METHODS}
     if bench == "toy2d":
-        plot_curves(bench, runs_dir, seeds, folder / "kl_vs_flops.png", spec.curve_metric)
-        from rtdmd_bench.config import resolve_config
-        from rtdmd_bench.train import build
         from suites.toy_tilt import plot_samples_over_target
 
+        plot_curves(bench, runs_dir, seeds, folder / "kl_vs_flops.png", BENCHES[bench].curve_metric)
         b = build(resolve_config("dmd2", "toy2d", []))
-        prompt_index = 0
-        prompt = b.base.train_prompts()[prompt_index]
-        samples = {m: load_file(str(next(f for f in fs if f.name == f"{prompt_index:05d}.safetensors")))["images"]
-                   for m, fs in panels.items() if fs}
-        teacher_dir = runs_dir / bench / "teacher-cps4" / "samples"
-        tfile = next((f for f in teacher_dir.rglob(f"{prompt_index:05d}.safetensors")), None)
-        if tfile is not None:
-            samples = {"teacher (4-step CPS)": load_file(str(tfile))["images"], **samples}
-        plot_samples_over_target(samples, b.base, b.rewards, prompt, folder / "samples_over_target.png")
+        panels = {label: x for label, g in sources.items() if (x := _cached(runs_dir, bench, g, 0)) is not None}
+        plot_samples_over_target(panels, b.base, b.rewards, b.base.train_prompts()[0], folder / "samples_over_target.png")
     elif bench == "digits":
         import torch
 
         from suites.digits import save_digit_grid
 
+        suite = build_suite("digits")
+        prompts = suite.prompts()
+        picks = list(range(0, len(prompts), max(1, len(prompts) // 10)))[:10]
         rows = {}
-        for m, fs in panels.items():
-            if fs:
-                rows[m] = torch.stack([load_file(str(f))["images"][0] for f in sorted(fs)[:10]])
-        from rtdmd_bench.evaluate import build_suite
-        prompts = build_suite("digits").prompts()[:10]
-        save_digit_grid(rows, prompts, folder / "samples_grid.png")
+        for label, g in sources.items():
+            images = [_cached(runs_dir, bench, g, i) for i in picks]
+            if all(x is not None for x in images):
+                rows[label] = torch.stack([x[0] for x in images])
+        save_digit_grid(rows, [prompts[i] for i in picks], folder / "samples_grid.png")
