@@ -27,16 +27,14 @@ from typing import Any, Literal
 import torch
 
 from rtdmd_bench.core import dmd, optim, rewards_terms, rl, sampling, schedules
-from rtdmd_bench.core.ema import EMA
+from rtdmd_bench.core.generator_critic import GeneratorCriticConfig, GeneratorCritic
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 
 
 @dataclass
-class Config:
-    num_steps: int = 4
-    """Student sampling steps N (timesteps 1000, 750, 500, 250 before the base's shift)."""
+class Config(GeneratorCriticConfig):
     eta: float = 0.9
     """CPS stochasticity eta of the rollouts (METHODS.md section 1)."""
     lr_generator: float = 3e-6
@@ -49,19 +47,11 @@ class Config:
     """AdamW weight decay (RTDMD stage-2 official)."""
     grad_clip: float = 1.0
     """Gradient-norm clip for both networks (RTDMD official)."""
-    num_fake_per_gen: int = 5
-    """Fake-score steps per generator update (DMD2's two-time-scale rule)."""
-    ema_decay: float = 0.99
-    """Generator EMA decay; evaluation uses the EMA weights."""
     cfg: float | None = None
     """Teacher guidance scale in R_dm; None = the base's default."""
     fake_step_conditioning: bool = False
     """Ablation: give the fake score the sampler step index of the output it models (here always
     the last step, since R_dm scores final samples); off by default as in the papers."""
-    t_min: float = 0.02
-    """Lowest R_dm / fake-score noise level."""
-    t_max: float = 0.98
-    """Highest R_dm / fake-score noise level."""
     group_size: int = 16
     """Samples per prompt in a group (RTDMD official SD3-M group size)."""
     num_dm_draws: int = 4
@@ -106,24 +96,17 @@ class GNDM:
             raise UserError("gndm needs group_size >= 2, num_inner_epochs >= 1 and num_dm_draws >= 1; got "
                             f"{cfg.group_size}, {cfg.num_inner_epochs}, {cfg.num_dm_draws}")
         self.cfg, self.base, self.rewards, self.meter = cfg, base, rewards, meter
-        self.student_params = base.trainable("student")
-        self.fake_params = base.trainable("fake")
-        self.opt_g = optim.adamw(self.student_params, cfg.lr_generator, cfg.betas, cfg.weight_decay)
-        self.opt_f = optim.adamw(self.fake_params, cfg.lr_fake, cfg.betas, cfg.weight_decay)
-        self.ema = EMA(self.student_params, cfg.ema_decay)
-        self.sigmas = base.sigmas(cfg.num_steps)
-        self.guidance = base.default_cfg if cfg.cfg is None else cfg.cfg
+        self.nets = GeneratorCritic(cfg, base)
         self.last_step = cfg.num_steps - 1  # the fake score models final samples
         self.running: dict[str, float] = {}  # GNDMR running advantage magnitudes (state)
 
     def _fake_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        step = torch.full((x.shape[0],), self.last_step, dtype=torch.long) if self.cfg.fake_step_conditioning else None
-        return self.base.velocity("fake", x, t, cond, step=step)
+        return self.nets.fake_velocity(x, t, cond, self.last_step)  # R_dm scores final samples
 
     def _rollout(self, cond: Any, n: int, gen: torch.Generator) -> sampling.Rollout:
         noise = torch.randn((n, *self.base.latent_shape), generator=gen)
         with torch.no_grad():
-            return sampling.rollout(sampling.base_velocity(self.base, "student", cond), noise, self.sigmas,
+            return sampling.rollout(sampling.base_velocity(self.base, "student", cond), noise, self.nets.sigmas,
                                     self.cfg.eta, lambda j: torch.randn(noise.shape, generator=gen))
 
     def dm_reward(self, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
@@ -140,7 +123,7 @@ class GNDM:
                                  eps.reshape(m * b, *shape), t.reshape(-1))
         cond_m = self.base.encode(list(prompts) * m)  # draw-major, matching x_t
         with torch.no_grad():
-            v_real = self.base.velocity("teacher", x_t, t.reshape(-1), cond_m, cfg=self.guidance)
+            v_real = self.base.velocity("teacher", x_t, t.reshape(-1), cond_m, cfg=self.nets.guidance)
             v_fake = self._fake_velocity(x_t, t.reshape(-1), cond_m)
         weight = rewards_terms.dm_reward_weight(t, cfg.dm_weighting)
         return rewards_terms.dm_reward(x0, eps, v_real.view(m, b, *shape), v_fake.view(m, b, *shape), weight)
@@ -176,15 +159,15 @@ class GNDM:
         r = self._rollout(cond, len(prompts), gen)
         x0 = r.xs[-1]
         adv, logs = self.advantages(x0, prompts, gen)
-        steps = rewards_terms.stochastic_steps(self.sigmas)
+        steps = rewards_terms.stochastic_steps(self.nets.sigmas)
         old = rewards_terms.rollout_log_probs(r, steps, cfg.log_prob)
         velocity = sampling.base_velocity(self.base, "student", cond)
         for epoch in range(cfg.num_inner_epochs):
-            new = rewards_terms.policy_log_probs(velocity, r, self.sigmas, cfg.eta, steps, cfg.log_prob)
+            new = rewards_terms.policy_log_probs(velocity, r, self.nets.sigmas, cfg.eta, steps, cfg.log_prob)
             loss = rewards_terms.ppo_over_steps(new, old, adv, cfg.clip_eps, cfg.adv_clip)
-            logs["gen/grad_norm"] = optim.optimizer_step(self.opt_g, loss, self.student_params, cfg.grad_clip,
+            logs["gen/grad_norm"] = optim.optimizer_step(self.nets.opt_g, loss, self.nets.student_params, cfg.grad_clip,
                                                          step, "loss_ppo")
-            self.ema.update()
+            self.nets.ema.update()
             logs[f"loss_ppo/epoch{epoch}"] = float(loss.detach())
             # The fraction of transitions outside the trust region tells whether reuse is useful.
             logs[f"clip_fraction/epoch{epoch}"] = float(torch.stack(
@@ -208,25 +191,20 @@ class GNDM:
         noise = torch.randn(x0.shape, generator=gen)
         v = self._fake_velocity(sampling.add_noise(x0, noise, t), t, cond)
         loss_f = dmd.flow_matching_loss(v, x0, noise)
-        optim.optimizer_step(self.opt_f, loss_f, self.fake_params, cfg.grad_clip, step, "loss_fake")
+        optim.optimizer_step(self.nets.opt_f, loss_f, self.nets.fake_params, cfg.grad_clip, step, "loss_fake")
         logs["loss_fake"] = float(loss_f.detach())
         return logs
 
     def generator(self) -> Any:
-        return self.ema.swapped()
+        return self.nets.ema.swapped()
 
     def state_dict(self) -> dict[str, Any]:
         running = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.running.items()}
-        return {"student": self.base.state_dict("student"), "fake": self.base.state_dict("fake"),
-                "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict(),
+        return {**self.nets.state_dict(),
                 "adaptive_running": running}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict("student", state["student"])
-        self.base.load_state_dict("fake", state["fake"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_f.load_state_dict(state["opt_f"])
+        self.nets.load_state_dict(state)
         self.running = {k: float(v) for k, v in state.get("adaptive_running", {}).items()}
 
 

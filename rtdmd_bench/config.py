@@ -57,8 +57,9 @@ class TrainConfig:
     """Steps between checkpoints (a final one is always written)."""
     log_every: int = 50
     """Steps between lines in metrics.jsonl."""
-    curve_every: int = 0
-    """Steps between quick evaluations of `curve_suite` during training (0 = off)."""
+    curve_points: int = 0
+    """Quick evaluations of `curve_suite` during training, evenly spaced in FLOPs (0 = off):
+    methods whose steps cost different FLOPs get their curve points at the same compute."""
     curve_suite: str = ""
     """Suite evaluated during training for the metric-vs-FLOPs curve (e.g. toy-tilt)."""
     curve_images_per_prompt: int = 1000

@@ -41,6 +41,8 @@ class Table:
         self.rows.append((label, cells))
 
     def cell_text(self, value: Any, digits: int = 3) -> str:
+        if value is None:
+            return "–"
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)):
@@ -70,8 +72,8 @@ class Table:
             row = [label]
             for c in self.columns:
                 v = cells.get(c)
-                if isinstance(v, str):
-                    row += [v, "", ""]
+                if v is None or isinstance(v, str):
+                    row += [v or "", "", ""]
                     continue
                 vals = [v] if isinstance(v, (int, float)) else (v or [])
                 m, h = mean_ci(vals)

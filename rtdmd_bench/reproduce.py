@@ -29,8 +29,13 @@ class BenchSpec:
     suite: str
     columns: tuple[tuple[str, str], ...]  # (metric key in the suite JSON, column title)
     curve_metric: str = ""  # suite metric logged against FLOPs during training
-    curve_every: int = 0
+    curve_points: int = 0
     teacher_rows: tuple[tuple[str, str, int], ...] = (("teacher (4-step CPS)", "cps", 4),)
+    ablations: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (row label, method, overrides)
+
+    def rows(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(row label, method, extra overrides): every method with its recipe, then ablations."""
+        return [(m, m, ()) for m in METHODS] + list(self.ablations)
 
 
 BENCHES: dict[str, BenchSpec] = {
@@ -39,8 +44,12 @@ BENCHES: dict[str, BenchSpec] = {
         (("kl_target", "KL to tilted target"), ("kl_teacher", "KL to teacher"), ("mmd", "MMD to target"),
          ("energy_distance", "energy distance"), ("mean_reward", "mean reward"), ("mode_mass_error", "mode-mass error"),
          ("kl_floor", "estimator floor")),
-        curve_metric="kl_target", curve_every=250,
-        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (100-step Euler)", "euler", 100))),
+        curve_metric="kl_target", curve_points=8,
+        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (100-step Euler)", "euler", 100)),
+        # The prototype's finding (METHODS.md section 2): one fake score shared by all backward-
+        # simulation steps learns their mixture; giving it the step index is the ablation. Same
+        # recipe as dmd2 otherwise (no extra tuning).
+        ablations=(("dmd2 +step-cond", "dmd2", ("method.fake_step_conditioning=true",)),)),
     "digits": BenchSpec(
         "digits", "digits",
         (("accuracy", "class accuracy"), ("reward.digit-correct", "digit-correct"), ("reward.digit-ink", "digit-ink"),
@@ -63,7 +72,7 @@ def _curve(suite_name: str, metric: str, images_per_prompt: int):
     return curve
 
 
-def run_one(bench: str, method: str, seed: int, runs_dir: str) -> dict[str, Any]:
+def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: int, runs_dir: str) -> dict[str, Any]:
     """Train (or resume, or reuse) one run and evaluate its suite; returns paths and timings."""
     import torch
 
@@ -74,27 +83,31 @@ def run_one(bench: str, method: str, seed: int, runs_dir: str) -> dict[str, Any]
     from rtdmd_bench.train import load_for_eval, train
 
     spec = BENCHES[bench]
-    run_dir = Path(runs_dir) / bench / f"{method}-s{seed}"
+    run_dir = Path(runs_dir) / bench / f"{_slug(label)}-s{seed}"
     eval_path = run_dir / "eval" / f"{spec.suite}.json"
     if eval_path.exists() and (run_dir / "result.json").exists():
         return {"run": str(run_dir), "reused": True}
-    sets = [f"run.seed={seed}", f"run.run_id={bench}/{method}-s{seed}", "train.threads=1"]
-    if spec.curve_every:
-        sets += [f"train.curve_every={spec.curve_every}", f"train.curve_suite={spec.suite}"]
+    sets = list(extra) + [f"run.seed={seed}", f"run.run_id={bench}/{_slug(label)}-s{seed}", "train.threads=1"]
+    if spec.curve_points:
+        sets += [f"train.curve_points={spec.curve_points}", f"train.curve_suite={spec.suite}"]
     cfg = resolve_config(method, spec.base, sets)
     if not (run_dir / "result.json").exists():
         resume = RunDir(run_dir).latest_checkpoint() is not None
-        curve = _curve(spec.suite, spec.curve_metric, 500) if spec.curve_every else None
+        curve = _curve(spec.suite, spec.curve_metric, 500) if spec.curve_points else None
         train(cfg, run_dir, resume=resume, curve=curve)
     b = load_for_eval(run_dir)
     suite = build_suite(spec.suite)
     sampler = SamplerSpec(role="student", num_steps=getattr(b.cfg.method, "num_steps", 4),
-                          eta=getattr(b.cfg.method, "eta", 0.9), tag=f"{bench}-{method}-s{seed}")
+                          eta=getattr(b.cfg.method, "eta", 0.9), tag=f"{bench}-{_slug(label)}-s{seed}")
     # One sample cache per bench: student samples are keyed by run, the teacher's (for FID-T) are
     # shared by every run of the bench.
     with b.method.generator():
         evaluate_suite(suite, b.base, sampler, b.rewards, b.cfg.to_dict(), 0, Path(runs_dir) / bench / "samples", eval_path)
     return {"run": str(run_dir), "reused": False}
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "").replace("+", "_")
 
 
 def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) -> dict[str, Any]:
@@ -137,10 +150,10 @@ def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str,
     for label, path in teacher_evals.items():
         data = json.loads(Path(path).read_text())
         table.add(label, {title: [_metric(data["metrics"], key)] for key, title in spec.columns} | {"FLOPs used": "–"})
-    for method in METHODS:
+    for label, _, _ in spec.rows():
         cells: dict[str, list] = {c: [] for c in cols}
         for seed in range(seeds):
-            run_dir = runs_dir / bench / f"{method}-s{seed}"
+            run_dir = runs_dir / bench / f"{_slug(label)}-s{seed}"
             data = json.loads((run_dir / "eval" / f"{spec.suite}.json").read_text())
             result = json.loads((run_dir / "result.json").read_text())
             for key, title in spec.columns:
@@ -150,7 +163,7 @@ def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str,
                     hib[title] = data["higher_is_better"][top]
             cells["FLOPs used"].append(result["compute"]["used_flops"])
             cells["wall time (s)"].append(result["wall_time_s"])
-        table.add(method, cells)
+        table.add(label, cells)
     table.higher_is_better = hib
     return table
 
@@ -163,13 +176,13 @@ def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str)
 
     from rtdmd_bench.runs import RunDir
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in METHODS:
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for i, (label, _, _) in enumerate(BENCHES[bench].rows()):
         for seed in range(seeds):
-            rows = [r for r in RunDir(runs_dir / bench / f"{method}-s{seed}").metrics() if "curve" in r]
+            rows = [r for r in RunDir(runs_dir / bench / f"{_slug(label)}-s{seed}").metrics() if "curve" in r]
             if rows:
-                ax.plot([r["flops"] for r in rows], [r["curve"][metric] for r in rows], lw=1,
-                        color=f"C{METHODS.index(method)}", alpha=0.8, label=method if seed == 0 else None)
+                ax.plot([r["flops"] for r in rows], [r["curve"][metric] for r in rows], lw=1.2, marker=".",
+                        color=f"C{i}", alpha=0.8, ls="--" if "+" in label else "-", label=label if seed == 0 else None)
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel(f"{metric} (k-NN estimate, 500 samples/prompt)")
     ax.set_yscale("log")
@@ -194,7 +207,8 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _prepare_caches(benches, console)
     jobs = [(run_teacher, (b, label, kind, steps, str(runs_dir))) for b in benches for label, kind, steps in BENCHES[b].teacher_rows]
-    jobs += [(run_one, (b, m, s, str(runs_dir))) for b in benches for m in METHODS for s in range(seeds)]
+    jobs += [(run_one, (b, label, m, extra, s, str(runs_dir))) for b in benches for label, m, extra in BENCHES[b].rows()
+             for s in range(seeds)]
     teacher: dict[str, dict[str, Path]] = {b: {} for b in benches}
     with Progress(TextColumn("[bold]reproduce {task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console) as prog:
@@ -206,21 +220,23 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
                 res = fut.result()
                 if "label" in res:
                     teacher[args[0]][res["label"]] = Path(res["eval"])
-                prog.update(task, advance=1, last=" ".join(map(str, args[:3])))
+                prog.update(task, advance=1, last=" ".join(map(str, args[:2])))
     for b in benches:
         folder = out / b
         table = build_table(b, runs_dir, seeds, teacher[b])
         table.write(folder, "table")
-        console.print(table.rich(title=f"{b}: {len(METHODS)} methods x {seeds} seeds, matched budget"))
+        console.print(table.rich(title=f"{b}: {len(BENCHES[b].rows())} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
         cfg0 = json.loads((runs_dir / b / f"{METHODS[0]}-s0" / "result.json").read_text())
         atomic_write_json(folder / "metadata.json", {
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
-            "methods": list(METHODS), "seeds": list(range(seeds)), "budget": cfg0["budget"],
+            "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in BENCHES[b].rows()],
+            "seeds": list(range(seeds)), "budget": cfg0["budget"],
             "budget_flops": cfg0["compute"]["budget_flops"], "recipe": f"rtdmd_bench/recipes/{b}.yaml",
             "rtdmd_bench": __version__, "git_commit": git_commit(), "versions": versions(),
             "wall_time_total_s": time.perf_counter() - t0, "workers": workers,
-            "runs": {m: [str(runs_dir / b / f"{m}-s{s}") for s in range(seeds)] for m in METHODS},
+            "runs": {label: [str(runs_dir / b / f"{_slug(label)}-s{s}") for s in range(seeds)]
+                     for label, _, _ in BENCHES[b].rows()},
         })
     console.print(f"[green]done[/green] in {time.perf_counter() - t0:.0f}s; tables and plots under {out}/")
 
@@ -251,7 +267,7 @@ def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
     from rtdmd_bench.train import build
 
     sources = {"teacher (4-step CPS)": "teacher-cps4-*"}
-    sources |= {m: f"student-*-{bench}-{m}-s0" for m in METHODS}
+    sources |= {label: f"student-*-{bench}-{_slug(label)}-s0" for label, _, _ in BENCHES[bench].rows()}
     if bench == "toy2d":
         from suites.toy_tilt import plot_samples_over_target
 

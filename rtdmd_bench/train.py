@@ -69,8 +69,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
           stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train until the budget is spent; returns the result summary (also written to result.json).
 
-    `curve(built, step)` (optional) is called every `train.curve_every` steps and its metrics are
-    logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
+    `curve(built, step)` (optional) is called each time the FLOPs used cross another 1/N of the
+    budget (N = `train.curve_points`) and its metrics are logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
     (used by tests to simulate a crash between checkpoints)."""
     run = RunDir(run_dir)
     b = build(cfg)  # before touching the folder: bad configs or missing weights write nothing
@@ -89,6 +89,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     steps_run = 0
     while not b.meter.exhausted:
         batch = batch_for(step, cfg.run.seed, prompts, cfg.train.batch_size)
+        used_before = b.meter.used
         logs = b.method.train_step(batch, step)
         check_finite(step, **logs)
         step += 1
@@ -96,8 +97,13 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
         wall = wall_before + time.perf_counter() - t0
         if step % cfg.train.log_every == 0 or b.meter.exhausted:
             run.append_metrics({"step": step, "flops": b.meter.used, "wall_time": wall, **logs})
-        if curve is not None and cfg.train.curve_every and step % cfg.train.curve_every == 0:
-            run.append_metrics({"step": step, "flops": b.meter.used, "curve": curve(b, step)})
+        if curve is not None and cfg.train.curve_points:
+            # Point k is taken at the first step whose FLOPs reach k/N of the budget (derived from
+            # the meter alone, so a resumed run takes the same points).
+            n, total = cfg.train.curve_points, b.meter.budget_flops
+            before = int(used_before * n // total)
+            if int(min(b.meter.used, total) * n // total) > before:
+                run.append_metrics({"step": step, "flops": b.meter.used, "curve": curve(b, step)})
         if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
             run.save_checkpoint(step, _checkpoint_state(b, step, wall))
         if on_progress is not None:

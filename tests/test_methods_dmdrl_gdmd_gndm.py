@@ -282,7 +282,7 @@ def test_dmd_rl_backprop_term_increases_the_reward(toy_cache):
     cond = base.encode(prompts)
 
     def reward_and_loss():
-        x0, _ = method._generate(cond, len(prompts), torch.Generator().manual_seed(9), grad=True)
+        x0, _ = method.nets.backward_simulation(cond, len(prompts), torch.Generator().manual_seed(9), grad=True)
         loss, logs = method._backprop_loss(x0, prompts)
         return loss, logs["reward"]
 
