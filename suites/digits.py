@@ -15,13 +15,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -35,8 +33,10 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two
     feature sets (N_a, d), (N_b, d) (Heusel et al. 2017, eq. 6), in float64.
 
-    If the matrix square root is not finite (near-singular covariances, N < d), both
-    covariances get 1e-6 on the diagonal, as pytorch-fid does, and the result is recomputed."""
+    Tr((S_a S_b)^(1/2)) is computed as the sum of square roots of the eigenvalues of the symmetric
+    PSD matrix S_a^(1/2) S_b S_a^(1/2) (same spectrum), with eigh and tiny negative eigenvalues
+    clipped: exact for singular covariances (dead ReLU units), where scipy.linalg.sqrtm of the
+    non-symmetric product can lose accuracy and even give a negative distance."""
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"feature sets must be (N, d) with equal d, got {tuple(feats_a.shape)}, {tuple(feats_b.shape)}")
     if min(len(feats_a), len(feats_b)) < 2:
@@ -44,15 +44,12 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)  # (d, d)
-    with warnings.catch_warnings():  # ReLU features have dead units: singular S is expected
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-        if not np.isfinite(covmean).all():
-            offset = 1e-6 * np.eye(len(mu_a))
-            covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = np.real(covmean)  # tiny imaginary parts are numerical noise
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
+    inner = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
+    trace_sqrt = float(np.sqrt(np.clip(inner, 0, None)).sum())
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return max(0.0, float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt))
 
 
 def mean_pairwise_distance(feats: Tensor) -> float:

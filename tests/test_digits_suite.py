@@ -178,3 +178,19 @@ def test_save_digit_grid_writes_a_png(tmp_path: Path, suite: DigitsSuite) -> Non
     assert not list(path.parent.glob(".*tmp*"))
     with pytest.raises(ValueError, match="multiple"):
         save_digit_grid({"bad": torch.rand(7, 3, 8, 8)}, suite.prompts(), tmp_path / "bad.png")
+
+
+def test_frechet_distance_is_exact_with_singular_covariances():
+    # Dead feature units (constant columns) make both covariances singular; the distance of a set
+    # to itself must still be ~0 (never negative) and a full-rank case must match scipy's sqrtm.
+    import numpy as np
+    import scipy.linalg
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(300, 64, generator=g, dtype=torch.float64)
+    feats[:, 20:] = 0.0
+    assert abs(frechet_distance(feats, feats)) < 1e-8
+    a, b = torch.randn(500, 8, generator=g, dtype=torch.float64), torch.randn(500, 8, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    ca, cb = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca + cb - 2 * np.real(scipy.linalg.sqrtm(ca @ cb)))
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
