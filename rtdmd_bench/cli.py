@@ -178,7 +178,20 @@ def _seed(seed: Optional[int], suite: Any) -> int:
     return int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)
 
 
+def _init_distributed() -> None:
+    """Under `accelerate launch` (WORLD_SIZE > 1) join the process group: evaluation shards
+    generation across ranks (gloo on CPU, nccl on GPUs, as accelerate chooses)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState()
+
+
 def _print_metrics(res: dict[str, Any]) -> None:
+    if not res:  # ranks other than 0 generate their shard and leave the scoring to rank 0
+        return
     from rich.table import Table
 
     from rich.markup import escape
@@ -209,6 +222,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
     and generated images are cached so a second suite on the same prompts generates nothing new."""
+    _init_distributed()
     sets = _parse_suite_sets(set_)
     if prompts is not None:
         sets["prompts"] = str(prompts)

@@ -48,3 +48,40 @@ def test_second_suite_on_same_prompts_generates_nothing_and_interrupted_eval_res
                          tmp_path / "eval" / "toy-tilt.json", stats=stats)
     assert stats.generated == 0 and stats.cached == 100 * len(prompts)  # everything came from the cache
     assert (tmp_path / "eval" / "toy-tilt.json").exists() and res["metrics"]["kl_teacher"] > 0
+
+
+def _shard_worker(rank, world, port, cache, out):
+    import os
+
+    import torch.distributed as dist
+
+    from rtdmd_bench.evaluate import GenStats, SamplerSpec, generate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = build(resolve_config("dmd2", "toy2d", SMALL))
+        stats = GenStats()
+        images = generate(b.base, SamplerSpec("student", 4, tag="shard"), b.base.train_prompts(), 40, 0, cache,
+                          stats=stats)
+        torch.save({"images": images, "generated": stats.generated}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_generation_shards_across_two_gloo_processes_and_matches_one_process(built, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:  # a free loopback port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_shard_worker, args=(2, port, str(tmp_path / "cache"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    prompts = built.base.train_prompts()
+    assert r0["generated"] + r1["generated"] == 40 * len(prompts)  # each prompt generated once
+    assert r0["generated"] == 40 * len(range(0, len(prompts), 2))
+    single = generate(built.base, SamplerSpec("student", 4), prompts, 40, 0, None)
+    assert torch.allclose(r0["images"], single, atol=1e-6) and torch.equal(r0["images"], r1["images"])
