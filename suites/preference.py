@@ -156,22 +156,34 @@ class PreferenceSuite:
         return {**metrics, **self.describe(ctx), "n_prompts": len(prompts)}
 
 
+@dataclass
+class SingleRewardConfig:
+    prompts: str = ""
+    """Prompt file (.txt, one per line); empty = the suite's official file (verified download)."""
+    scorer: str = ""
+    """Reward name in the registry; anything but the suite's own name is reported as a stand-in."""
+    batch_size: int = 8
+    """Images per reward call (scores do not depend on it)."""
+    limit: int = 0
+    """Use only the first N prompts (0 = all)."""
+    seed: int = 42
+    """Sampling seed of the protocol (RTDMD: 42)."""
+
+
+def _single_reward_config(name: str) -> type:
+    """The shared single-reward config with `scorer` defaulting to the suite's own reward."""
+    @dataclass
+    class Config(SingleRewardConfig):
+        scorer: str = name
+        """Reward name in the registry; anything but the suite's own name is reported as a stand-in."""
+
+    return Config
+
+
 class ImageRewardSuite(PreferenceSuite):
     """ImageReward (THUDM) mean reward on DrawBench, one image per prompt, seed 42."""
 
-    @dataclass
-    class Config:
-        prompts: str = ""
-        """Prompt file (.txt, one per line); empty = RTDMD's DrawBench test.txt (verified download)."""
-        scorer: str = "imagereward"
-        """Reward name in the registry; anything but "imagereward" is reported as a stand-in."""
-        batch_size: int = 8
-        """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
-        """Use only the first N prompts (0 = all)."""
-        seed: int = 42
-        """Sampling seed of the protocol (RTDMD: 42)."""
-
+    Config = _single_reward_config("imagereward")
     suite_name, slots = "imagereward", ("imagereward",)
     higher_is_better = {"imagereward": True}
 
@@ -179,19 +191,7 @@ class ImageRewardSuite(PreferenceSuite):
 class PickScoreSuite(PreferenceSuite):
     """PickScore v1 mean (logit_scale x cosine, ~20-24) on RTDMD's PickScore test prompts."""
 
-    @dataclass
-    class Config:
-        prompts: str = ""
-        """Prompt file; empty = RTDMD's dataset/pickscore/test.txt (verified download)."""
-        scorer: str = "pickscore"
-        """Reward name in the registry; anything but "pickscore" is reported as a stand-in."""
-        batch_size: int = 8
-        """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
-        """Use only the first N prompts (0 = all)."""
-        seed: int = 42
-        """Sampling seed of the protocol (RTDMD: 42)."""
-
+    Config = _single_reward_config("pickscore")
     suite_name, official_prompts, slots = "pickscore", "pickscore", ("pickscore",)
     higher_is_better = {"pickscore": True}
 
@@ -199,19 +199,7 @@ class PickScoreSuite(PreferenceSuite):
 class AestheticSuite(PreferenceSuite):
     """LAION aesthetic predictor v2 mean (scale ~1-10) on DrawBench."""
 
-    @dataclass
-    class Config:
-        prompts: str = ""
-        """Prompt file; empty = RTDMD's DrawBench test.txt (verified download)."""
-        scorer: str = "aesthetic"
-        """Reward name in the registry; anything but "aesthetic" is reported as a stand-in."""
-        batch_size: int = 8
-        """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
-        """Use only the first N prompts (0 = all)."""
-        seed: int = 42
-        """Sampling seed of the protocol (RTDMD: 42)."""
-
+    Config = _single_reward_config("aesthetic")
     suite_name, slots = "aesthetic", ("aesthetic",)
     higher_is_better = {"aesthetic": True}
 
@@ -219,19 +207,7 @@ class AestheticSuite(PreferenceSuite):
 class ClipScoreSuite(PreferenceSuite):
     """CLIPScore with the `clipscore` reward's convention (recorded in the output) on DrawBench."""
 
-    @dataclass
-    class Config:
-        prompts: str = ""
-        """Prompt file; empty = RTDMD's DrawBench test.txt (verified download)."""
-        scorer: str = "clipscore"
-        """Reward name in the registry; anything but "clipscore" is reported as a stand-in."""
-        batch_size: int = 8
-        """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
-        """Use only the first N prompts (0 = all)."""
-        seed: int = 42
-        """Sampling seed of the protocol (RTDMD: 42)."""
-
+    Config = _single_reward_config("clipscore")
     suite_name, slots = "clipscore", ("clipscore",)
     higher_is_better = {"clipscore": True}
 
