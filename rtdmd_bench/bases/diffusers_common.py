@@ -5,9 +5,7 @@
 - `AdapterSwitch`: named LoRA adapters on ONE frozen transformer, switched per call. The teacher
   is the same module with adapters disabled, so teacher + fake (+ student) cost one copy of
   the weights (DESIGN.md "Bases").
-- `weights_location` / `load_component`: where real weights come from (config field, env var,
-  hub id) and the single clear error when they are absent (CONTRIBUTING.md "Errors").
-- `word_tokenizer`: tokenizers built locally for the tiny bases (no download, ever).
+- weights, prompt files and local tokenizers: `diffusers_loading.py` (re-exported here).
 - `DiffusersBase`: the `Base` interface written once over family hooks (`_build`,
   `_encode_text`, `_forward`, `_decode`, `sigmas`); methods never branch on the family.
 """
@@ -24,6 +22,10 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from rtdmd_bench.bases.diffusers_loading import (  # noqa: F401  (re-exported for the family modules)
+    check_local_weights, freeze, load_component, missing_weights_message, offline, pick_device, read_prompt_file,
+    weights_location, word_tokenizer,
+)
 from rtdmd_bench.errors import UserError
 
 ATTN_TARGETS: tuple[str, ...] = (
@@ -157,100 +159,6 @@ class AdapterSwitch:
                 key = f"{mod_name}.weight"
                 sd[key] = sd[key] + module.get_delta_weight(name).to(sd[key].dtype)
         return sd
-
-
-def weights_location(cfg_path: str | None, env_var: str, hub_id: str) -> tuple[str, bool]:
-    """(path or hub id, is_local). Config field first, then the env var, then the hub id."""
-    path = cfg_path or os.environ.get(env_var) or ""
-    return (path, True) if path else (hub_id, False)
-
-
-def missing_weights_message(base: str, hub_id: str, env_var: str, subfolders: Sequence[str],
-                            where: str, reason: str, gated: bool = True) -> str:
-    lines = [
-        f"weights for base {base!r} are not available ({reason}).",
-        f"  needed: {', '.join(s + '/' for s in subfolders)} of the diffusers repository {hub_id}",
-        f"  looked in: {where}",
-        f"  download:  huggingface-cli download {hub_id} --local-dir DIR",
-        f"  then point at it: --base-path DIR  (or --set base.base_path=DIR, or {env_var}=DIR)",
-    ]
-    if gated:
-        lines.append(f"  {hub_id} is a gated model: accept its licence on https://huggingface.co/{hub_id} "
-                     "and log in (huggingface-cli login) before downloading.")
-    return "\n".join(lines)
-
-
-def offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def check_local_weights(path: str, subfolders: Sequence[str]) -> list[str]:
-    """Subfolders of a local diffusers directory that lack a config file."""
-    root = Path(path).expanduser()
-    return [s for s in subfolders if not any((root / s / f).is_file() for f in
-                                             ("config.json", "tokenizer_config.json", "scheduler_config.json"))]
-
-
-def load_component(cls: Any, location: str, subfolder: str, local: bool, message: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained(location, subfolder=...)`; any hub/file error becomes one UserError."""
-    try:
-        with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or offline(), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:  # hub errors subclass OSError/ValueError
-        raise UserError(message) from err
-
-
-def word_tokenizer(prompts: Sequence[str], max_length: int, chat_template: str | None = None) -> Any:
-    """A word-level fast tokenizer over the words of `prompts` (+ specials), built in memory.
-
-    Ids: 0 <pad>, 1 <bos>, 2 <eos>, 3 <unk>; every encoding is `<bos> words <eos>`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for p in prompts for w in p.lower().replace(",", " ").split()})
-    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                   eos_token="<eos>", unk_token="<unk>", model_max_length=max_length)
-    if chat_template is not None:
-        fast.chat_template = chat_template
-    return fast
-
-
-def read_prompt_file(path: str | None, base: str) -> list[str]:
-    """One prompt per line (RTDMD's dataset/*/train.txt format); blank lines skipped."""
-    if not path:
-        raise UserError(f"base {base!r} needs training prompts: --set base.prompt_file=FILE "
-                        "(one prompt per line, e.g. RTDMD's dataset/pickscore/train.txt)")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"prompt file {p} does not exist: fix --set base.prompt_file=FILE")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompt file {p} holds no prompts")
-    return prompts
-
-
-def pick_device(spec: str) -> torch.device:
-    """'auto' -> this rank's GPU (LOCAL_RANK, as set by `accelerate launch`) if any, else CPU."""
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def freeze(*modules: nn.Module | None) -> None:
-    for m in modules:
-        if m is not None:
-            m.requires_grad_(False)
-            m.eval()
 
 
 @dataclass

@@ -134,4 +134,4 @@ def tiny_bases() -> dict[str, RealBase]:
 
 def _tiny_vocab(prompts: Any) -> int:
     words = {w for p in prompts for w in p.lower().replace(",", " ").split()}
-    return len(words) + 4  # + <pad> <bos> <eos> <unk> (diffusers_common.word_tokenizer)
+    return len(words) + 4  # + <pad> <bos> <eos> <unk> (diffusers_loading.word_tokenizer)
