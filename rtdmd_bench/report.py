@@ -149,7 +149,10 @@ def compare_runs(run_dirs: Sequence[Path], suite: str | None = None, metrics: Se
         if result:
             cells["FLOPs used"] = result["compute"]["used_flops"]
             cells["wall time (s)"] = result["wall_time_s"]
-        key_cfg = {k: v for k, v in cfg.items() if k != "run"}
+        # Seeds of one configuration form a group: everything resolved but the seed, the run id
+        # and the override list (provenance, which names the seed) must match.
+        key_cfg = {k: v for k, v in cfg.items() if k not in ("run", "overrides")}
+        key_cfg["run"] = {k: v for k, v in cfg.get("run", {}).items() if k not in ("seed", "run_id")}
         label = f"{cfg['run']['method']} / {cfg['run']['base']}"
         sig = json.dumps([label, key_cfg], sort_keys=True, default=str)
         groups[sig].append({"label": label, "cells": cells, "seed": cfg["run"]["seed"]})

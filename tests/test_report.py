@@ -19,7 +19,8 @@ def test_mean_ci_matches_student_t():
 def _fake_run(root, name, method, seed, kl, lr=1e-3):
     run = RunDir(root / name)
     run.path.mkdir(parents=True)
-    run.write_config({"run": {"method": method, "base": "toy2d", "seed": seed}, "method": {"lr": lr}})
+    run.write_config({"run": {"method": method, "base": "toy2d", "seed": seed, "run_id": name},
+                      "method": {"lr": lr}, "overrides": [f"run.seed={seed}", f"run.run_id={name}"]})
     atomic_write_json(run.path / "eval" / "toy-tilt.json",
                       {"metrics": {"kl_target": kl, "reward": {"toy-quadratic": -kl}}, "higher_is_better": {"kl_target": False, "reward": True}})
     atomic_write_json(run.path / "result.json", {"compute": {"used_flops": 1e9}, "wall_time_s": 2.0})
