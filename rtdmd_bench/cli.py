@@ -199,9 +199,10 @@ def _print_metrics(res: dict[str, Any]) -> None:
     t = Table(title=escape(f"{res['suite']} ({res['suite_version']})"))  # "[stand-in]" is not markup
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k, v in res["metrics"].items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            t.add_row(k, f"{v:.4g}")
+    from rtdmd_bench.report import numeric_metrics
+
+    for k, v in numeric_metrics(res["metrics"]).items():  # nested dicts (per-reward means) flattened
+        t.add_row(k, f"{v:.4g}")
     console.print(t)
 
 

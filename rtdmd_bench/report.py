@@ -112,7 +112,7 @@ class Table:
         return paths
 
 
-def _numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten numeric scalars of a metrics dict (one level of nesting, e.g. per-reward means)."""
     out: dict[str, float] = {}
     for k, v in metrics.items():
@@ -121,7 +121,7 @@ def _numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, flo
         if isinstance(v, (int, float)):
             out[prefix + k] = float(v)
         elif isinstance(v, dict) and not prefix:
-            out.update({kk: vv for kk, vv in _numeric_metrics(v, k + ".").items()})
+            out.update({kk: vv for kk, vv in numeric_metrics(v, k + ".").items()})
     return out
 
 
@@ -140,7 +140,7 @@ def compare_runs(run_dirs: Sequence[Path], suite: str | None = None, metrics: Se
         cells: dict[str, float] = {}
         for e in evals:
             data = json.loads(e.read_text())
-            for k, v in _numeric_metrics(data.get("metrics", {})).items():
+            for k, v in numeric_metrics(data.get("metrics", {})).items():
                 name = k if len(evals) == 1 else f"{e.stem}:{k}"
                 cells[name] = v
                 top = k.split(".")[0]
