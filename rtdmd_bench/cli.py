@@ -66,10 +66,17 @@ def config_cmd(method: str = typer.Argument(..., help="method name"), base: str 
         t.add_column(col)
     sections = [("run", cfg.run), ("train", cfg.train), ("method", cfg.method), ("base", cfg.base)]
     sections += [(f"reward.{n}", c) for n, c in cfg.rewards.items()]
-    for name, obj in sections:
+    while sections:
+        name, obj = sections.pop(0)
         docs = field_docs(type(obj))
+        nested = []
         for f in dataclasses.fields(obj):
-            t.add_row(f"{name}.{f.name}", repr(getattr(obj, f.name)), docs.get(f.name, ""))
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):  # e.g. rtdmd's method.stage1: list its fields after
+                nested.append((f"{name}.{f.name}", value))
+            else:
+                t.add_row(f"{name}.{f.name}", repr(value), docs.get(f.name, ""))
+        sections[:0] = nested
     console.print(t)
 
 
