@@ -59,19 +59,6 @@ BENCHES: dict[str, BenchSpec] = {
 GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
 
 
-def _curve(suite_name: str, metric: str, images_per_prompt: int):
-    def curve(built: Any, step: int) -> dict[str, Any]:
-        from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-
-        suite = build_suite(suite_name, {"images_per_prompt": images_per_prompt})
-        spec = SamplerSpec(role="student", num_steps=getattr(built.cfg.method, "num_steps", 4),
-                           eta=getattr(built.cfg.method, "eta", 0.9))
-        with built.method.generator():
-            res = evaluate_suite(suite, built.base, spec, built.rewards, built.cfg.to_dict(), 1, None, None)
-        return {metric: res["metrics"][metric]}
-    return curve
-
-
 def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: int, runs_dir: str) -> dict[str, Any]:
     """Train (or resume, or reuse) one run and evaluate its suite; returns paths and timings."""
     import torch
@@ -89,12 +76,12 @@ def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: i
         return {"run": str(run_dir), "reused": True}
     sets = list(extra) + [f"run.seed={seed}", f"run.run_id={bench}/{_slug(label)}-s{seed}", "train.threads=1"]
     if spec.curve_points:
-        sets += [f"train.curve_points={spec.curve_points}", f"train.curve_suite={spec.suite}"]
+        sets += [f"train.curve_points={spec.curve_points}", f"train.curve_suite={spec.suite}",
+                 "train.curve_images_per_prompt=500"]
     cfg = resolve_config(method, spec.base, sets)
     if not (run_dir / "result.json").exists():
         resume = RunDir(run_dir).latest_checkpoint() is not None
-        curve = _curve(spec.suite, spec.curve_metric, 500) if spec.curve_points else None
-        train(cfg, run_dir, resume=resume, curve=curve)
+        train(cfg, run_dir, resume=resume)
     b = load_for_eval(run_dir)
     suite = build_suite(spec.suite)
     sampler = SamplerSpec(role="student", num_steps=getattr(b.cfg.method, "num_steps", 4),

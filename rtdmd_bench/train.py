@@ -59,6 +59,21 @@ def batch_for(step: int, seed: int, prompts: list[str], batch_size: int) -> Batc
     return Batch(prompts=[prompts[i] for i in idx], seed=stable_seed("batch", seed, step))
 
 
+def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int], dict[str, Any]]:
+    """A curve callback: the suite's numeric metrics on the current EMA generator (unmetered)."""
+    def curve(built: Built, step: int) -> dict[str, Any]:
+        from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
+        from rtdmd_bench.report import numeric_metrics
+
+        suite = build_suite(suite_name, {"images_per_prompt": images_per_prompt})
+        spec = SamplerSpec(role="student", num_steps=getattr(built.cfg.method, "num_steps", 4),
+                           eta=getattr(built.cfg.method, "eta", 0.9))
+        with built.method.generator():
+            res = evaluate_suite(suite, built.base, spec, built.rewards, built.cfg.to_dict(), 1, None, None)
+        return numeric_metrics(res["metrics"])
+    return curve
+
+
 def _checkpoint_state(b: Built, step: int, wall: float) -> dict[str, Any]:
     return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall}
 
@@ -72,6 +87,10 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     `curve(built, step)` (optional) is called each time the FLOPs used cross another 1/N of the
     budget (N = `train.curve_points`) and its metrics are logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
     (used by tests to simulate a crash between checkpoints)."""
+    if cfg.train.curve_points and not cfg.train.curve_suite:
+        raise UserError("train.curve_points needs train.curve_suite (e.g. --set train.curve_suite=toy-tilt)")
+    if curve is None and cfg.train.curve_points:
+        curve = suite_curve(cfg.train.curve_suite, cfg.train.curve_images_per_prompt)
     run = RunDir(run_dir)
     b = build(cfg)  # before touching the folder: bad configs or missing weights write nothing
     run.path.mkdir(parents=True, exist_ok=True)
