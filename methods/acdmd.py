@@ -45,7 +45,7 @@ class ACDMD:
         self.sigmas = base.sigmas(cfg.num_steps)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        return ac.stage1_step(self.base, self.cfg, self.state, self.sigmas, batch.prompts, batch.seed, step)
+        return ac.stage1_step(self.base, self.cfg, self.state, self.sigmas, batch, step)
 
     def generator(self) -> Any:
         return self.state.ema.swapped()

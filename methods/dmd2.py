@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
 from rtdmd_bench.core import schedules
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
@@ -42,9 +41,9 @@ class DMD2:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(batch.seed)
-        cond = self.base.encode(batch.prompts)
-        n = len(batch.prompts)
+        gen, prompts = batch.random(), batch.local(batch.prompts)
+        cond = self.base.encode(prompts)
+        n = len(prompts)
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)

@@ -37,6 +37,7 @@ import torch
 
 from rtdmd_bench.core import optim, rewards_terms, rl, sampling, schedules
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
+from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
@@ -92,14 +93,14 @@ class DMDRL:
         self.nets = GeneratorCritic(cfg, base)
         self.rl_weight = 1.0 / rewards.beta if cfg.reward_weighting == "beta" else cfg.rl_weight
 
-    def _dm_sigma(self, n: int, gen: torch.Generator, step: int) -> torch.Tensor:
+    def _dm_sigma(self, n: int, gen: BatchRandom, step: int) -> torch.Tensor:
         cfg = self.cfg
         if cfg.dm_timesteps == "uniform":
             return schedules.uniform_sigma(n, gen, cfg.t_min, cfg.t_max)
         progress = step / max(cfg.beta_anneal_steps, 1)
         return rewards_terms.annealed_beta_sigma(n, gen, cfg.beta_start, progress, cfg.t_min, cfg.t_max)
 
-    def _dm_loss(self, x0: torch.Tensor, k: int, cond: Any, gen: torch.Generator, step: int) -> torch.Tensor:
+    def _dm_loss(self, x0: torch.Tensor, k: int, cond: Any, gen: BatchRandom, step: int) -> torch.Tensor:
         """DMD2 generator term on x0 (B, ...) with grad, at this method's DM noise levels."""
         return self.nets.dm_loss(x0, self._dm_sigma(x0.shape[0], gen, step), cond, k, gen)
 
@@ -108,40 +109,43 @@ class DMDRL:
         r = self.rewards.total(self.base.decode(x0), prompts, differentiable_only=True)  # (B,)
         return -r.mean(), {"reward": float(r.detach().mean())}
 
-    def _grpo_loss(self, prompts: list[str], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def _grpo_loss(self, batch: Batch, gen: BatchRandom) -> tuple[torch.Tensor, dict[str, float]]:
         """PPO-clip on the stochastic steps of a fresh group rollout (on-policy: ratio 1 at the
         update, so the clip only matters for the gradient's support, as in Flow-GRPO's first step)."""
         cfg, k = self.cfg, self.cfg.group_size
-        group_prompts = rl.grouped_prompts(prompts, k)  # (B,) B // K prompts, K samples each
+        group_prompts = batch.local(rl.grouped_prompts(batch.prompts, k), k)  # (b,) this rank's groups
         cond = self.base.encode(group_prompts)
         velocity = sampling.base_velocity(self.base, "student", cond)
-        noise = torch.randn((len(group_prompts), *self.base.latent_shape), generator=gen)
+        noise = gen.randn((len(group_prompts), *self.base.latent_shape))
         with torch.no_grad():
             r = sampling.rollout(velocity, noise, self.nets.sigmas, cfg.eta,
-                                 lambda j: torch.randn(noise.shape, generator=gen))
-            scores = self.rewards.each(self.base.decode(r.xs[-1]), group_prompts)  # name -> (B K,)
+                                 lambda j: gen.randn(noise.shape))
+            scores = self.rewards.each(self.base.decode(r.xs[-1]), group_prompts)  # name -> (b,)
+        scores = {name: batch.shard.gather(s) for name, s in scores.items()}  # (B,): batch std is global
         advs = {name: rl.group_advantages(s, k, std=cfg.adv_std) for name, s in scores.items()}
-        adv, keep = rl.combine_advantages(advs, self.rewards.weights)
+        adv, keep_all = rl.combine_advantages(advs, self.rewards.weights)
+        adv, keep = batch.shard.local(adv), batch.shard.local(keep_all)
         steps = rewards_terms.stochastic_steps(self.nets.sigmas)
         old = rewards_terms.rollout_log_probs(r, steps, cfg.log_prob)
         new = rewards_terms.policy_log_probs(velocity, r, self.nets.sigmas, cfg.eta, steps, cfg.log_prob)
-        loss = rewards_terms.ppo_over_steps(new, old, adv, cfg.clip_eps, cfg.adv_clip, keep)
+        loss = rewards_terms.ppo_over_steps(new, old, adv, cfg.clip_eps, cfg.adv_clip, keep,
+                                            rl.kept_per_rank(keep_all, batch.shard.world))
         total = sum(self.rewards.weights[n] * s for n, s in scores.items())
-        return loss, {"reward": float(total.mean()), "kept_fraction": float(keep.float().mean())}
+        return loss, {"reward": float(total.mean()), "kept_fraction": float(keep_all.float().mean())}
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(batch.seed)
-        cond = self.base.encode(batch.prompts)
-        n = len(batch.prompts)
+        gen, prompts = batch.random(), batch.local(batch.prompts)
+        cond = self.base.encode(prompts)
+        n = len(prompts)
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)
             loss_dm = self._dm_loss(x0, k, cond, gen, step)
             if cfg.rl_form == "backprop":
-                loss_rl, rl_logs = self._backprop_loss(x0, batch.prompts)
+                loss_rl, rl_logs = self._backprop_loss(x0, prompts)
             else:
-                loss_rl, rl_logs = self._grpo_loss(batch.prompts, gen)
+                loss_rl, rl_logs = self._grpo_loss(batch, gen)
             optim.check_finite(step, loss_dm=loss_dm, loss_rl=loss_rl)
             loss = loss_dm + self.rl_weight * loss_rl
             logs["gen/grad_norm"] = self.nets.generator_step(loss, step, "loss_generator")

@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import torch
 
-from rtdmd_bench.core import dmd, rewards_terms, sampling, schedules
+from rtdmd_bench.core import dmd, rewards_terms, sampling
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
+from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 
@@ -89,16 +90,16 @@ class GDMD:
             self.base.load_state_dict("fake", live)
         return torch.cat(out)
 
-    def _target_draws(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _target_draws(self, x0: torch.Tensor, gen: BatchRandom) -> tuple[torch.Tensor, torch.Tensor]:
         """(t (K, B), noise (K, B, ...)) with the `vary` switch deciding what is shared over k."""
         cfg, (n, shape) = self.cfg, (x0.shape[0], x0.shape[1:])
         kt = cfg.num_targets if cfg.vary in ("both", "timestep") else 1  # fake_snapshot: shared
         kn = cfg.num_targets if cfg.vary in ("both", "noise") else 1
-        t = schedules.uniform_sigma(kt * n, gen, cfg.t_min, cfg.t_max).view(kt, n)
-        noise = torch.randn((kn, n, *shape), generator=gen)
+        t = cfg.t_min + (cfg.t_max - cfg.t_min) * gen.rand((kt, n), dim=1)  # rows are dim 1
+        noise = gen.randn((kn, n, *shape), dim=1)
         return t.expand(cfg.num_targets, n), noise.expand(cfg.num_targets, n, *shape)
 
-    def implicit_targets(self, x0: torch.Tensor, k: int, prompts: list[str], gen: torch.Generator
+    def implicit_targets(self, x0: torch.Tensor, k: int, prompts: list[str], gen: BatchRandom
                          ) -> torch.Tensor:
         """(K, B, ...) DMD2 implicit targets T_k = sg(x0 - g_k), one batched teacher call."""
         kk, n = self.cfg.num_targets, x0.shape[0]
@@ -114,7 +115,7 @@ class GDMD:
         g = dmd.dmd_gradient(x0_rep, x0_fake, x0_real, self.cfg.dm_normalize)
         return (x0_rep - g).view(kk, *x0.shape).detach()
 
-    def _generator_loss(self, x0: torch.Tensor, k: int, prompts: list[str], gen: torch.Generator
+    def _generator_loss(self, x0: torch.Tensor, k: int, prompts: list[str], gen: BatchRandom
                         ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, kk = self.cfg, self.cfg.num_targets
         targets = self.implicit_targets(x0, k, prompts, gen)  # (K, B, ...)
@@ -130,13 +131,13 @@ class GDMD:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(batch.seed)
-        cond = self.base.encode(batch.prompts)
-        n = len(batch.prompts)
+        gen, prompts = batch.random(), batch.local(batch.prompts)
+        cond = self.base.encode(prompts)
+        n = len(prompts)
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)
-            loss_g, term_logs = self._generator_loss(x0, k, batch.prompts, gen)
+            loss_g, term_logs = self._generator_loss(x0, k, prompts, gen)
             logs["gen/grad_norm"] = self.nets.generator_step(loss_g, step, "loss_gdmd")
             logs |= {"loss_gdmd": float(loss_g.detach())} | {f"gdmd/{a}": v for a, v in term_logs.items()}
         else:

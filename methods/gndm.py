@@ -28,6 +28,7 @@ import torch
 
 from rtdmd_bench.core import dmd, optim, rewards_terms, rl, sampling, schedules
 from rtdmd_bench.core.generator_critic import GeneratorCriticConfig, GeneratorCritic
+from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
@@ -103,20 +104,20 @@ class GNDM:
     def _fake_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         return self.nets.fake_velocity(x, t, cond, self.last_step)  # R_dm scores final samples
 
-    def _rollout(self, cond: Any, n: int, gen: torch.Generator) -> sampling.Rollout:
-        noise = torch.randn((n, *self.base.latent_shape), generator=gen)
+    def _rollout(self, cond: Any, n: int, gen: BatchRandom) -> sampling.Rollout:
+        noise = gen.randn((n, *self.base.latent_shape))
         with torch.no_grad():
             return sampling.rollout(sampling.base_velocity(self.base, "student", cond), noise, self.nets.sigmas,
-                                    self.cfg.eta, lambda j: torch.randn(noise.shape, generator=gen))
+                                    self.cfg.eta, lambda j: gen.randn(noise.shape))
 
-    def dm_reward(self, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+    def dm_reward(self, x0: torch.Tensor, prompts: list[str], gen: BatchRandom) -> torch.Tensor:
         """(B,) R_dm of samples x0 (B, ...) of `prompts` (B,), in consecutive groups of
         `group_size` (no grad)."""
         cfg, (b, shape) = self.cfg, (x0.shape[0], x0.shape[1:])
         m, groups = cfg.num_dm_draws, b // cfg.group_size
         # Common random numbers: one (t_m, eps_m) per group and draw, repeated over its members.
-        t = schedules.uniform_sigma(m * groups, gen, cfg.t_min, cfg.t_max).view(m, groups)
-        eps = torch.randn((m, groups, *shape), generator=gen)
+        t = cfg.t_min + (cfg.t_max - cfg.t_min) * gen.rand((m, groups), dim=1)  # groups are dim 1
+        eps = gen.randn((m, groups, *shape), dim=1)
         t = t.repeat_interleave(cfg.group_size, dim=1)  # (M, B)
         eps = eps.repeat_interleave(cfg.group_size, dim=1)  # (M, B, ...)
         x_t = sampling.add_noise(x0.unsqueeze(0).expand(m, *x0.shape).reshape(m * b, *shape),
@@ -128,18 +129,18 @@ class GNDM:
         weight = rewards_terms.dm_reward_weight(t, cfg.dm_weighting)
         return rewards_terms.dm_reward(x0, eps, v_real.view(m, b, *shape), v_fake.view(m, b, *shape), weight)
 
-    def advantages(self, x0: torch.Tensor, prompts: list[str], gen: torch.Generator
+    def advantages(self, x0: torch.Tensor, prompts: list[str], gen: BatchRandom
                    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(B,) combined advantage A = w_dm A_dm + sum_k w_k c_k A_k and logs (updates the
+        """(b,) this rank's rows of the combined advantage A = w_dm A_dm + sum_k w_k c_k A_k and logs (updates the
         adaptive running magnitudes)."""
-        cfg, k = self.cfg, self.cfg.group_size
-        r_dm = self.dm_reward(x0, prompts, gen)
+        cfg, k, shard = self.cfg, self.cfg.group_size, gen.shard
+        r_dm = shard.gather(self.dm_reward(x0, prompts, gen))  # (B,) every rank's samples
         a_dm = rl.group_advantages(r_dm, k, std="group")
         logs = {"r_dm": float(r_dm.mean())}
         adv = cfg.w_dm * a_dm
         if cfg.external_rewards:
             with torch.no_grad():
-                scores = self.rewards.each(self.base.decode(x0), prompts)
+                scores = {n: shard.gather(s) for n, s in self.rewards.each(self.base.decode(x0), prompts).items()}
             ext = {n: rl.group_advantages(s, k, std="group") for n, s in scores.items()}
             scales = {n: 1.0 for n in ext}
             if cfg.adaptive:
@@ -148,9 +149,9 @@ class GNDM:
             adv = adv + sum(self.rewards.weights[n] * scales[n] * a for n, a in ext.items())
             logs |= {f"reward/{n}": float(s.mean()) for n, s in scores.items()}
             logs |= {f"scale/{n}": c for n, c in scales.items()}
-        return adv, logs
+        return shard.local(adv), logs  # computed on the global batch by every rank: adaptive state agrees
 
-    def _generator_update(self, prompts: list[str], gen: torch.Generator, step: int
+    def _generator_update(self, prompts: list[str], gen: BatchRandom, step: int
                           ) -> tuple[torch.Tensor, dict[str, float]]:
         """Group rollout of `prompts` (B K,), advantages, `num_inner_epochs` PPO steps; returns
         the rollout's final samples and logs."""
@@ -176,19 +177,20 @@ class GNDM:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(batch.seed)
+        gen = batch.random()
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:
-            prompts = rl.grouped_prompts(batch.prompts, cfg.group_size)  # B // K prompts, K samples each
+            # B // K prompts, K samples each; this rank's whole groups
+            prompts = batch.local(rl.grouped_prompts(batch.prompts, cfg.group_size), cfg.group_size)
             x0, logs = self._generator_update(prompts, gen, step)
         else:
-            prompts = list(batch.prompts)
+            prompts = batch.local(batch.prompts)
             x0 = self._rollout(self.base.encode(prompts), len(prompts), gen).xs[-1]
         # Fake score: flow matching on the generator's final samples (tracks p_theta).
         cond = self.base.encode(prompts)
         x0 = x0.detach()
         t = schedules.uniform_sigma(x0.shape[0], gen, cfg.t_min, cfg.t_max)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = gen.randn(x0.shape)
         v = self._fake_velocity(sampling.add_noise(x0, noise, t), t, cond)
         loss_f = dmd.flow_matching_loss(v, x0, noise)
         optim.optimizer_step(self.nets.opt_f, loss_f, self.nets.fake_params, cfg.grad_clip, step, "loss_fake")

@@ -25,6 +25,7 @@ import torch
 from rtdmd_bench.core import acdmd_terms as ac
 from rtdmd_bench.core import optim, rl, sampling
 from rtdmd_bench.core.ema import EMA
+from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 
@@ -142,14 +143,13 @@ class RTDMD:
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self._maybe_switch(step)
         if self.switch_step is None:
-            logs = ac.stage1_step(self.base, self.cfg.stage1, self.state, self.sigmas, batch.prompts,
-                                  batch.seed, step)
+            logs = ac.stage1_step(self.base, self.cfg.stage1, self.state, self.sigmas, batch, step)
             return {**logs, "stage": 1.0}
         return {**self._stage2_step(batch, step), "stage": 2.0}
 
     # ---------------------------------------------------------------- stage 2
     def group_rollout(self, prompts: list[str], cond: Any, subset: list[int], seed: int,
-                      gen: torch.Generator) -> sampling.Rollout:
+                      gen: BatchRandom) -> sampling.Rollout:
         """No-grad N-step CPS rollout of B = len(prompts) samples (groups of K consecutive equal
         prompts). Steps in `subset` draw independent noise; the other stochastic steps use noise
         shared within each group, seeded from (prompt, step, seed) so every rank agrees (SubGRPO)."""
@@ -158,32 +158,34 @@ class RTDMD:
 
         def noise_fn(j: int) -> torch.Tensor:
             if j in subset or not shared:
-                return torch.randn(shape, generator=gen)
+                return gen.randn(shape)
             return rl.group_shared_noise(self.base.latent_shape, prompts, self.cfg.group_size, j, seed)
 
         velocity = sampling.base_velocity(self.base, "student", cond)
         with torch.no_grad():
-            return sampling.rollout(velocity, torch.randn(shape, generator=gen), self.sigmas,
+            return sampling.rollout(velocity, gen.randn(shape), self.sigmas,
                                     self.cfg.stage1.eta, noise_fn)
 
-    def advantages(self, x0: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def advantages(self, x0: torch.Tensor, prompts: list[str], shard: Shard
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Per-reward group advantages (batch std, official per-prompt tracking with global std),
-        weighted sum, re-standardised; `keep` drops samples with zero advantage. Returns (A, keep,
-        mean weighted reward)."""
+        weighted sum, re-standardised; `keep` drops samples with zero advantage. Computed on every
+        rank's scores (official: gathered), returns the GLOBAL (A (B,), keep (B,), mean weighted
+        reward)."""
         with torch.no_grad():
-            scores = self.rewards.each(self.base.decode(x0), prompts)
+            scores = {k: shard.gather(v) for k, v in self.rewards.each(self.base.decode(x0), prompts).items()}
         advs = {k: rl.group_advantages(v.float(), self.cfg.group_size, "batch") for k, v in scores.items()}
         a, keep = rl.combine_advantages(advs, self.rewards.weights)
         return a, keep, float(sum(self.rewards.weights[k] * v.float().mean() for k, v in scores.items()))
 
-    def _fake_step2(self, x0: torch.Tensor, cond: Any, gen: torch.Generator, step: int) -> dict[str, float]:
+    def _fake_step2(self, x0: torch.Tensor, cond: Any, gen: BatchRandom, step: int) -> dict[str, float]:
         cfg = self.cfg
         loss, logs = ac.final_sample_fake_loss(self.base, cfg.stage1, x0, cond, gen, cfg.consistency,
                                                plain=cfg.dm_term == "dmd")
         optim.optimizer_step(self.state.opt_f, loss, self.state.fake, cfg.grad_clip, step, "loss_fake")
         return {"loss_fake": float(loss.detach()), **logs}
 
-    def _last_step_dm_loss(self, x0_hat: torch.Tensor, cond: Any, gen: torch.Generator) -> torch.Tensor:
+    def _last_step_dm_loss(self, x0_hat: torch.Tensor, cond: Any, gen: BatchRandom) -> torch.Tensor:
         cfg = self.cfg
         acdmd = cfg.dm_term == "acdmd"
         dist = cfg.dm_t_dist if cfg.dm_t_dist != "official" else ("uniform" if acdmd else "logit_normal")
@@ -204,21 +206,24 @@ class RTDMD:
 
     def _stage2_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg, n_steps = self.cfg, self.cfg.stage1.num_steps
-        prompts = rl.grouped_prompts(batch.prompts, cfg.group_size)  # B // K prompts, K samples each
-        cond, gen = self.base.encode(prompts), torch.Generator().manual_seed(batch.seed)
+        # B // K prompts, K samples each; this rank's whole groups
+        prompts = batch.local(rl.grouped_prompts(batch.prompts, cfg.group_size), cfg.group_size)
+        cond, gen = self.base.encode(prompts), batch.random()
         use_ppo, use_bp = cfg.reward_term != "backprop", cfg.reward_term != "grpo"
         subset = rl.choose_subset(n_steps - 1, cfg.subset_size, batch.seed) if use_ppo else []
         r = self.group_rollout(prompts, cond, subset, batch.seed, gen)
         logs = self._fake_step2(r.xs[-1], cond, gen, step)  # official order: fake before generator
         terms: list[torch.Tensor] = []
         if use_ppo:
-            a, keep, logs["reward_mean"] = self.advantages(r.xs[-1], prompts)
-            logs["adv_kept_frac"] = float(keep.float().mean())
+            a_all, keep_all, logs["reward_mean"] = self.advantages(r.xs[-1], prompts, batch.shard)
+            logs["adv_kept_frac"] = float(keep_all.float().mean())
+            a, keep = batch.shard.local(a_all), batch.shard.local(keep_all)
+            kept = rl.kept_per_rank(keep_all, batch.shard.world)
             for j in subset:
                 _, mean, std = self._student_step(r, j, cond)
                 lp = sampling.cps_log_prob(r.xs[j + 1], mean, std, cfg.log_prob)
                 lp_old = sampling.cps_log_prob(r.xs[j + 1], r.means[j], r.stds[j], cfg.log_prob)
-                terms.append(rl.ppo_clip_loss(lp, lp_old, a, cfg.clip_eps, cfg.adv_clip, mask=keep))
+                terms.append(rl.ppo_clip_loss(lp, lp_old, a, cfg.clip_eps, cfg.adv_clip, mask=keep, kept=kept))
             logs["loss_ppo"] = float(sum(terms).detach())
         # Deterministic last step: x0_hat from the current network.
         j = n_steps - 1

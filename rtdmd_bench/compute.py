@@ -176,6 +176,26 @@ class ComputeMeter:
             "roles": roles,
         }
 
+    def sync(self, since: dict[str, Any], shard: Any) -> None:
+        """Data parallelism: replace what this rank charged since `since` (an earlier
+        `state_dict()`) by the sum over all ranks, so the budget and the breakdown are global
+        and every rank stops at the same step."""
+        if shard.world == 1:
+            return
+        roles = sorted(self.flops)
+        n = len(roles)
+        check = shard.sum([n, n * n])  # equal on every rank iff the counts have zero variance
+        if check != [n * shard.world, n * n * shard.world]:
+            raise RuntimeError(f"ranks charged different roles to the FLOP meter (this rank: {roles})")
+        old_flops, old_calls = since["flops"], since["calls"]
+        delta = [self.flops[r][d] - old_flops.get(r, {}).get(d, 0.0) for r in roles for d in ("fwd", "bwd")]
+        delta += [self.calls.get(r, 0) - old_calls.get(r, 0) for r in roles]
+        total = shard.sum(delta)
+        for i, r in enumerate(roles):
+            for j, d in enumerate(("fwd", "bwd")):
+                self.flops[r][d] = old_flops.get(r, {}).get(d, 0.0) + total[2 * i + j]
+            self.calls[r] = old_calls.get(r, 0) + int(round(total[2 * len(roles) + i]))
+
     def state_dict(self) -> dict[str, Any]:
         return {"flops": {r: dict(v) for r, v in self.flops.items()}, "calls": dict(self.calls),
                 "teacher_forward_flops": self.teacher_forward_flops}

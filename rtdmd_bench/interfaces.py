@@ -15,6 +15,9 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from rtdmd_bench.core.parallel import BatchRandom, Shard
+from rtdmd_bench.errors import UserError
+
 Role = Literal["teacher", "student", "fake"]
 ROLES: tuple[str, ...] = ("teacher", "student", "fake")
 
@@ -118,8 +121,23 @@ class RewardSet:
 class Batch:
     """One training batch handed to `Method.train_step`."""
 
-    prompts: list[str]  # B prompts (methods with groups repeat them K times themselves)
-    seed: int  # per-step seed shared by all ranks (subset choice, group noise)
+    prompts: list[str]  # B prompts of the GLOBAL batch (methods with groups repeat them K times)
+    seed: int  # per-step seed shared by all ranks (subset choice, group noise, all draws)
+    shard: Shard = Shard()  # this process's rank among the data-parallel ranks
+
+    def random(self) -> BatchRandom:
+        """The step's randomness: per-row draws for the global batch, this rank's rows kept."""
+        return BatchRandom(self.seed, self.shard)
+
+    def local(self, prompts: Sequence[str], group_size: int = 1) -> list[str]:
+        """This rank's rows of a global per-sample prompt list (e.g. `grouped_prompts(...)`), whole
+        groups of `group_size` consecutive rows per rank."""
+        rows = len(prompts) // self.shard.world
+        if len(prompts) % self.shard.world or rows % group_size:
+            raise UserError(f"{len(prompts)} samples in groups of {group_size} cannot be split into whole "
+                            f"groups over {self.shard.world} processes: make train.batch_size a multiple "
+                            f"of group_size x {self.shard.world}")
+        return self.shard.take(prompts)
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from methods.rtdmd import RTDMD
 from rtdmd_bench.compute import ComputeMeter, MeteredBase
 from rtdmd_bench.core import acdmd_terms as ac
 from rtdmd_bench.core import dmd, rl, sampling
+from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 
@@ -42,7 +43,7 @@ def stage2_only(**kw) -> RTDMD.Config:
 
 # ---------------------------------------------------------------- AC-DMD terms
 def test_renoise_level_stays_in_the_sub_interval_and_the_clamp():
-    g = torch.Generator().manual_seed(0)
+    g = BatchRandom(0)
     s = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.975] * 200)
     for dist in ("uniform", "logit_normal"):
         t = ac.renoise_level(s, g, dist, 0.01, 0.02, 0.98)
@@ -51,14 +52,15 @@ def test_renoise_level_stays_in_the_sub_interval_and_the_clamp():
 
 
 def test_fake_score_loss_matches_weighted_ambient_mse_without_consistency():
-    g = torch.Generator().manual_seed(1)
+    rng = BatchRandom(1)
+    g = rng.generator
     x_s, n = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
     s, t = torch.full((6,), 0.5), torch.linspace(0.55, 0.95, 6)
     a, b = (1 - t) / (1 - s), torch.sqrt(t ** 2 - ((1 - t) / (1 - s)) ** 2 * s ** 2)
     sub = ac.SubInterval(x_s, s, t, n, a[:, None] * x_s + b[:, None] * n)
     w_lin = torch.randn(2, 2, generator=g)
     fake = lambda x, sig: x @ w_lin + sig[:, None]  # noqa: E731 - any differentiable field
-    loss, _ = ac.fake_score_loss(fake, sub, ac.ACDMDConfig(), g, consistency=False)
+    loss, _ = ac.fake_score_loss(fake, sub, ac.ACDMDConfig(), rng, consistency=False)
     # Independent: v* = -x_s/(1-s) + (t + (1-t) s^2/(1-s)^2)/b n, weight min(1, 10 b^2).
     target = -x_s / (1 - s)[:, None] + ((t + (1 - t) * s ** 2 / (1 - s) ** 2) / b)[:, None] * n
     expected = (torch.clamp(10 * b ** 2, max=1.0) * ((fake(sub.x_t, t) - target) ** 2).mean(1)).mean()
@@ -66,9 +68,9 @@ def test_fake_score_loss_matches_weighted_ambient_mse_without_consistency():
 
 
 def test_consistency_reuses_the_anchor_and_equals_the_core_estimator():
-    g = torch.Generator().manual_seed(2)
-    x0 = torch.randn(5, 2, generator=g)
-    sub = ac.sub_interval(x0, torch.zeros(5), torch.full((5,), 0.6), g)
+    rng = BatchRandom(2)
+    x0 = torch.randn(5, 2, generator=rng.generator)
+    sub = ac.sub_interval(x0, torch.zeros(5), torch.full((5,), 0.6), rng)
     calls = []
 
     def fake(x, sig):
@@ -76,7 +78,7 @@ def test_consistency_reuses_the_anchor_and_equals_the_core_estimator():
         return 0.7 * x - 0.1 * sig[:, None]
 
     cfg = ac.ACDMDConfig()
-    loss, logs = ac.fake_score_loss(fake, sub, cfg, torch.Generator().manual_seed(3), consistency=True)
+    loss, logs = ac.fake_score_loss(fake, sub, cfg, BatchRandom(3), consistency=True)
     assert len(calls) == 3  # v at x_t once (reused as the anchor) + h at the two CPS moves
     # Same draws, the core estimator with a plain h (which re-evaluates the anchor).
     g2 = torch.Generator().manual_seed(3)
@@ -89,10 +91,11 @@ def test_consistency_reuses_the_anchor_and_equals_the_core_estimator():
 
 
 def test_generator_dm_loss_gradient_is_the_normalised_shared_noise_difference():
-    g = torch.Generator().manual_seed(4)
+    rng = BatchRandom(4)
+    g = rng.generator
     x_s = torch.randn(4, 2, generator=g).requires_grad_(True)
     s, t = torch.full((4,), 0.5), torch.full((4,), 0.8)
-    sub = ac.sub_interval(x_s, s, t, g)
+    sub = ac.sub_interval(x_s, s, t, rng)
     v_real, v_fake, z = (torch.randn(4, 2, generator=g) for _ in range(3))
     ac.generator_dm_loss(x_s, sub, v_real, v_fake, 0.9, z, "mean_abs").backward()
     # Independent CPS maps t -> s with the SAME z: the noise cancels in the difference.
@@ -116,7 +119,7 @@ def test_subset_and_group_noise_are_shared_inside_a_real_rtdmd_rollout():
 
         def capture(prompts, cond, subset, seed, gen, orig=orig, rank=rank):
             # A simulated rank: same batch seed, different rank-local RNG for the free noise.
-            r = orig(prompts, cond, subset, seed, torch.Generator().manual_seed(1000 + rank))
+            r = orig(prompts, cond, subset, seed, BatchRandom(1000 + rank))
             seen.append((subset, r))
             return r
 
@@ -159,7 +162,7 @@ def test_zero_advantage_groups_are_dropped_from_the_ppo_term():
     m = RTDMD(stage2_only(), base, rewards, meter)
     reps = [p for p in prompts for _ in range(4)]
     x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
-    a, keep, _ = m.advantages(x0, reps)
+    a, keep, _ = m.advantages(x0, reps, Shard())
     assert keep.tolist() == [False] * 4 + [True] * 4
     # PPO on the kept samples only: changing the dropped samples' advantages changes nothing.
     lp = torch.randn(8, generator=torch.Generator().manual_seed(1))

@@ -15,6 +15,7 @@ from methods.gdmd import GDMD
 from methods.gndm import GNDM, GNDMR
 from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward
 from rtdmd_bench.core import dmd, rewards_terms
+from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.schedules import few_step_sigmas
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
@@ -78,7 +79,7 @@ def test_dm_reward_prefers_samples_the_teacher_explains(weighting):
     method = GNDM(GNDM.Config(group_size=2, num_dm_draws=256, dm_weighting=weighting), GaussianBase(),
                   RewardSet(), ComputeMeter())
     x0 = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])
-    r = method.dm_reward(x0, ["p", "p"], torch.Generator().manual_seed(1))
+    r = method.dm_reward(x0, ["p", "p"], BatchRandom(1))
     assert r[0] > r[1]
     assert r[0] > 0 > r[1]  # the teacher explains the mode better than the broad fake, and vice versa
 
@@ -105,7 +106,7 @@ def test_dm_reward_expectation_is_minus_the_score_mismatch_on_generator_samples(
 def test_dm_reward_uses_common_random_numbers_within_a_group():
     method = GNDM(GNDM.Config(group_size=2, num_dm_draws=2), GaussianBase(), RewardSet(), ComputeMeter())
     x0 = torch.tensor([[1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]])  # two groups of identical points
-    r = method.dm_reward(x0, ["p"] * 4, torch.Generator().manual_seed(2))
+    r = method.dm_reward(x0, ["p"] * 4, BatchRandom(2))
     assert r[0] == r[1] and r[2] == r[3]  # same draws inside a group
     assert r[0] != r[2]  # independent draws across groups
 
@@ -155,7 +156,7 @@ def test_gdmd_loss_weights_targets_by_advantage():
 @pytest.mark.parametrize("vary", ["timestep", "noise", "both", "fake_snapshot"])
 def test_gdmd_vary_switch_shares_the_other_draw(vary):
     method = GDMD(GDMD.Config(num_targets=3, vary=vary, lam=0.0), GaussianBase(), RewardSet(), ComputeMeter())
-    t, noise = method._target_draws(torch.zeros(5, 2), torch.Generator().manual_seed(4))
+    t, noise = method._target_draws(torch.zeros(5, 2), BatchRandom(4))
     assert t.shape == (3, 5) and noise.shape == (3, 5, 2)
     assert bool((t[0] == t[1]).all()) == (vary in ("noise", "fake_snapshot"))
     assert bool((noise[0] == noise[1]).all()) == (vary in ("timestep", "fake_snapshot"))
@@ -282,7 +283,7 @@ def test_dmd_rl_backprop_term_increases_the_reward(toy_cache):
     cond = base.encode(prompts)
 
     def reward_and_loss():
-        x0, _ = method.nets.backward_simulation(cond, len(prompts), torch.Generator().manual_seed(9), grad=True)
+        x0, _ = method.nets.backward_simulation(cond, len(prompts), BatchRandom(9), grad=True)
         loss, logs = method._backprop_loss(x0, prompts)
         return loss, logs["reward"]
 
@@ -322,14 +323,14 @@ def test_gdmd_fake_snapshots_give_the_targets_and_leave_the_live_fake_score(toy_
     x0 = torch.randn(len(prompts), 2, generator=torch.Generator().manual_seed(5))
     live = flat(base.trainable("fake"))
     method.snapshots = [base.state_dict("fake"), base.state_dict("fake")]  # all equal to the live score
-    same = method.implicit_targets(x0, 3, prompts, torch.Generator().manual_seed(6))
+    same = method.implicit_targets(x0, 3, prompts, BatchRandom(6))
     assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2])
     method.snapshots = []
     for step in range(3):  # snapshots of a training fake score, every iteration, K-1 kept
         method.train_step(Batch(prompts, seed=step), step)
     assert len(method.snapshots) == 2
     live = flat(base.trainable("fake"))
-    targets = method.implicit_targets(x0, 3, prompts, torch.Generator().manual_seed(6))
+    targets = method.implicit_targets(x0, 3, prompts, BatchRandom(6))
     assert not torch.allclose(targets[0], targets[1]) and not torch.allclose(targets[1], targets[2])
     assert torch.equal(flat(base.trainable("fake")), live)  # the live weights were restored
     assert len(method.state_dict()["fake_snapshots"]) == 2

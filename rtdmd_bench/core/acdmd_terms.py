@@ -20,6 +20,8 @@ from torch import Tensor
 
 from rtdmd_bench.core import dmd, optim, sampling
 from rtdmd_bench.core.ema import EMA
+from rtdmd_bench.core.parallel import BatchRandom
+from rtdmd_bench.interfaces import Batch
 
 TimeDist = Literal["uniform", "logit_normal"]
 VelocityAt = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), sigma (B,)) -> v (B, ...)
@@ -87,28 +89,28 @@ class SubInterval:
     x_t: Tensor  # (B, ...) a x_s + b n
 
 
-def renoise_level(s: Tensor, gen: torch.Generator, dist: TimeDist, offset: float, t_min: float,
+def renoise_level(s: Tensor, gen: BatchRandom, dist: TimeDist, offset: float, t_min: float,
                   t_max: float) -> Tensor:
     """(B,) t in [s + offset, 1], clamped to [t_min, t_max] and kept above s.
 
     uniform: the official AC sampler (`_sample_ac_timesteps`); logit_normal: sigmoid(N(0,1))
     mapped affinely into the interval (a suite choice; at s = 0, offset = 0 it is exactly the
     official logit-normal(0, 1) within [t_min, t_max])."""
-    u = torch.rand(s.shape, generator=gen) if dist == "uniform" else torch.sigmoid(torch.randn(s.shape, generator=gen))
+    u = gen.rand(s.shape) if dist == "uniform" else torch.sigmoid(gen.randn(s.shape))
     lo = s + offset
     t = (lo + (1 - lo) * u).clamp(t_min, t_max)
     # The clamp must never put t at or below s: the re-noising std b would be 0 (target undefined).
     return torch.maximum(t, lo.clamp(max=1 - 1e-4))
 
 
-def sub_interval(x_s: Tensor, s: Tensor, t: Tensor, gen: torch.Generator) -> SubInterval:
+def sub_interval(x_s: Tensor, s: Tensor, t: Tensor, gen: BatchRandom) -> SubInterval:
     """Draw n and form x_t = a x_s + b n from a detached x_s (the networks at x_t get no grad)."""
     x_s = x_s.detach()
-    noise = torch.randn(x_s.shape, generator=gen).to(x_s)
+    noise = gen.randn(x_s.shape).to(x_s)
     return SubInterval(x_s, s, t, noise, sampling.renoise(x_s, s, t, noise))
 
 
-def fake_score_loss(fake: VelocityAt, sub: SubInterval, cfg: ACDMDConfig, gen: torch.Generator,
+def fake_score_loss(fake: VelocityAt, sub: SubInterval, cfg: ACDMDConfig, gen: BatchRandom,
                     consistency: bool) -> tuple[Tensor, dict[str, float]]:
     """AC-DMD fake-score loss: weighted MSE to the ambient target + consistency regulariser.
 
@@ -123,10 +125,10 @@ def fake_score_loss(fake: VelocityAt, sub: SubInterval, cfg: ACDMDConfig, gen: t
         return loss_ac, logs
     # delta ~ U{1..200}/1000 per sample, t' = max(t - delta, 0) (official consistency_epsilon 200).
     steps = max(1, round(cfg.consistency_max_delta * 1000))
-    delta = torch.randint(1, steps + 1, sub.t.shape, generator=gen).to(sub.t) / 1000
+    delta = gen.randint(1, steps + 1, sub.t.shape).to(sub.t) / 1000
     t_next = (sub.t - delta).clamp_min(0.0)
-    noise1 = torch.randn(sub.x_t.shape, generator=gen).to(v)
-    noise2 = torch.randn(sub.x_t.shape, generator=gen).to(v)
+    noise1 = gen.randn(sub.x_t.shape).to(v)
+    noise2 = gen.randn(sub.x_t.shape).to(v)
     x_t, t = sub.x_t, sub.t
 
     def h(x: Tensor, sigma: Tensor) -> Tensor:
@@ -152,16 +154,16 @@ def generator_dm_loss(x_s: Tensor, sub: SubInterval, v_real: Tensor, v_fake: Ten
 
 
 def random_stop_rollout(base: Any, cond: Any, n: int, sigmas: Tensor, cfg: ACDMDConfig,
-                        gen: torch.Generator, grad: bool) -> tuple[Tensor, Tensor, int]:
+                        gen: BatchRandom, grad: bool) -> tuple[Tensor, Tensor, int]:
     """Stage-1 rollout (METHODS.md 3.1): k ~ U{1..N} CPS steps (the same k on every rank: it comes
     from the batch seed), grad only through step k. Returns x_s (B, ...) the output of step k at
     its next level, s (B,) that level (0 when k = N, where x_s = x0_hat), and k - 1."""
-    k = int(torch.randint(1, cfg.num_steps + 1, (1,), generator=gen)) if cfg.random_stop else cfg.num_steps
-    noise = torch.randn((n, *base.latent_shape), generator=gen)
+    k = gen.integer(1, cfg.num_steps + 1) if cfg.random_stop else cfg.num_steps
+    noise = gen.randn((n, *base.latent_shape))
     velocity = sampling.base_velocity(base, "student", cond)
     with torch.set_grad_enabled(grad):
         r = sampling.rollout(velocity, noise, sigmas, cfg.eta,
-                             lambda j: torch.randn(noise.shape, generator=gen), num_steps=k)
+                             lambda j: gen.randn(noise.shape), num_steps=k)
     s = sigmas[k].expand(n).to(r.xs[-1])
     return r.xs[-1], s, k - 1
 
@@ -176,7 +178,7 @@ def fake_velocity(base: Any, cond: Any, step_index: int, conditioned: bool) -> V
 
 
 def stage1_fake_loss(base: Any, cfg: ACDMDConfig, cond: Any, n: int, sigmas: Tensor,
-                     gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                     gen: BatchRandom) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 fake-score loss on a fresh no-grad random-stop rollout (official `_update_fake_score`)."""
     with torch.no_grad():
         x_s, s, k = random_stop_rollout(base, cond, n, sigmas, cfg, gen, grad=False)
@@ -186,7 +188,7 @@ def stage1_fake_loss(base: Any, cfg: ACDMDConfig, cond: Any, n: int, sigmas: Ten
 
 
 def stage1_generator_loss(base: Any, cfg: ACDMDConfig, cond: Any, n: int, sigmas: Tensor,
-                          gen: torch.Generator, guidance: float | None) -> tuple[Tensor, dict[str, float]]:
+                          gen: BatchRandom, guidance: float | None) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 generator loss on a fresh random-stop rollout with grad through step k (official
     `_update_generator`); the DM levels are uniform in the sub-interval (official stage 1)."""
     x_s, s, k = random_stop_rollout(base, cond, n, sigmas, cfg, gen, grad=True)
@@ -195,12 +197,12 @@ def stage1_generator_loss(base: Any, cfg: ACDMDConfig, cond: Any, n: int, sigmas
     with torch.no_grad():
         v_real = base.velocity("teacher", sub.x_t, sub.t, cond, cfg=guidance)
         v_fake = fake_velocity(base, cond, k, cfg.fake_step_conditioning)(sub.x_t, sub.t)
-    noise = torch.randn(sub.x_t.shape, generator=gen).to(sub.x_t)  # shared by both CPS mappings
+    noise = gen.randn(sub.x_t.shape).to(sub.x_t)  # shared by both CPS mappings
     loss = generator_dm_loss(x_s, sub, v_real, v_fake, cfg.eta, noise, cfg.dm_normalize)
     return loss, {"loss_dm": float(loss.detach()), "gen/stop_step": float(k + 1)}
 
 
-def final_sample_fake_loss(base: Any, cfg: ACDMDConfig, x0: Tensor, cond: Any, gen: torch.Generator,
+def final_sample_fake_loss(base: Any, cfg: ACDMDConfig, x0: Tensor, cond: Any, gen: BatchRandom,
                            consistency: bool, plain: bool) -> tuple[Tensor, dict[str, float]]:
     """Fake-score loss on final samples (s = 0, RTDMD stage 2 step 4; official
     `_train_fake_score_ac_from_rollout` on the last step). The ambient target at s = 0 is n - x0;
@@ -214,7 +216,7 @@ def final_sample_fake_loss(base: Any, cfg: ACDMDConfig, x0: Tensor, cond: Any, g
     return fake_score_loss(fake, sub_interval(x0, s, t, gen), cfg, gen, consistency)
 
 
-def final_sample_dm_loss(base: Any, cfg: ACDMDConfig, x0_hat: Tensor, cond: Any, gen: torch.Generator,
+def final_sample_dm_loss(base: Any, cfg: ACDMDConfig, x0_hat: Tensor, cond: Any, gen: BatchRandom,
                          dist: TimeDist, offset: float, guidance: float | None) -> Tensor:
     """DM loss on a final-step x0_hat (s = 0; RTDMD stage 2's last step, official
     `_compute_aux_loss_ac_dmd`). At s = 0 the shared-noise CPS mapping to sigma 0 is deterministic,
@@ -224,7 +226,7 @@ def final_sample_dm_loss(base: Any, cfg: ACDMDConfig, x0_hat: Tensor, cond: Any,
     with torch.no_grad():
         v_real = base.velocity("teacher", sub.x_t, sub.t, cond, cfg=guidance)
         v_fake = fake_velocity(base, cond, cfg.num_steps - 1, cfg.fake_step_conditioning)(sub.x_t, sub.t)
-    noise = torch.randn(sub.x_t.shape, generator=gen).to(sub.x_t)
+    noise = gen.randn(sub.x_t.shape).to(sub.x_t)
     return generator_dm_loss(x0_hat, sub, v_real, v_fake, cfg.eta, noise, cfg.dm_normalize)
 
 
@@ -257,12 +259,13 @@ def stage1_state(base: Any, cfg: ACDMDConfig) -> TrainState:
                       optim.adamw(fake, cfg.lr_fake, cfg.betas, cfg.weight_decay), EMA(student, cfg.ema_decay))
 
 
-def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, prompts: list[str],
-                seed: int, step: int) -> dict[str, float]:
+def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, batch: Batch,
+                step: int) -> dict[str, float]:
     """One AC-DMD iteration (official `DMDTrainer.train_step` order): a fake-score step; when
     (step + 1) % num_fake_per_gen == 0 a generator step (TTUR); the generator EMA every iteration
-    (official ema_every 1). All randomness comes from `seed` (a resumed run reproduces exactly)."""
-    gen = torch.Generator().manual_seed(seed)
+    (official ema_every 1). All randomness comes from the batch seed (a resumed run reproduces
+    exactly; every rank draws the same stop index and its own rows' noise)."""
+    gen, prompts = batch.random(), batch.local(batch.prompts)
     cond, n = base.encode(prompts), len(prompts)
     loss_f, logs = stage1_fake_loss(base, cfg, cond, n, sigmas, gen)
     optim.optimizer_step(state.opt_f, loss_f, state.fake, cfg.grad_clip, step, "loss_fake")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from rtdmd_bench.core import dmd, optim, sampling, schedules
 from rtdmd_bench.core.ema import EMA
+from rtdmd_bench.core.parallel import BatchRandom
 
 
 @dataclass
@@ -69,16 +70,16 @@ class GeneratorCritic:
         self.sigmas = base.sigmas(cfg.num_steps)  # (N + 1,)
         self.guidance = base.default_cfg if cfg.cfg is None else cfg.cfg
 
-    def backward_simulation(self, cond: Any, n: int, gen: torch.Generator, grad: bool) -> tuple[Tensor, int]:
+    def backward_simulation(self, cond: Any, n: int, gen: BatchRandom, grad: bool) -> tuple[Tensor, int]:
         """DMD2's backward simulation: k ~ U{1..N} steps (all N without it), gradient only through
         step k; returns (x0-prediction of step k (n, ...), step index k - 1)."""
         full = not getattr(self.cfg, "backward_simulation", True)
-        k = self.cfg.num_steps if full else int(torch.randint(1, self.cfg.num_steps + 1, (1,), generator=gen))
-        noise = torch.randn((n, *self.base.latent_shape), generator=gen)
+        k = self.cfg.num_steps if full else gen.integer(1, self.cfg.num_steps + 1)
+        noise = gen.randn((n, *self.base.latent_shape))
         velocity = sampling.base_velocity(self.base, "student", cond)
         with torch.set_grad_enabled(grad):
             r = sampling.rollout(velocity, noise, self.sigmas, self.cfg.eta,
-                                 lambda j: torch.randn(noise.shape, generator=gen), num_steps=k)
+                                 lambda j: gen.randn(noise.shape), num_steps=k)
             return sampling.x0_of_last_step(r, self.sigmas), k - 1
 
     def fake_velocity(self, x: Tensor, t: Tensor, cond: Any, step_index: int) -> Tensor:
@@ -86,22 +87,22 @@ class GeneratorCritic:
         step = torch.full((x.shape[0],), step_index, dtype=torch.long) if self.cfg.fake_step_conditioning else None
         return self.base.velocity("fake", x, t, cond, step=step)
 
-    def dm_loss(self, x0: Tensor, t: Tensor, cond: Any, step_index: int, gen: torch.Generator) -> Tensor:
+    def dm_loss(self, x0: Tensor, t: Tensor, cond: Any, step_index: int, gen: BatchRandom) -> Tensor:
         """DMD2's generator loss at noise levels t (B,): teacher (CFG) and fake x0-predictions at
         x_t, g = normalised difference, loss 0.5 MSE(x0, sg(x0 - g))."""
-        x_t = sampling.add_noise(x0.detach(), torch.randn(x0.shape, generator=gen), t)
+        x_t = sampling.add_noise(x0.detach(), gen.randn(x0.shape), t)
         with torch.no_grad():
             x0_real = sampling.x0_from_velocity(x_t, t, self.base.velocity("teacher", x_t, t, cond, cfg=self.guidance))
             x0_fake = sampling.x0_from_velocity(x_t, t, self.fake_velocity(x_t, t, cond, step_index))
         g = dmd.dmd_gradient(x0.detach(), x0_fake, x0_real, getattr(self.cfg, "dm_normalize", "mean_abs"))
         return dmd.dmd_generator_loss(x0, g)
 
-    def fake_score_loss(self, x0: Tensor, cond: Any, step_index: int, gen: torch.Generator) -> Tensor:
+    def fake_score_loss(self, x0: Tensor, cond: Any, step_index: int, gen: BatchRandom) -> Tensor:
         """Flow matching of the fake score on (detached) generator samples at t ~ U(t_min, t_max):
         the fake score tracks p_theta."""
         x0 = x0.detach()
         t = schedules.uniform_sigma(x0.shape[0], gen, self.cfg.t_min, self.cfg.t_max)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = gen.randn(x0.shape)
         v = self.fake_velocity(sampling.add_noise(x0, noise, t), t, cond, step_index)
         return dmd.flow_matching_loss(v, x0, noise)
 

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from rtdmd_bench.core import rl, sampling
+from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.core.sampling import LogProbMode, Rollout, VelocityFn
 
 
-def annealed_beta_sigma(n: int, generator: torch.Generator, start: tuple[float, float], progress: float,
+def annealed_beta_sigma(n: int, generator: torch.Generator | BatchRandom, start: tuple[float, float], progress: float,
                         lo: float = 0.02, hi: float = 0.98) -> Tensor:
     """(n,) sigma in [lo, hi] from Beta(a, b) whose parameters move linearly from `start` to (1, 1)
     (uniform) as `progress` goes 0 -> 1. With a > b early samples sit at high noise (DMDR's
@@ -32,10 +33,13 @@ def annealed_beta_sigma(n: int, generator: torch.Generator, start: tuple[float, 
     p = min(max(float(progress), 0.0), 1.0)
     a = start[0] + (1.0 - start[0]) * p
     b = start[1] + (1.0 - start[1]) * p
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    if isinstance(generator, BatchRandom):  # the rank's rows of the global batch's draws
+        seed, shard = generator.integer(0, 2 ** 62), generator.shard
+    else:
+        seed, shard = int(torch.randint(0, 2 ** 62, (1,), generator=generator)), Shard()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        u = torch.distributions.Beta(torch.tensor(a), torch.tensor(b)).sample((n,))
+        u = shard.local(torch.distributions.Beta(torch.tensor(a), torch.tensor(b)).sample((n * shard.world,)))
     return lo + (hi - lo) * u
 
 
@@ -127,9 +131,10 @@ def policy_log_probs(velocity: VelocityFn, r: Rollout, sigmas: Tensor, eta: floa
 
 
 def ppo_over_steps(log_probs: list[Tensor], old_log_probs: list[Tensor], advantages: Tensor,
-                   clip_eps: float, adv_clip: float | None, mask: Tensor | None = None) -> Tensor:
+                   clip_eps: float, adv_clip: float | None, mask: Tensor | None = None,
+                   kept: float | None = None) -> Tensor:
     """Mean over the given steps of `rl.ppo_clip_loss` (every step's transition shares the
     sample's advantage, as in Flow-GRPO)."""
-    terms = [rl.ppo_clip_loss(lp, old, advantages, clip_eps, adv_clip, mask)
+    terms = [rl.ppo_clip_loss(lp, old, advantages, clip_eps, adv_clip, mask, kept)
              for lp, old in zip(log_probs, old_log_probs)]
     return torch.stack(terms).mean()

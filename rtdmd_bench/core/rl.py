@@ -21,6 +21,11 @@ def group_advantages(rewards: Tensor, group_size: int, std: str = "batch", eps: 
     return (centred / (scale + eps)).reshape(-1)
 
 
+def kept_per_rank(keep: Tensor, world: int) -> float:
+    """The global kept count / world size (`ppo_clip_loss`'s `kept` for one rank)."""
+    return float(keep.float().sum()) / world
+
+
 def combine_advantages(advantages: dict[str, Tensor], weights: dict[str, float], eps: float = 1e-6
                        ) -> tuple[Tensor, Tensor]:
     """Weighted sum of per-reward advantages, re-standardised over the batch.
@@ -34,15 +39,20 @@ def combine_advantages(advantages: dict[str, Tensor], weights: dict[str, float],
 
 
 def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_eps: float,
-                  adv_clip: float | None = None, mask: Tensor | None = None) -> Tensor:
-    """PPO-clip: mean over kept samples of -min(A rho, A clip(rho, 1-e, 1+e)), rho = exp(lp - lp_old)."""
+                  adv_clip: float | None = None, mask: Tensor | None = None,
+                  kept: float | None = None) -> Tensor:
+    """PPO-clip: mean over kept samples of -min(A rho, A clip(rho, 1-e, 1+e)), rho = exp(lp - lp_old).
+
+    `kept` divides the masked sum instead of mask.sum(): with data parallelism, the global kept
+    count / world size, so that the mean of the ranks' losses is the global masked mean."""
     adv = advantages if adv_clip is None else advantages.clamp(-adv_clip, adv_clip)
     ratio = torch.exp(log_prob - old_log_prob)
     per = -torch.minimum(adv * ratio, adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))  # (B,)
     if mask is None:
         return per.mean()
     m = mask.to(per.dtype)
-    return (per * m).sum() / m.sum().clamp_min(1.0)
+    count = m.sum() if kept is None else torch.as_tensor(float(kept))
+    return (per * m).sum() / count.clamp_min(1.0)
 
 
 def choose_subset(num_stochastic: int, size: int, seed: int) -> list[int]:

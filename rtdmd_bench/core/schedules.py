@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from rtdmd_bench.core.parallel import BatchRandom
+
 
 def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
     """Constant shift: sigma' = s*sigma / (1 + (s-1)*sigma). Fixes 0 and 1; s > 1 moves mass to noise."""
@@ -44,15 +46,24 @@ def few_step_sigmas(num_steps: int, shift: float = 1.0, mu: float | None = None)
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)]).float()
 
 
-def logit_normal_sigma(n: int, generator: torch.Generator | None = None, mean: float = 0.0,
+def _draw(kind: str, n: int, generator: torch.Generator | BatchRandom | None, device: torch.device | str) -> Tensor:
+    """(n,) normal or uniform draws from a plain generator or a training step's BatchRandom
+    (whose n is this rank's rows)."""
+    if isinstance(generator, BatchRandom):
+        return (generator.randn((n,)) if kind == "normal" else generator.rand((n,))).to(device)
+    fn = torch.randn if kind == "normal" else torch.rand
+    return fn(n, generator=generator, device=device)
+
+
+def logit_normal_sigma(n: int, generator: torch.Generator | BatchRandom | None = None, mean: float = 0.0,
                        std: float = 1.0, lo: float = 0.02, hi: float = 0.98,
                        device: torch.device | str = "cpu") -> Tensor:
     """(n,) sigma = sigmoid(N(mean, std)) clamped to [lo, hi] (official fake-score timesteps)."""
-    z = torch.randn(n, generator=generator, device=device) * std + mean
+    z = _draw("normal", n, generator, device) * std + mean
     return torch.sigmoid(z).clamp(lo, hi)
 
 
-def uniform_sigma(n: int, generator: torch.Generator | None = None, lo: float = 0.02,
+def uniform_sigma(n: int, generator: torch.Generator | BatchRandom | None = None, lo: float = 0.02,
                   hi: float = 0.98, device: torch.device | str = "cpu") -> Tensor:
     """(n,) sigma ~ U(lo, hi)."""
-    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+    return lo + (hi - lo) * _draw("uniform", n, generator, device)
