@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from rtdmd_bench.core import schedules
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
 from rtdmd_bench.interfaces import Batch, RewardSet
