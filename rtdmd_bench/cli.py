@@ -80,12 +80,13 @@ def config_cmd(method: str = typer.Argument(..., help="method name"), base: str 
     console.print(t)
 
 
-def _progress(description: str):
+def _progress(description: str, disable: bool = False):
+    """A rich progress bar on stderr (`disable`: ranks other than 0 of a multi-process run)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, transient=False, disable=not err.is_terminal and False)
+                    console=err, transient=False, disable=disable)
 
 
 @app.command()
@@ -105,6 +106,7 @@ def train(
 ) -> None:
     """Train METHOD on BASE until the FLOP budget is spent; checkpoints, metrics and result.json go to
     runs/<run-id>/. `--resume RUN` continues a killed run to the same result."""
+    from rtdmd_bench import distributed
     from rtdmd_bench.compute import format_flops, parse_budget
     from rtdmd_bench.config import from_dict, resolve_config
     from rtdmd_bench.runs import RunDir
@@ -130,20 +132,27 @@ def train(
         cfg = resolve_config(method, base, overrides)
         parse_budget(cfg.train.budget)  # fail before anything is built or written
         rid = run_id or f"{method}-{base}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if distributed.world_size_from_env() > 1:  # every rank must write to rank 0's folder
+            distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu")
+            rid = distributed.agree(rid)
         import dataclasses
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=rid))
         run_dir = out / rid
         if (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-id")
-    with _progress("train") as prog:
+        distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu").barrier()  # checked before written
+    main = distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu").main
+    with _progress("train", disable=not main) as prog:
         task = prog.add_task(f"{cfg.run.method} on {cfg.run.base}", total=1.0, info="")
 
         def on_progress(step: int, used: float, total: float) -> None:
             prog.update(task, completed=min(1.0, used / total), info=f"step {step} · {format_flops(used)}/{format_flops(total)} FLOPs")
 
         result = train_loop(cfg, run_dir, resume=resume is not None, on_progress=on_progress)
-    console.print(f"[green]done[/green]: {run_dir}  steps {result['steps']}  "
-                  f"FLOPs {format_flops(result['compute']['used_flops'])}  wall {result['wall_time_s']:.1f}s")
+    if main:
+        console.print(f"[green]done[/green]: {run_dir}  steps {result['steps']}  "
+                      f"FLOPs {format_flops(result['compute']['used_flops'])}  wall {result['wall_time_s']:.1f}s"
+                      + (f"  processes {result['processes']}" if result["processes"] > 1 else ""))
     for suite in eval_:
         _eval_run(suite, run_dir, {}, None, None)
 

@@ -13,11 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from rtdmd_bench import registry
+from rtdmd_bench import distributed, registry
 from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward, format_flops, parse_budget
 from rtdmd_bench.config import ResolvedConfig
 from rtdmd_bench.core.optim import check_finite
+from rtdmd_bench.core.parallel import Shard
 from rtdmd_bench.core.rl import stable_seed
+from rtdmd_bench.distributed import Parallel
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
@@ -32,15 +34,20 @@ class Built:
     meter: ComputeMeter
     rewards: RewardSet
     method: Any
+    par: Parallel
 
 
-def build(cfg: ResolvedConfig) -> Built:
+def build(cfg: ResolvedConfig, par: Parallel | None = None) -> Built:
+    """Base, meter, budget, rewards and method from the config; with several processes the base's
+    trainable modules are wrapped for data parallelism (DDP/FSDP) before the method is built."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.run.seed)  # network construction (e.g. fresh LoRA init) is seeded
     base = registry.resolve("bases", cfg.run.base)(cfg.base)
     meter = ComputeMeter()
     base.prepare(meter)
+    if par is not None and par.accelerator is not None:
+        base.parallelize(par.wrap)
     budget = parse_budget(cfg.train.budget)
     if budget.unit == "teacher_forwards" and not meter.teacher_forward_flops:
         raise UserError(f"base {cfg.run.base!r} defines no teacher-forward unit; give the budget in FLOPs")
@@ -49,14 +56,15 @@ def build(cfg: ResolvedConfig) -> Built:
         {n: MeteredReward(registry.resolve("rewards", n)(c), meter) for n, c in cfg.rewards.items()},
         dict(cfg.reward_weights), cfg.run.beta)
     method = registry.resolve("methods", cfg.run.method)(cfg.method, MeteredBase(base, meter), rewards, meter)
-    return Built(cfg, base, meter, rewards, method)
+    return Built(cfg, base, meter, rewards, method, par or Parallel())
 
 
-def batch_for(step: int, seed: int, prompts: list[str], batch_size: int) -> Batch:
-    """Prompts drawn uniformly with replacement from a generator seeded by (seed, step)."""
+def batch_for(step: int, seed: int, prompts: list[str], batch_size: int, shard: Shard = Shard()) -> Batch:
+    """The global batch: prompts drawn uniformly with replacement from a generator seeded by
+    (seed, step), identical on every rank (each method keeps its rank's rows)."""
     g = torch.Generator().manual_seed(stable_seed("prompts", seed, step))
     idx = torch.randint(len(prompts), (batch_size,), generator=g).tolist()
-    return Batch(prompts=[prompts[i] for i in idx], seed=stable_seed("batch", seed, step))
+    return Batch(prompts=[prompts[i] for i in idx], seed=stable_seed("batch", seed, step), shard=shard)
 
 
 def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int], dict[str, Any]]:
@@ -92,29 +100,33 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     if curve is None and cfg.train.curve_points:
         curve = suite_curve(cfg.train.curve_suite, cfg.train.curve_images_per_prompt)
     run = RunDir(run_dir)
-    b = build(cfg)  # before touching the folder: bad configs or missing weights write nothing
-    run.path.mkdir(parents=True, exist_ok=True)
+    par = distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu")
+    b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
+    if par.main:
+        run.path.mkdir(parents=True, exist_ok=True)
     step, wall_before = 0, 0.0
     if resume:
         step, state = run.load_checkpoint()
         b.method.load_state_dict(state["method"])
         b.meter.load_state_dict(state["meter"])
         wall_before = float(state["wall_time"])
-        run.truncate_metrics(step)
-    else:
+        if par.main:
+            run.truncate_metrics(step)
+    elif par.main:
         run.write_config(cfg.to_dict())
     prompts = b.base.train_prompts()
     t0 = time.perf_counter()
     steps_run = 0
     while not b.meter.exhausted:
-        batch = batch_for(step, cfg.run.seed, prompts, cfg.train.batch_size)
-        used_before = b.meter.used
-        logs = b.method.train_step(batch, step)
+        batch = batch_for(step, cfg.run.seed, prompts, cfg.train.batch_size, par.shard)
+        used_before, meter_before = b.meter.used, b.meter.state_dict()
+        logs = par.shard.mean(b.method.train_step(batch, step))  # global means
+        b.meter.sync(meter_before, par.shard)  # FLOPs of every rank
         check_finite(step, **logs)
         step += 1
         steps_run += 1
         wall = wall_before + time.perf_counter() - t0
-        if step % cfg.train.log_every == 0 or b.meter.exhausted:
+        if par.main and (step % cfg.train.log_every == 0 or b.meter.exhausted):
             run.append_metrics({"step": step, "flops": b.meter.used, "wall_time": wall, **logs})
         if curve is not None and cfg.train.curve_points:
             # Point k is taken at the first step whose FLOPs reach k/N of the budget (derived from
@@ -122,23 +134,29 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
             n, total = cfg.train.curve_points, b.meter.budget_flops
             before = int(used_before * n // total)
             if int(min(b.meter.used, total) * n // total) > before:
-                run.append_metrics({"step": step, "flops": b.meter.used, "curve": curve(b, step)})
-        if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
+                point = curve(b, step)  # every rank takes part (sharded generation); rank 0 scores
+                if par.main:
+                    run.append_metrics({"step": step, "flops": b.meter.used, "curve": point})
+        if par.main and step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
             run.save_checkpoint(step, _checkpoint_state(b, step, wall))
-        if on_progress is not None:
+        if on_progress is not None and par.main:
             on_progress(step, b.meter.used, b.meter.budget_flops)
         if stop_after_steps is not None and steps_run >= stop_after_steps:
             return {}
     wall = wall_before + time.perf_counter() - t0
-    run.save_checkpoint(step, _checkpoint_state(b, step, wall))
+    if par.main:
+        run.save_checkpoint(step, _checkpoint_state(b, step, wall))
     result = {
         "method": cfg.run.method, "base": cfg.run.base, "seed": cfg.run.seed,
         "method_source": getattr(b.method, "source", ""), "stages": list(getattr(b.method, "stages", ())),
         "steps": step, "wall_time_s": wall, "budget": cfg.train.budget,
         "compute": b.meter.breakdown(), "config": cfg.to_dict(),
         "versions": versions(), "git_commit": git_commit(),
+        "processes": par.shard.world,
     }
-    atomic_write_json(run.path / "result.json", result)
+    if par.main:
+        atomic_write_json(run.path / "result.json", result)
+    par.barrier()  # the run folder is complete before any rank moves on (e.g. to --eval)
     _last_built[str(run.path)] = b
     return result
 

@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,7 @@ class AdapterSwitch:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self.net = net
+        self.runner = net  # what forward calls go through: `net`, or its DDP/FSDP wrapper
         self.names = tuple(names)
         modules = sorted(lora_modules(net, lora.targets))  # before peft wraps them
         if not modules:
@@ -273,6 +274,13 @@ class DiffusersBase:
                 sw.net.enable_gradient_checkpointing(gradient_checkpointing_func=sw.checkpoint_fn)
         self.nets = nets
 
+    def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Call each adapter-carrying transformer through `wrap(net)` (DDP, or FSDP sharding the
+        frozen weights too); adapters are still switched on the wrapped module itself."""
+        self._ready()
+        for sw in self._switch.values():
+            sw.runner = wrap(sw.net)
+
     def _ready(self) -> Networks:
         if self.nets is None:
             self.prepare(None)
@@ -311,10 +319,10 @@ class DiffusersBase:
         pos = {k: v for k, v in cond.items() if not k.startswith("neg_")}
         with switch.using(adapter), self._autocast():
             if cfg is None or cfg == 1.0:
-                v = self._forward(switch.net, x, sigma, pos)
+                v = self._forward(switch.runner, x, sigma, pos)
             else:  # one batched call: [cond; uncond], v = v_u + w (v_c - v_u) (METHODS.md sec. 1)
                 both = {k: torch.cat([v_, cond[f"neg_{k}"]]) for k, v_ in pos.items()}
-                v_c, v_u = self._forward(switch.net, torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+                v_c, v_u = self._forward(switch.runner, torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
                 v = v_u + cfg * (v_c - v_u)
         return v.float()
 

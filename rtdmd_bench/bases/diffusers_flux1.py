@@ -96,7 +96,7 @@ class Flux1Dev(DiffusersBase):
         switch, adapter = self._role(role)
         guidance = torch.full_like(sigma, self.cfg.plain_guidance if cfg is None else cfg)
         with switch.using(adapter), self._autocast():
-            v = self._forward(switch.net, x, sigma, {**cond, "guidance": guidance})
+            v = self._forward(switch.runner, x, sigma, {**cond, "guidance": guidance})
         return v.float()
 
     def _forward(self, net: nn.Module, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:

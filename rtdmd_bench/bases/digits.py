@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +98,7 @@ class Digits:
         self.cfg = cfg or DigitsConfig()
         self.default_cfg = self.cfg.default_cfg
         self.nets: dict[str, FlowNet] = {}
+        self.runners: dict[str, nn.Module] = {}  # data-parallel wrappers of student and fake
         self.prepared: dict[str, Any] = {}
 
     # --------------------------------------------------------------------- setup
@@ -150,7 +151,7 @@ class Digits:
 
         The teacher is step-agnostic (it was never trained with a step), so `step` only
         reaches the student and fake score."""
-        net = self._net(role)
+        net = self.runners.get(role) or self._net(role)
         if x.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"digits latents are (B, 1, 8, 8), got {tuple(x.shape)}")
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -165,6 +166,10 @@ class Digits:
     def sigmas(self, num_steps: int) -> Tensor:
         """(num_steps + 1,) descending sigmas with the base's shift, ending at 0."""
         return few_step_sigmas(num_steps, shift=self.cfg.shift)
+
+    def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Call the student and fake score through `wrap(net)` (the frozen teacher stays bare)."""
+        self.runners = {role: wrap(self._net(role)) for role in ("student", "fake")}
 
     def _trainable_net(self, role: str) -> nn.Module:
         if role == "teacher":

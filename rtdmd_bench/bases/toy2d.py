@@ -20,7 +20,7 @@ import math
 import os
 from pathlib import Path
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -123,6 +123,7 @@ class Toy2D:
             w = self.mixture.weights[modes]
             self.prompt_log_weights[pid, modes] = torch.log(w / w.sum())
         self.nets = {role: self._new_net() for role in ("student", "fake")}
+        self.runners: dict[str, nn.Module] = dict(self.nets)  # what velocity calls (DDP wrappers)
         for net in self.nets.values():
             net.requires_grad_(False)  # frozen until prepare() installs the fitted weights
         self.init_info: dict[str, Any] = {}
@@ -213,7 +214,11 @@ class Toy2D:
                              "run without CFG (METHODS.md section 1)")
         if not self._prepared:
             raise RuntimeError("toy2d: call prepare(meter) before using the student or fake score")
-        return self.nets[role](x, sigma, cond, self._slots(step, x.shape[0]))
+        return self.runners[role](x, sigma, cond, self._slots(step, x.shape[0]))
+
+    def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Call the student and fake score through `wrap(net)` (data-parallel wrappers)."""
+        self.runners = {role: wrap(net) for role, net in self.nets.items()}
 
     def _slots(self, step: Tensor | None, batch: int) -> Tensor:
         """Step one-hot slots: step index k -> slot k; None -> the last ("no step") slot."""

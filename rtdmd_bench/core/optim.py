@@ -26,11 +26,20 @@ def check_finite(step: int, **terms: Tensor | float) -> None:
                                 "term's weight and resume or restart)")
 
 
+def _finite_on_every_rank(loss: Tensor) -> bool:
+    """Whether the loss is finite on every data-parallel rank: a rank must not stop alone while the
+    others wait for its gradients."""
+    bad = torch.tensor([0.0 if math.isfinite(float(loss.detach())) else 1.0], device=loss.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(bad)
+    return float(bad) == 0.0
+
+
 def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn.Parameter],
                    grad_clip: float | None, step: int, name: str) -> float:
     """zero_grad, backward, clip, step. Checks the loss is finite BEFORE touching the weights.
     Returns the pre-clip gradient norm."""
-    check_finite(step, **{name: loss})
+    check_finite(step, **{name: loss if _finite_on_every_rank(loss) else math.nan})
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in params if p.grad is not None]
