@@ -10,7 +10,7 @@ sigma in [0, 1] (1 = pure noise), models predict velocity `v ~ eps - x0`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,10 @@ class Base(Protocol):
 
     def load_state_dict(self, role: str, state: dict[str, Tensor]) -> None:
         """Inverse of `state_dict`."""
+
+    def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Data-parallel training: from now on call the trainable modules through `wrap(module)`
+        (accelerate's DDP/FSDP wrapper); `trainable` / `state_dict` keep the raw modules."""
 
 
 @runtime_checkable
