@@ -72,8 +72,15 @@ def setup(cpu: bool = False) -> Parallel:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    import torch
+
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(cpu=cpu, device_placement=False, kwargs_handlers=[ddp])
+    # Without cpu=True accelerate finds no GPU backend on a CPU machine and silently runs every
+    # process alone (DistributedType.NO); say cpu whenever there is no GPU.
+    acc = Accelerator(cpu=cpu or not torch.cuda.is_available(), device_placement=False, kwargs_handlers=[ddp])
+    if acc.num_processes != world_size_from_env():
+        raise RuntimeError(f"WORLD_SIZE={world_size_from_env()} but accelerate set up {acc.num_processes} "
+                           f"process(es) ({acc.distributed_type}); the processes would train independently")
     device = "cpu" if acc.device.type == "cpu" else str(acc.device)
     _current = Parallel(Shard(acc.process_index, acc.num_processes, device), acc)
     return _current
