@@ -133,15 +133,19 @@ def train(
         parse_budget(cfg.train.budget)  # fail before anything is built or written
         rid = run_id or f"{method}-{base}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if distributed.world_size_from_env() > 1:  # every rank must write to rank 0's folder
-            distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu")
+            distributed.setup_for(cfg)
             rid = distributed.agree(rid)
         import dataclasses
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=rid))
         run_dir = out / rid
         if (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-id")
-        distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu").barrier()  # checked before written
-    main = distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu").main
+        distributed.setup_for(cfg).barrier()  # checked before written
+    par = distributed.setup_for(cfg)
+    if par.mode == "fsdp" and par.shard.world > 1 and eval_:
+        raise UserError("--eval does not work with train.parallel=fsdp (evaluation shards prompts and needs "
+                        "whole models): run `rtdmd-bench eval --run RUN` after training")
+    main = par.main
     with _progress("train", disable=not main) as prog:
         task = prog.add_task(f"{cfg.run.method} on {cfg.run.base}", total=1.0, info="")
 

@@ -109,9 +109,27 @@ def _shape_key(obj: Any) -> Any:
     return type(obj).__name__
 
 
-def _grad_inputs(args: Sequence[Any], params: Sequence[Tensor]) -> list[Tensor]:
-    leaves = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
-    return leaves + [p for p in params if p.requires_grad]
+def _grad_inputs(out: Tensor, args: Sequence[Any], params: Sequence[Tensor]) -> list[Tensor]:
+    """What the call's backward differentiates for: its tensor arguments that require grad, plus
+    every leaf the call's own graph reaches without passing through those arguments (its
+    parameters; under FSDP the gathered full parameters, not the shards in `params`)."""
+    inputs = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+    stop = {a.grad_fn for a in inputs if a.grad_fn is not None}
+    leaves: dict[int, Tensor] = {id(a): a for a in inputs}
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen or fn in stop:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # AccumulateGrad: a leaf that requires grad
+        if isinstance(var, Tensor):
+            leaves.setdefault(id(var), var)
+        stack.extend(f for f, _ in fn.next_functions)
+    for p in params:  # parameters the graph does not reach are simply unused by this call
+        if p.requires_grad and not hasattr(p, "device_mesh"):
+            leaves.setdefault(id(p), p)
+    return list(leaves.values())
 
 
 @dataclass
@@ -139,7 +157,7 @@ class ComputeMeter:
             out, fwd = measure_flops(lambda: fn(*args, **kwargs))
             bwd = 0.0
             if isinstance(out, Tensor) and out.requires_grad:
-                inputs = _grad_inputs(list(args) + list(kwargs.values()), params)
+                inputs = _grad_inputs(out, list(args) + list(kwargs.values()), params)
                 if inputs:
                     # Probe the backward once: grad w.r.t. inputs/params, .grad left untouched.
                     with FlopCounterMode(display=False) as counter:

@@ -66,6 +66,11 @@ class TrainConfig:
     """Samples per prompt in the quick curve evaluation."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes (accelerate launch / torchrun): ddp = every process holds the whole
+    base and gradients are averaged (accelerate's DDP); fsdp = torch FSDP2 shards the weights of
+    every transformer block, frozen and LoRA, across processes (bases that do not fit one GPU:
+    sd35l, flux2-9b). Ignored in a single process."""
 
 
 SECTIONS = ("run", "train", "method", "base", "reward")

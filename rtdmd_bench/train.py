@@ -86,6 +86,13 @@ def _checkpoint_state(b: Built, step: int, wall: float) -> dict[str, Any]:
     return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall}
 
 
+def _save(run: RunDir, par: Parallel, state: dict[str, Any], step: int) -> None:
+    """Every rank gathers FSDP shards (a collective), rank 0 writes."""
+    state = par.full(state)
+    if par.main:
+        run.save_checkpoint(step, state)
+
+
 def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
           on_progress: Callable[[int, float, float], None] | None = None,
           curve: Callable[[Built, int], dict[str, Any]] | None = None,
@@ -100,14 +107,17 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     if curve is None and cfg.train.curve_points:
         curve = suite_curve(cfg.train.curve_suite, cfg.train.curve_images_per_prompt)
     run = RunDir(run_dir)
-    par = distributed.setup(cpu=getattr(cfg.base, "device", "cpu") == "cpu")
+    par = distributed.setup_for(cfg)
+    if par.mode == "fsdp" and par.shard.world > 1 and curve is not None:
+        raise UserError("train.curve_points does not work with train.parallel=fsdp (evaluation shards "
+                        "prompts and needs whole models): evaluate the checkpoints with `rtdmd-bench eval`")
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
         run.path.mkdir(parents=True, exist_ok=True)
     step, wall_before = 0, 0.0
     if resume:
         step, state = run.load_checkpoint()
-        b.method.load_state_dict(state["method"])
+        b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
         b.meter.load_state_dict(state["meter"])
         wall_before = float(state["wall_time"])
         if par.main:
@@ -137,15 +147,14 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
                 point = curve(b, step)  # every rank takes part (sharded generation); rank 0 scores
                 if par.main:
                     run.append_metrics({"step": step, "flops": b.meter.used, "curve": point})
-        if par.main and step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
-            run.save_checkpoint(step, _checkpoint_state(b, step, wall))
+        if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
+            _save(run, par, _checkpoint_state(b, step, wall), step)
         if on_progress is not None and par.main:
             on_progress(step, b.meter.used, b.meter.budget_flops)
         if stop_after_steps is not None and steps_run >= stop_after_steps:
             return {}
     wall = wall_before + time.perf_counter() - t0
-    if par.main:
-        run.save_checkpoint(step, _checkpoint_state(b, step, wall))
+    _save(run, par, _checkpoint_state(b, step, wall), step)
     result = {
         "method": cfg.run.method, "base": cfg.run.base, "seed": cfg.run.seed,
         "method_source": getattr(b.method, "source", ""), "stages": list(getattr(b.method, "stages", ())),

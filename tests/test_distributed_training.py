@@ -1,6 +1,7 @@
 """Data-parallel training (issue: real bases, "Distributed"): two CPU processes over gloo compute
-exactly the one-process run on the same global batch, for every method; the randomness that must
-agree across ranks does; the CLI runs under torchrun."""
+exactly the one-process run on the same global batch, for every method with DDP and for FSDP2
+(including a resume from a gathered checkpoint), on toy2d and on the real diffusers path
+(tiny-sd3); the randomness that must agree across ranks does; the CLI runs under torchrun."""
 
 from __future__ import annotations
 
@@ -37,33 +38,62 @@ CASES = {
 }
 
 
+# The real diffusers path: student and fake score are LoRA adapters of ONE frozen transformer
+# (DDP with unused parameters on every backward), text encoders, VAE and a CLIP stand-in reward.
+SD3 = ["run.rewards=tiny-clipscore=1.0", "train.batch_size=4", "train.threads=1", "train.log_every=1"]
+SD3_CASES = {
+    "dmd2": ("dmd2", ["train.budget=8G", "method.lr_generator=1e-4", "method.num_fake_per_gen=2"]),
+    "rtdmd": ("rtdmd", ["train.budget=15G", "method.group_size=2", "method.stage1_fraction=0.4",
+                        "method.stage1.num_fake_per_gen=2"]),
+}
+# FSDP2 (train.parallel=fsdp): weights, EMA and optimiser state are shards; checkpoints gather
+# them and a resumed run cuts them again ("-resume": killed after 4 steps, then resumed).
+FSDP = ["train.parallel=fsdp", "train.checkpoint_every=2"]
+FSDP_CASES = {"dmd2": CASES["dmd2"], "dmd2-resume": CASES["dmd2"], "rtdmd": CASES["rtdmd"]}
+SD3_FSDP_CASES = {"rtdmd": ("rtdmd", ["train.budget=10G", "method.group_size=2", "method.stage1_fraction=0.4",
+                                      "method.stage1.num_fake_per_gen=2"])}
+BASES = {"toy2d": ("toy2d", FAST, CASES), "tiny-sd3": ("tiny-sd3", SD3, SD3_CASES),
+         "toy2d-fsdp": ("toy2d", FAST + FSDP, FSDP_CASES), "tiny-sd3-fsdp": ("tiny-sd3", SD3 + FSDP, SD3_FSDP_CASES)}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, setup: str) -> None:
     # What `accelerate launch` / torchrun set; distributed.setup() reads them.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     from rtdmd_bench.train import _last_built
 
-    for name, (method, sets) in CASES.items():
-        run = Path(out) / name
-        train(resolve_config(method, "toy2d", FAST + sets), run)
+    base, common, cases = BASES[setup]
+    for name, (method, sets) in cases.items():
+        run, cfg = Path(out) / name, resolve_config(method, base, common + sets)
+        if name.endswith("-resume"):
+            assert train(cfg, run, stop_after_steps=4) == {}
+            train(cfg, run, resume=True)
+        else:
+            train(cfg, run)
         b = _last_built[str(run.resolve())]
         # Each rank's own weights, to check the ranks never drift apart.
-        torch.save({role: b.base.state_dict(role) for role in ("student", "fake")}, f"{out}/{name}.rank{rank}.pt")
+        weights = {role: b.par.full(b.base.state_dict(role)) for role in ("student", "fake")}  # FSDP: gathered
+        torch.save(weights, f"{out}/{name}.rank{rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
+_spawned: dict[str, Path] = {}
+
+
+def _two_process_runs(setup: str, tmp_path_factory) -> Path:
+    """Every case of `setup` trained once by two spawned gloo processes (shared by the tests)."""
     import torch.multiprocessing as mp
 
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return out
+    if setup not in _spawned:
+        out = tmp_path_factory.mktemp(setup)
+        mp.spawn(_worker, args=(2, _free_port(), str(out), setup), nprocs=2, join=True)
+        _spawned[setup] = out
+    return _spawned[setup]
 
 
 def _tensors(run: Path) -> dict[str, torch.Tensor]:
@@ -71,10 +101,12 @@ def _tensors(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_two_gloo_processes_train_exactly_the_one_process_run(name, two_process_runs, tmp_path):
-    method, sets = CASES[name]
-    single = train(resolve_config(method, "toy2d", FAST + sets), tmp_path / "single")
+@pytest.mark.parametrize("setup,name", [(k, n) for k, (_, _, cases) in BASES.items() for n in cases])
+def test_two_gloo_processes_train_exactly_the_one_process_run(setup, name, tmp_path_factory, tmp_path):
+    two_process_runs = _two_process_runs(setup, tmp_path_factory)
+    base, common, cases = BASES[setup]
+    method, sets = cases[name]
+    single = train(resolve_config(method, base, common + sets), tmp_path / "single")
     double = json.loads((two_process_runs / name / "result.json").read_text())
     # The meter is global: same steps and FLOPs as one process doing the whole batch.
     assert double["processes"] == 2 and single["processes"] == 1

@@ -106,14 +106,31 @@ class AdapterSwitch:
                 torch.manual_seed(seed + 1009 * i)  # deterministic Gaussian A, distinct per adapter
                 net.add_adapter(_peft_config(modules, lora), adapter_name=name)
         self.layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
-        self.params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
-        for key, p in net.named_parameters():
-            for n in self.names:
-                if f".{n}." in key and "lora_" in key:
-                    self.params[n][key.replace(f".{n}.", ".")] = p  # adapter-neutral key
-                    p.data = p.data.float()  # fp32 master weights for AdamW even over bf16 frozen weights
+        self.params = self._adapter_params()
+        for group in self.params.values():
+            for p in group.values():
+                p.data = p.data.float()  # fp32 master weights for AdamW even over bf16 frozen weights
         self.active: str | None = "unset"  # type: ignore[assignment]
         self.activate(None)
+
+    def _adapter_params(self) -> dict[str, dict[str, nn.Parameter]]:
+        """{adapter: {adapter-neutral key: parameter}} as the module holds them now."""
+        params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
+        for key, p in self.net.named_parameters():
+            for n in self.names:
+                if f".{n}." in key and "lora_" in key:
+                    params[n][key.replace(f".{n}.", ".")] = p
+        return params
+
+    def wrap(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Forward through `wrap(net)`; FSDP2 replaces the parameters by shards, so look them up
+        again (every adapter trainable first: DDP ignores parameters frozen when it is built)."""
+        self.activate(None)
+        self.runner = wrap(self.net)
+        self.params = self._adapter_params()
+        for group in self.params.values():
+            for p in group.values():
+                p.requires_grad_(True)
 
     def activate(self, name: str | None) -> None:
         if name == self.active:
@@ -279,7 +296,7 @@ class DiffusersBase:
         frozen weights too); adapters are still switched on the wrapped module itself."""
         self._ready()
         for sw in self._switch.values():
-            sw.runner = wrap(sw.net)
+            sw.wrap(wrap)
 
     def _ready(self) -> Networks:
         if self.nets is None:

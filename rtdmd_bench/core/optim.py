@@ -44,6 +44,23 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn
     loss.backward()
     params = [p for p in params if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the global norm
     check_finite(step, **{f"{name}.grad_norm": norm})
+    _state_like_params(opt)
     opt.step()
     return float(norm)
+
+
+def _state_like_params(opt: torch.optim.Optimizer) -> None:
+    """Optimiser state loaded from a gathered (full) checkpoint holds whole tensors; under FSDP the
+    parameters are shards (DTensor), so cut the state the same way before stepping."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not isinstance(p, DTensor):
+                return  # not sharded (all parameters of a run are, or none)
+            state = opt.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, Tensor) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    state[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
