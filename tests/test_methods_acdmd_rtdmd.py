@@ -14,7 +14,7 @@ from methods.acdmd import ACDMD
 from methods.rtdmd import RTDMD
 from rtdmd_bench.compute import ComputeMeter, MeteredBase
 from rtdmd_bench.core import acdmd_terms as ac
-from rtdmd_bench.core import dmd, rl, sampling
+from rtdmd_bench.core import dmd, rl
 from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
