@@ -4,8 +4,9 @@ Every network is built on the meta device from `rtdmd_bench.bases.real_configs` 
 the parameter counts are exact for the recorded configs. The rest are documented estimates:
 
 - Memory per GPU = frozen weights x bytes(precision) + LoRA trainables x 16 B (fp32 weight, fp32
-  grad, AdamW m and v; +4 B for the student's EMA copy) + activations. FSDP (full_shard) divides
-  weights and trainable state by N; DDP replicates them.
+  grad, AdamW m and v; +4 B for the student's EMA copy) + activations. FSDP (`train.parallel=
+  fsdp`: FSDP2 over the transformers, `rtdmd_bench/distributed.py`) divides the transformer
+  weights and the trainable state by N, VAE and text encoders stay whole; DDP replicates all.
 - Activations per sample (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
   Transformer Models", eq. 2 without the attention-score term, which flash/SDPA attention does not
   store): 34 T d bytes per block in 16-bit, i.e. 17 T d values. With gradient checkpointing (the
@@ -183,8 +184,10 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
     batches = {"cold_start": rb.cold_start_batch, "stage2": rb.stage2_batch}
     batch = micro_batch or max((batches[st.batch] for st in RECIPES.get(method, ())), default=1)
     act_bytes = WEIGHT_BYTES[precision]  # activations in the autocast / compute dtype
+    transformers = params["transformer"] * copies  # sharded under fsdp (rtdmd_bench/distributed.py)
     memory = {
-        "frozen weights": frozen * WEIGHT_BYTES[precision] / shard,
+        "frozen transformer weights": transformers * WEIGHT_BYTES[precision] / shard,
+        "frozen VAE + text encoders (not sharded)": (frozen - transformers) * WEIGHT_BYTES[precision],
         "LoRA + grads + AdamW + EMA": (2 * lora_n * TRAINABLE_BYTES + lora_n * EMA_BYTES) / shard,
         f"activations (micro-batch {batch}, checkpointed)": batch * activation_values(blocks, tokens, width) * act_bytes,
     }

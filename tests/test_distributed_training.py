@@ -80,6 +80,12 @@ def _worker(rank: int, world: int, port: int, out: str, setup: str) -> None:
         # Each rank's own weights, to check the ranks never drift apart.
         weights = {role: b.par.full(b.base.state_dict(role)) for role in ("student", "fake")}  # FSDP: gathered
         torch.save(weights, f"{out}/{name}.rank{rank}.pt")
+        if base == "tiny-sd3":  # what this rank really holds of the transformer (shards under FSDP)
+            held = {"frozen": 0, "lora": 0}
+            for key, p in b.base.nets.transformer.named_parameters():
+                local = p.to_local() if hasattr(p, "to_local") else p
+                held["lora" if "lora_" in key else "frozen"] += local.numel() * local.element_size()
+            (Path(out) / f"{name}.rank{rank}.bytes.json").write_text(json.dumps(held))
 
 
 _spawned: dict[str, Path] = {}
@@ -135,6 +141,21 @@ def test_two_gloo_processes_train_exactly_the_one_process_run(setup, name, tmp_p
     r0, r1 = (torch.load(two_process_runs / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1))
     for role in r0:
         assert all(torch.equal(r0[role][k], r1[role][k]) for k in r0[role]), role
+
+
+@pytest.mark.slow
+def test_plan_predicts_what_each_fsdp_rank_holds(tmp_path_factory):
+    from rtdmd_bench.plan import compute_plan
+
+    out = _two_process_runs("tiny-sd3-fsdp", tmp_path_factory)
+    plan = compute_plan("rtdmd", "tiny-sd3", precision="fp32", parallelism="fsdp", num_gpus=2)
+    whole = compute_plan("rtdmd", "tiny-sd3", precision="fp32", parallelism="ddp", num_gpus=2)
+    for rank in (0, 1):
+        held = json.loads((out / f"rtdmd.rank{rank}.bytes.json").read_text())
+        predicted = plan.memory_per_gpu["frozen transformer weights"]
+        assert abs(held["frozen"] - predicted) <= 0.10 * predicted, (rank, held, predicted)
+        assert abs(held["lora"] - 2 * plan.lora_per_adapter * 4 / 2) <= 0.10 * plan.lora_per_adapter * 4
+        assert held["frozen"] < 0.6 * whole.memory_per_gpu["frozen transformer weights"]  # really sharded
 
 
 # ---------------------------------------------------------------- the randomness contract
