@@ -180,8 +180,9 @@ def load_for_eval(run_dir: Path) -> Built:
     from rtdmd_bench.config import from_dict
 
     run = RunDir.open(run_dir)
-    if str(run.path) in _last_built:
-        return _last_built[str(run.path)]
+    cached = _last_built.get(str(run.path))
+    if cached is not None and not (cached.par.mode == "fsdp" and cached.par.shard.world > 1):
+        return cached  # (FSDP shards cannot generate different prompts per rank: rebuild whole)
     cfg = from_dict(run.read_config())
     b = build(cfg)
     _, state = run.load_checkpoint()
