@@ -183,9 +183,7 @@ def _eval_run(suite_name: str, run_dir: Path, suite_sets: dict[str, str], seed: 
     suite = build_suite(suite_name, suite_sets)
     b = load_for_eval(run.path)
     ckpt = run.latest_checkpoint()
-    mcfg = b.cfg.method
-    spec = SamplerSpec(role="student", num_steps=getattr(mcfg, "num_steps", 4), eta=getattr(mcfg, "eta", 0.9),
-                       tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
+    spec = SamplerSpec.student(b.cfg.method, tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
     with b.method.generator():
         res = evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), _seed(seed, suite), run.path / "samples",
                              run.path / "eval" / f"{suite.name}.json", batch_size=batch_size or 256)

@@ -28,6 +28,7 @@ from torch import Tensor
 from rtdmd_bench import registry
 from rtdmd_bench.core import sampling
 from rtdmd_bench.core.rl import stable_seed
+from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
@@ -45,6 +46,16 @@ class SamplerSpec:
 
     def key(self) -> str:
         return f"{self.role}-{self.kind}{self.num_steps}-eta{self.eta}-cfg{self.cfg}-{self.tag}"
+
+    @classmethod
+    def student(cls, method_cfg: Any, tag: str = "") -> "SamplerSpec":
+        """The trained student's own sampler: `num_steps` and `eta` from the method config, or
+        from the nested config that holds them (rtdmd's `stage1`, which also defines stage 2's
+        rollouts)."""
+        for c in (method_cfg, *(getattr(method_cfg, f.name) for f in dataclasses.fields(method_cfg))):
+            if dataclasses.is_dataclass(c) and hasattr(c, "num_steps"):
+                return cls(role="student", num_steps=int(c.num_steps), eta=float(getattr(c, "eta", 0.9)), tag=tag)
+        raise UserError(f"method config {type(method_cfg).__name__} has no num_steps: cannot sample its student")
 
 
 @dataclass

@@ -84,8 +84,7 @@ def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: i
         train(cfg, run_dir, resume=resume)
     b = load_for_eval(run_dir)
     suite = build_suite(spec.suite)
-    sampler = SamplerSpec(role="student", num_steps=getattr(b.cfg.method, "num_steps", 4),
-                          eta=getattr(b.cfg.method, "eta", 0.9), tag=f"{bench}-{_slug(label)}-s{seed}")
+    sampler = SamplerSpec.student(b.cfg.method, tag=f"{bench}-{_slug(label)}-s{seed}")
     # One sample cache per bench: student samples are keyed by run, the teacher's (for FID-T) are
     # shared by every run of the bench.
     with b.method.generator():

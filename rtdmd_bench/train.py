@@ -74,8 +74,7 @@ def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int
         from rtdmd_bench.report import numeric_metrics
 
         suite = build_suite(suite_name, {"images_per_prompt": images_per_prompt})
-        spec = SamplerSpec(role="student", num_steps=getattr(built.cfg.method, "num_steps", 4),
-                           eta=getattr(built.cfg.method, "eta", 0.9))
+        spec = SamplerSpec.student(built.cfg.method)
         with built.method.generator():
             res = evaluate_suite(suite, built.base, spec, built.rewards, built.cfg.to_dict(), 1, None, None)
         return numeric_metrics(res["metrics"])

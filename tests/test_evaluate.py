@@ -85,3 +85,12 @@ def test_generation_shards_across_two_gloo_processes_and_matches_one_process(bui
     assert r0["generated"] == 40 * len(range(0, len(prompts), 2))
     single = generate(built.base, SamplerSpec("student", 4), prompts, 40, 0, None)
     assert torch.allclose(r0["images"], single, atol=1e-6) and torch.equal(r0["images"], r1["images"])
+
+
+def test_student_sampler_follows_the_method_config_including_rtdmds_stage1():
+    from rtdmd_bench.evaluate import SamplerSpec
+
+    rtdmd = resolve_config("rtdmd", "toy2d", ["method.stage1.num_steps=2", "method.stage1.eta=0.5"])
+    assert (SamplerSpec.student(rtdmd.method).num_steps, SamplerSpec.student(rtdmd.method).eta) == (2, 0.5)
+    dmd2 = resolve_config("dmd2", "toy2d", ["method.num_steps=3"])
+    assert SamplerSpec.student(dmd2.method, tag="t") == SamplerSpec("student", 3, eta=0.9, tag="t")
