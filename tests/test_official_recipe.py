@@ -94,6 +94,10 @@ def normalization(on: bool) -> str:
     return "mean_abs" if on else "none"
 
 
+# Official reward name -> the suite's reward that computes the same score.
+SUITE_REWARD = {"clipscore": "clipscore", "hpsv2": "hpsv21", "pickscore": "pickscore", "geneval": "geneval-partial"}
+
+
 # ---- shared reasons ---------------------------------------------------------------------------
 LOGGING = "experiment-tracker name/switch: the suite logs to metrics.jsonl in the run folder (train.log_every)"
 EVAL = ("in-training evaluation setting: the suite evaluates with its benchmark suites "
@@ -313,9 +317,10 @@ RTDMD: list[Row] = [
     at("grpo.adam_epsilon", 1.0e-8, "adamw.eps", note="torch AdamW's default, not a suite field"),
     why("grpo.weight_advantages", True, "structural: per-reward group advantages, weighted by the run's reward "
         "weights, summed and re-standardised (rl.combine_advantages)"),
-    why("grpo.reward_fn", {"clipscore": 1.0, "hpsv2": 1.0, "pickscore": 1.0, "geneval": 1.0},
-        "rewards are chosen per run (--rewards, run.rewards; no sd3 recipe sets them): "
-        "clipscore=1,hpsv2=1,pickscore=1 and geneval-partial=1 for GenEval"),
+    at("grpo.reward_fn", {"clipscore": 1.0, "hpsv2": 1.0, "pickscore": 1.0, "geneval": 1.0}, "run.rewards",
+       convert=lambda fn: tuple(f"{SUITE_REWARD[k]}={v}" for k, v in fn.items()),
+       note="recipes/sd3.yaml; the official hpsv2 scorer loads HPS_v2.1 (suite: hpsv21), geneval is the "
+            "partial-credit GRPO reward (geneval-partial)"),
     why("grpo.reward_ckpt_path", "/path/to/reward_ckpts", PATH),
     why("grpo.per_prompt_stat_tracking", True, "structural: advantages are centred within each prompt's group "
         "of K samples (rl.group_advantages)"),
@@ -524,3 +529,19 @@ def test_acdmd_method_is_rtdmd_stage1(suite: dict[str, Any]) -> None:
     acdmd = resolve_config("acdmd", "sd3", [])
     assert acdmd.method == suite["method"].stage1
     assert acdmd.base == suite["base"]
+
+
+@pytest.mark.parametrize("base,group,stage1_lr", [("sd3", 16, 3e-5), ("sd35m", 24, 3e-5), ("sd35l", 24, 3e-5),
+                                                  ("flux2-4b", 24, 1e-6), ("flux2-9b", 24, 1e-6),
+                                                  ("flux1-dev", 24, 3e-5)])
+def test_every_real_base_recipe_carries_the_official_stage2_rewards(base, group, stage1_lr):
+    # Official configs/rtdmd/*.yaml: the same four rewards everywhere; 16 images per prompt on SD3-M,
+    # 24 elsewhere; FLUX.2's cold start at lr 1e-6 (sd35l has no official config: it follows sd35m).
+    cfg = resolve_config("rtdmd", base, [])
+    assert cfg.run.rewards == ("clipscore=1.0", "hpsv21=1.0", "pickscore=1.0", "geneval-partial=1.0")
+    assert cfg.rewards["pickscore"].divide_by == 26.0  # the official training PickScore / 26
+    assert cfg.method.group_size == group
+    assert cfg.method.stage1.lr_generator == cfg.method.stage1.lr_fake == pytest.approx(stage1_lr)
+    assert resolve_config("acdmd", base, []).method == cfg.method.stage1
+    for method in ("dmd2", "acdmd", "gndm"):  # methods without external rewards load no reward model
+        assert resolve_config(method, base, []).run.rewards == ()
