@@ -66,7 +66,10 @@ class Shard:
         if self.world == 1 or not logs:
             return logs
         keys = sorted(logs)
-        return dict(zip(keys, (x / self.world for x in self.sum([float(logs[k]) for k in keys]))))
+        n, *total = self.sum([len(keys)] + [float(logs[k]) for k in keys])
+        if n != len(keys) * self.world:  # every rank runs the same code, so this is a bug, not input
+            raise RuntimeError(f"ranks logged different terms (this rank: {keys})")
+        return {k: x / self.world for k, x in zip(keys, total)}
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of a list of floats over ranks (float64)."""
