@@ -105,7 +105,9 @@ def train(
     eval_: list[str] = typer.Option([], "--eval", help="Suites to evaluate when training ends (repeatable)."),
 ) -> None:
     """Train METHOD on BASE until the FLOP budget is spent; checkpoints, metrics and result.json go to
-    runs/<run-id>/. `--resume RUN` continues a killed run to the same result."""
+    runs/<run-id>/. `--resume RUN` continues a killed run to the same result. Under `accelerate launch`
+    or `torchrun` every process trains on its share of the global batch (DDP; FSDP2 with
+    --set train.parallel=fsdp) and the budget counts all of them."""
     from rtdmd_bench import distributed
     from rtdmd_bench.compute import format_flops, parse_budget
     from rtdmd_bench.config import from_dict, resolve_config
