@@ -86,6 +86,9 @@ def _worker(rank: int, world: int, port: int, out: str, setup: str) -> None:
                 local = p.to_local() if hasattr(p, "to_local") else p
                 held["lora" if "lora_" in key else "frozen"] += local.numel() * local.element_size()
             (Path(out) / f"{name}.rank{rank}.bytes.json").write_text(json.dumps(held))
+    if setup == "toy2d-fsdp":  # killed after 4 steps; resumed by ONE process in the test below
+        cfg = resolve_config("dmd2", base, common + CASES["dmd2"][1])
+        assert train(cfg, Path(out) / "killed", stop_after_steps=4) == {}
 
 
 _spawned: dict[str, Path] = {}
@@ -141,6 +144,21 @@ def test_two_gloo_processes_train_exactly_the_one_process_run(setup, name, tmp_p
     r0, r1 = (torch.load(two_process_runs / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1))
     for role in r0:
         assert all(torch.equal(r0[role][k], r1[role][k]) for k in r0[role]), role
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp_run_resumes_in_one_process_to_the_one_process_result(tmp_path_factory, tmp_path):
+    # Checkpoints hold whole tensors and every draw is independent of the world size, so the number
+    # of processes may change between a kill and the resume.
+    killed = _two_process_runs("toy2d-fsdp", tmp_path_factory) / "killed"
+    cfg = resolve_config("dmd2", "toy2d", FAST + FSDP + CASES["dmd2"][1])
+    resumed = train(cfg, killed, resume=True)
+    single = train(cfg, tmp_path / "single")
+    assert resumed["steps"] == single["steps"] and resumed["processes"] == 1
+    assert resumed["compute"]["used_flops"] == pytest.approx(single["compute"]["used_flops"], rel=1e-9)
+    a, b = _tensors(tmp_path / "single"), _tensors(killed)
+    diff = torch.cat([(a[k].double() - b[k].double()).abs().flatten() for k in a])
+    assert float(diff.max()) < 1e-3 and float((diff > 1e-5).double().mean()) < 1e-3
 
 
 @pytest.mark.slow
