@@ -151,7 +151,7 @@ class Digits:
 
         The teacher is step-agnostic (it was never trained with a step), so `step` only
         reaches the student and fake score."""
-        net = self.runners.get(role) or self._net(role)
+        net = self.runners[role] if role in self.runners else self._net(role)
         if x.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"digits latents are (B, 1, 8, 8), got {tuple(x.shape)}")
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
