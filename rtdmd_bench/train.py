@@ -110,6 +110,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     if par.mode == "fsdp" and par.shard.world > 1 and curve is not None:
         raise UserError("train.curve_points does not work with train.parallel=fsdp (evaluation shards "
                         "prompts and needs whole models): evaluate the checkpoints with `rtdmd-bench eval`")
+    par.shard.rows(cfg.train.batch_size)  # a batch the processes cannot share is an error before anything
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
         run.path.mkdir(parents=True, exist_ok=True)
