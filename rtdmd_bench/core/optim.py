@@ -39,7 +39,11 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn
                    grad_clip: float | None, step: int, name: str) -> float:
     """zero_grad, backward, clip, step. Checks the loss is finite BEFORE touching the weights.
     Returns the pre-clip gradient norm."""
-    check_finite(step, **{name: loss if _finite_on_every_rank(loss) else math.nan})
+    everywhere = _finite_on_every_rank(loss)  # collective: every rank calls it before raising
+    check_finite(step, **{name: loss})
+    if not everywhere:
+        raise NonFiniteLoss(f"loss term {name!r} is not finite on another process at step {step}; the run "
+                            "stops here and keeps its last good checkpoint")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in params if p.grad is not None]
