@@ -148,12 +148,12 @@ class DMDRL:
                 loss_rl, rl_logs = self._grpo_loss(batch, gen)
             optim.check_finite(step, loss_dm=loss_dm, loss_rl=loss_rl)
             loss = loss_dm + self.rl_weight * loss_rl
-            logs["gen/grad_norm"] = self.nets.generator_step(loss, step, "loss_generator")
+            logs["gen/grad_norm"] = self.nets.generator_step(loss, 1, step, "loss_generator")[1]
             logs |= {"loss_dm": float(loss_dm.detach()), "loss_rl": float(loss_rl.detach())} | {f"rl/{a}": v for a, v in rl_logs.items()}
         else:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=False)
         loss_f = self.nets.fake_score_loss(x0, cond, k, gen)
-        self.nets.fake_step(loss_f, step)
+        self.nets.fake_step(loss_f, 1, step)
         logs["loss_fake"] = float(loss_f.detach())
         return logs
 
