@@ -131,6 +131,7 @@ class GDMD:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
+        batch = batch.for_rewards()  # every step scores the rewards: their prompt set (RTDMD stage 2's)
         gen, prompts = batch.random(), batch.local(batch.prompts)
         cond = self.base.encode(prompts)
         n = len(prompts)

@@ -179,8 +179,8 @@ class Batch:
         rows = len(prompts) // self.shard.world
         if len(prompts) % self.shard.world or rows % group_size:
             raise UserError(f"{len(prompts)} samples in groups of {group_size} cannot be split into whole "
-                            f"groups over {self.shard.world} {self.shard.unit()}: make the step's sample count a "
-                            f"multiple of group_size x {self.shard.world}")
+                            f"groups over {self.shard.world} {self.shard.unit()}: make train.batch_size (the step's "
+                            f"sample count) a multiple of group_size x {self.shard.world}")
         return self.shard.take(prompts)
 
     def draw(self, pool: str, n: int) -> list[str]:
@@ -193,6 +193,14 @@ class Batch:
                                 "raise train.batch_size")
             return list(self.prompts[:n])
         return draw_prompts(self.pools.get(pool), n, self.draw_seed)
+
+    def for_rewards(self) -> "Batch":
+        """This step's batch with its prompts drawn from the reward prompt set (same size, same
+        seed): what a method uses for a step that optimises external rewards (RTDMD stage 2 draws
+        its groups with `draw` directly). On bases with one prompt set it is the same batch."""
+        if self.pools is None:
+            return self
+        return dataclasses.replace(self, prompts=self.draw("reward", len(self.prompts)))
 
     def chunks(self) -> list["Batch"]:
         """This process's micro-batches (`train.micro_batches` = C; gradient accumulation): C

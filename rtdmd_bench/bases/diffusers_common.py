@@ -111,17 +111,16 @@ class AdapterSwitch:
             raise UserError(f"LoRA targets {lora.targets} match no Linear of {type(net).__name__}: "
                             "fix --set base.lora.targets=...")
         self.adapters: list[str] = []  # every adapter created, in creation order
-        for name in self.names:
-            self._add(name)
+        for i, name in enumerate(self.names):
+            self._add(name, i)
         self.stacks = {n: [n] for n in self.names}  # role -> its active adapters, trainable last
         self.layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
         self.params = self._adapter_params()
         self.active: str | None = "unset"  # type: ignore[assignment]
         self.activate(None)
 
-    def _add(self, name: str) -> None:
-        """A new adapter with a deterministic Gaussian A (seeded by its creation index), fp32."""
-        i = len(self.adapters)
+    def _add(self, name: str, i: int) -> None:
+        """A new adapter with a deterministic Gaussian A (seeded by its slot i), fp32 weights."""
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             # peft warns on a second adapter in one model: several adapters is the design here.
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
@@ -136,11 +135,15 @@ class AdapterSwitch:
     def spare(role: str) -> str:
         return f"{role}_restart"
 
+    def _add_spare(self, role: str) -> None:
+        # Slot after the roles' own adapters, fixed per role: the same init whenever it is created.
+        self._add(self.spare(role), len(self.names) + self.names.index(role))
+
     def add_spares(self) -> None:
         """Create every role's restart adapter now (idempotent)."""
         for role in self.names:
             if self.spare(role) not in self.adapters:
-                self._add(self.spare(role))
+                self._add_spare(role)
         self.params = self._adapter_params()
         self._set_requires_grad()
 
@@ -166,7 +169,7 @@ class AdapterSwitch:
         if self.spare(role) not in self.adapters:
             if self.runner is not self.net:
                 raise RuntimeError("restart adapters are created before data-parallel wrapping (add_spares)")
-            self._add(self.spare(role))
+            self._add_spare(role)
             self.params = self._adapter_params()
         self.stacks[role] = [role, self.spare(role)]
         previous, self.active = self.active, "unset"  # type: ignore[assignment]
