@@ -27,7 +27,7 @@ def official(base: str) -> dict[str, float]:
     plan = compute_plan("rtdmd", base)
     s1, s2 = plan.stages
     total = plan.official_flops
-    return {"F": plan.flops_per_forward, "backward_ratio": plan.costs["backward_ratio"],
+    return {"F": plan.flops_per_forward, "lora_fwd": plan.costs["lora_fwd_1"], "lora_bwd": plan.costs["lora_bwd_1"],
             "decode": plan.costs["decode_fwd"], "stage1_flops": s1["flops_run"], "stage2_flops": s2["flops_run"],
             "stage1_steps": s1["steps"], "stage2_steps": s2["steps"], "batch": s1["samples_per_step"],
             "stage2_batch": s2["samples_per_step"], "budget": total, "stage1_fraction": s1["flops_run"] / total,
@@ -39,16 +39,17 @@ def render(rows: dict[str, dict[str, float]], seconds: float) -> str:
         "# Official RTDMD runs in FLOPs (the real bases' recipe budgets)",
         "",
         "From `python benchmarks/official_budgets.py` (meta device, no weights; "
-        f"{seconds:.0f} s). F = one transformer forward on one sample; B = the LoRA-training backward as a",
-        "multiple of F; D = one VAE decode. Stage 1: 15,000 AC-DMD steps of 72 samples (9 per GPU x 8);",
+        f"{seconds:.0f} s). F = one transformer forward on one sample; L and B = a forward with the LoRA",
+        "and its LoRA-training backward, as multiples of F; D = one VAE decode. Stage 1: 15,000 AC-DMD steps",
+        "of 72 samples (9 per GPU x 8);",
         "stage 2: 1,000 steps of the official global batch (16 micro-batches x per-GPU batch x 8 GPUs).",
         f"GPU-hours assume {ASSUMED_MFU:.0%} of the H100 bf16 peak (an assumption, not a measurement).",
         "",
-        "| base | F | B/F | D | stage-2 samples/step | stage 1 FLOPs | stage 2 FLOPs | budget | stage-1 share | H100 GPU-hours |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| base | F | L/F | B/F | D | stage-2 samples/step | stage 1 FLOPs | stage 2 FLOPs | budget | stage-1 share | H100 GPU-hours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['F']:.3g} | {r['backward_ratio']:.3f} | {r['decode']:.3g} | {r['stage2_batch']} | "
+        lines.append(f"| {name} | {r['F']:.3g} | {r['lora_fwd']:.3f} | {r['lora_bwd']:.3f} | {r['decode']:.3g} | {r['stage2_batch']} | "
                      f"{r['stage1_flops']:.3g} | {r['stage2_flops']:.3g} | {r['budget']:.3g} | "
                      f"{r['stage1_fraction']:.3f} | {r['gpu_hours']:,.0f} |")
     lines += ["", "Recipe lines (`train.budget` under `_all`: every method gets the same compute):", "", "```"]

@@ -29,8 +29,10 @@ the parameter counts are exact for the recorded configs. The rest are documented
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -51,10 +53,12 @@ class Stage:
     steps: int  # optimiser iterations of this stage in the official recipe (0 = no official run)
     batch: str  # which official per-GPU batch: "cold_start" or "stage2" (RealBase fields)
     batches_per_step: int  # micro-batches per iteration (RTDMD stage 2: num_batches_per_epoch 16)
-    fwd: float  # transformer forwards (one sample, no CFG = F) per sample per iteration
-    bwd: float  # transformer backwards per sample per iteration (each costs `backward_ratio` x F)
+    teacher: float  # teacher forwards (one sample, no CFG = F) per sample per iteration
+    lora_fwd: float  # student / fake-score forwards (F plus their LoRA) per sample per iteration
+    lora_bwd: float  # backwards of those for their LoRA weights per sample per iteration
     decode_fwd: float = 0.0  # VAE decoder forwards per sample per iteration (each D)
     decode_bwd: float = 0.0  # VAE decoder backwards (to the latents) per sample per iteration
+    adapters: int = 1  # LoRA adapters active per student/fake call (2 after RTDMD's restart)
     how: str = ""  # where the counts come from
 
 
@@ -62,20 +66,21 @@ class Stage:
 # call on twice the batch = 2 forwards; a backward differentiates for the LoRA weights only).
 # AC-DMD: rollout k ~ U{1..4} without grad = 2.5 fwd; fake-score loss 1 fwd + 1 bwd; consistency
 # 2 fwd + 2 bwd; every 10th iteration a generator step: rollout 2.5 fwd + backward of the last
-# step 1 bwd + teacher CFG 2 fwd + fake 1 fwd. DMD2: the same without consistency, generator every
+# step 1 bwd + teacher CFG 2 + fake 1 fwd. DMD2: the same without consistency, generator every
 # 5th. RTDMD stage 2: 4-step rollout 4 fwd; fake step with consistency 3 fwd + 3 bwd; 2 SubGRPO
-# steps 2 fwd + 2 bwd; last step student 1 fwd + 1 bwd, teacher CFG 2 fwd, fake 1 fwd; decodes: one
-# for the GRPO rewards, one with backward for the reward back-propagation (reward models: < 1%).
+# steps 2 fwd + 2 bwd; last step student 1 fwd + 1 bwd, teacher CFG 2, fake 1 fwd; decodes: one
+# for the GRPO rewards, one with backward for the reward back-propagation (reward models: < 1%);
+# after the restart two adapters are active per call (the stage-1 one frozen).
 RECIPES: dict[str, tuple[Stage, ...]] = {
-    "acdmd": (Stage("AC-DMD", 15000, "cold_start", 1, 2.5 + 1 + 2 + 5.5 / 10, 1 + 2 + 1 / 10,
-                    how="rollout 2.5F + fake (1F+1B) + consistency (2F+2B) + generator (5.5F+1B)/10"),),
-    "dmd2": (Stage("DMD2", 0, "cold_start", 1, 2.5 + 1 + 5.5 / 5, 1 + 1 / 5,
-                   how="rollout 2.5F + fake (1F+1B) + generator (5.5F+1B)/5"),),
-    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, "cold_start", 1, 2.5 + 1 + 2 + 5.5 / 10, 1 + 2 + 1 / 10,
-                    how="rollout 2.5F + fake (1F+1B) + consistency (2F+2B) + generator (5.5F+1B)/10"),
-              Stage("stage 2 (reward-tilted)", 1000, "stage2", 16, 4 + 3 + 2 + 4, 3 + 2 + 1, 2, 1,
-                    how="rollout 4F + fake with consistency (3F+3B) + SubGRPO (2F+2B) + last step (4F+1B) + "
-                        "decodes (2D+1DB)")),
+    "acdmd": (Stage("AC-DMD", 15000, "cold_start", 1, 2 / 10, 2.5 + 1 + 2 + 3.5 / 10, 1 + 2 + 1 / 10,
+                    how="rollout 2.5 + fake (1+1B) + consistency (2+2B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/10"),),
+    "dmd2": (Stage("DMD2", 0, "cold_start", 1, 2 / 5, 2.5 + 1 + 3.5 / 5, 1 + 1 / 5,
+                   how="rollout 2.5 + fake (1+1B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/5"),),
+    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, "cold_start", 1, 2 / 10, 2.5 + 1 + 2 + 3.5 / 10, 1 + 2 + 1 / 10,
+                    how="rollout 2.5 + fake (1+1B) + consistency (2+2B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/10"),
+              Stage("stage 2 (reward-tilted)", 1000, "stage2", 16, 2, 4 + 3 + 2 + 1 + 1, 3 + 2 + 1, 2, 1, adapters=2,
+                    how="rollout 4 + fake with consistency (3+3B) + SubGRPO (2+2B) + last step (student 1+1B, "
+                        "teacher CFG 2, fake 1) + decodes (2D+1DB), two adapters per call")),
 }
 
 GPU_PEAK_FLOPS = {"h100": 989e12, "a100": 312e12}
@@ -109,7 +114,7 @@ class Plan:
     flops_per_forward: float  # measured on meta (FlopCounterMode)
     flops_per_forward_formula: float  # 2 P T + 4 L T^2 d cross-check
     stages: list[dict[str, Any]]
-    costs: dict[str, float]  # backward_ratio, decode_fwd, decode_bwd (measured on meta; empty without stages)
+    costs: dict[str, float]  # lora_fwd_A, lora_bwd_A (x F, A adapters), decode_fwd, decode_bwd (FLOPs); meta
 
     @property
     def official_flops(self) -> float | None:
@@ -180,31 +185,69 @@ def measured_forward_flops(net: nn.Module, rb: RealBase) -> float:
     return float(counter.get_total_flops())
 
 
-def measured_backward_ratio(net: nn.Module, rb: RealBase, lora: LoraSettings) -> float:
-    """FLOPs of one LoRA-training backward / one forward of the transformer with a LoRA adapter
-    (gradients for the LoRA weights only, as the meter's probe takes them), counted on the meta
-    device at the official shapes. The adapter is removed again afterwards."""
+@contextlib.contextmanager
+def device_attention_on_meta() -> Iterator[None]:
+    """On the meta device torch runs attention by its math decomposition, whose backward costs
+    2x the forward where the fused kernels that CPUs and GPUs run (and the meter counts) cost 2.5x:
+    route meta attention through the fused CPU kernel, which has a meta implementation and the
+    same FLOP formula as the CUDA ones."""
+    import torch.nn.functional as F
+
+    import rtdmd_bench.compute  # noqa: F401  (registers the fused CPU attention's FLOP formulas)
+
+    original = F.scaled_dot_product_attention
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):  # noqa: ANN001
+        if query.device.type == "meta" and attn_mask is None and not kw.get("enable_gqa"):
+            op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+            return op(query, key, value, dropout_p, is_causal, scale=scale)[0]
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, **kw)
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def measured_lora_costs(net: nn.Module, rb: RealBase, lora: LoraSettings, counts: Iterable[int] = (1,)
+                        ) -> dict[int, tuple[float, float]]:
+    """{A: (forward, backward)} FLOPs of a student/fake call with A active LoRA adapters (only the
+    last one trainable, as after RTDMD's restart), as multiples of the plain forward F, the backward
+    taking gradients for the trainable LoRA weights only (as the meter's probe does); counted on
+    the meta device at the official shapes. The adapters are removed afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from rtdmd_bench.bases.diffusers_common import _peft_config, lora_modules
 
+    plain = measured_forward_flops(net, rb)
+    counts = sorted(set(counts))
     targets = sorted(lora_modules(net, lora.targets))
-    with torch.device("meta"):
-        net.add_adapter(_peft_config(targets, lora), adapter_name="probe")
+    names = [f"probe{i}" for i in range(max(counts))]
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters is the point
+        for name in names:
+            net.add_adapter(_peft_config(targets, lora), adapter_name=name)
+    out_costs: dict[int, tuple[float, float]] = {}
     try:
-        leaves = [p for n, p in net.named_parameters() if "lora_" in n]
-        for p in net.parameters():
-            p.requires_grad_(False)
-        for p in leaves:
-            p.requires_grad_(True)
-        with FlopCounterMode(display=False) as counter:
-            out = net(**meta_inputs(rb), return_dict=False)[0]
-        fwd = float(counter.get_total_flops())
-        with FlopCounterMode(display=False) as counter:
-            torch.autograd.grad(out.float().sum(), leaves, allow_unused=True)
-        return float(counter.get_total_flops()) / fwd
+        for a in counts:
+            net.set_adapters(names[:a])
+            for p in net.parameters():
+                p.requires_grad_(False)
+            leaves = [p for n, p in net.named_parameters() if f".{names[a - 1]}." in n]
+            for p in leaves:
+                p.requires_grad_(True)
+            with device_attention_on_meta():
+                with FlopCounterMode(display=False) as counter:
+                    out = net(**meta_inputs(rb), return_dict=False)[0]
+                fwd = float(counter.get_total_flops())
+                with FlopCounterMode(display=False) as counter:
+                    torch.autograd.grad(out.float().sum(), leaves, allow_unused=True)
+            out_costs[a] = (fwd / plain, float(counter.get_total_flops()) / plain)
+        return out_costs
     finally:
-        net.delete_adapters("probe")
+        net.delete_adapters(names)
 
 
 def measured_decode_flops(rb: RealBase) -> tuple[float, float]:
@@ -273,11 +316,13 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
     f = measured_forward_flops(net, rb)
     stages, costs = [], {}
     if RECIPES.get(method):
-        costs = {"backward_ratio": measured_backward_ratio(net, rb, lora)}
         costs["decode_fwd"], costs["decode_bwd"] = measured_decode_flops(rb)
+        for a, (fwd, bwd) in measured_lora_costs(net, rb, lora, {st.adapters for st in RECIPES[method]}).items():
+            costs[f"lora_fwd_{a}"], costs[f"lora_bwd_{a}"] = fwd, bwd
     for st in RECIPES.get(method, ()):
         samples = batches[st.batch] * st.batches_per_step * num_gpus
-        per_sample = ((st.fwd + st.bwd * costs["backward_ratio"]) * f
+        per_sample = ((st.teacher + st.lora_fwd * costs[f"lora_fwd_{st.adapters}"]
+                       + st.lora_bwd * costs[f"lora_bwd_{st.adapters}"]) * f
                       + st.decode_fwd * costs["decode_fwd"] + st.decode_bwd * costs["decode_bwd"])
         per_step = samples * per_sample
         stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
@@ -344,8 +389,35 @@ def main(method: str, base: str, precision: str = "bf16", parallelism: str = "dd
     console = Console()
     for table in render_plan(plan):
         console.print(table)
-    back = f"LoRA backward = {plan.costs['backward_ratio']:.2f}F" if plan.costs else "no backward counted"
+    back = (f"LoRA forward {plan.costs['lora_fwd_1']:.3f}F, backward {plan.costs['lora_bwd_1']:.2f}F"
+            if plan.costs else "no backward counted")
     console.print("Estimates: see rtdmd_bench/plan.py (weights x precision, 16 B per trainable, checkpointed "
                   f"activations 17 T d per live block, F and the VAE decode counted on the meta device, {back}; "
                   f"GPU-hours at {ASSUMED_MFU:.0%} of the H100 bf16 peak, an assumption).")
     return plan
+
+
+def run_summary(cfg: Any, processes: int = 1) -> list[str]:
+    """Lines printed when a run on a real base starts: the resolved budget, the stage split and
+    plan's GPU-hours estimate (from the budget alone: no meta build at start-up)."""
+    from rtdmd_bench.compute import parse_budget
+
+    if cfg.run.base not in REAL_BASES:
+        return []
+    budget = parse_budget(cfg.train.budget)
+    if budget.unit != "flops":
+        return [f"budget {budget} on {cfg.run.base} (teacher-forward units: the GPU-hours estimate needs FLOPs)"]
+    flops = budget.amount
+    lines = [f"budget {flops:.4g} FLOPs on {cfg.run.base}: {gpu_hours(flops):,.0f} H100 GPU-hours at "
+             f"{ASSUMED_MFU:.0%} of peak (plan's assumption), {gpu_hours(flops) / processes:,.1f} h on "
+             f"{processes} process(es)"]
+    fraction = getattr(cfg.method, "stage1_fraction", None)
+    if fraction is not None:
+        lines.append(f"stages: {fraction:.4g} of it ({fraction * flops:.4g} FLOPs) in stage 1, then stage 2 "
+                     f"({(1 - fraction) * flops:.4g} FLOPs)")
+    lines.append(f"samples per step {cfg.train.batch_size}"
+                 + (f", stage-2 samples per step {cfg.method.stage2_batch_size}"
+                    if getattr(cfg.method, "stage2_batch_size", 0) else "")
+                 + f"; train.micro_batches={cfg.train.micro_batches} per process "
+                   "(raise it if a step does not fit in memory: the update does not change)")
+    return lines
