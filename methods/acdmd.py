@@ -38,6 +38,7 @@ class ACDMD:
     source = ("official code Harahan/RTDMD (ac_dmd_trainer.py, ac_dmd_mixin.py; configs/cold_start) "
               "as summarised in METHODS.md section 3; RTDMD paper abstract")
     stages = ("acdmd",)
+    micro_batching = True  # train.micro_batches: each optimiser step accumulates the micro-batches
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         self.cfg, self.base, self.meter = cfg, base, meter

@@ -33,27 +33,32 @@ class DMD2:
     name = "dmd2"
     source = "paper (Yin et al. 2024, DMD2) + official code tianweiy/DMD2; GAN term omitted"
     stages = ("dmd",)
+    micro_batching = True  # train.micro_batches: each optimiser step accumulates the micro-batches
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         self.cfg, self.base, self.meter = cfg, base, meter
         self.nets = GeneratorCritic(cfg, base)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        gen, prompts = batch.random(), batch.local(batch.prompts)
-        cond = self.base.encode(prompts)
-        n = len(prompts)
+        cfg, chunks = self.cfg, batch.chunks()
+        gens = [c.random() for c in chunks]  # each micro-batch's draws continue across both phases
+        conds = [(self.base.encode(p), len(p)) for p in (c.local(c.prompts) for c in chunks)]
         logs: dict[str, float] = {}
+        samples: list[tuple[torch.Tensor, int]] = []  # (x0 detached, step index) per micro-batch
         if step % cfg.num_fake_per_gen == 0:
-            x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)
-            loss_g = self.nets.dm_loss(x0, schedules.uniform_sigma(n, gen, cfg.t_min, cfg.t_max), cond, k, gen)
-            logs["gen/grad_norm"] = self.nets.generator_step(loss_g, step, "loss_dm")
-            logs["loss_dm"] = float(loss_g.detach())
+            def generator_losses() -> Iterator[torch.Tensor]:
+                for gen, (cond, n) in zip(gens, conds):
+                    x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)
+                    samples.append((x0.detach(), k))
+                    yield self.nets.dm_loss(x0, schedules.uniform_sigma(n, gen, cfg.t_min, cfg.t_max), cond, k, gen)
+
+            logs["loss_dm"], logs["gen/grad_norm"] = self.nets.generator_step(generator_losses(), len(chunks),
+                                                                            step, "loss_dm")
         else:
-            x0, k = self.nets.backward_simulation(cond, n, gen, grad=False)
-        loss_f = self.nets.fake_score_loss(x0, cond, k, gen)
-        self.nets.fake_step(loss_f, step)
-        logs["loss_fake"] = float(loss_f.detach())
+            samples = [self.nets.backward_simulation(cond, n, gen, grad=False) for gen, (cond, n) in zip(gens, conds)]
+        logs["loss_fake"] = self.nets.fake_step(
+            (self.nets.fake_score_loss(x0, cond, k, gen) for (x0, k), gen, (cond, _) in zip(samples, gens, conds)),
+            len(chunks), step)
         return logs
 
     def generator(self) -> Any:

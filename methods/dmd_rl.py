@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 from rtdmd_bench.core import optim, rewards_terms, rl, sampling, schedules
+from rtdmd_bench.core.advantages import keep_mask, weighted_advantages
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
 from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.sampling import LogProbMode
@@ -62,7 +63,9 @@ class Config(DMDConfig):
     adv_clip: float = 5.0
     """grpo: advantages clipped to +-adv_clip (Flow-GRPO and RTDMD: 5)."""
     adv_std: Literal["batch", "group"] = "batch"
-    """grpo: advantage denominator, batch std (RTDMD's global std) or per-group std."""
+    """grpo: "batch" = RTDMD's advantages exactly (per-prompt means, numpy population std of the
+    batch + 1e-4, re-standardised, only exact zeros dropped; core/advantages.py); "group" = the
+    per-group (unbiased) std + 1e-6 with groups of constant reward dropped."""
     dm_timesteps: Literal["uniform", "beta_annealed"] = "uniform"
     """DM-term noise levels: U(t_min, t_max) as DMD2, or DMDR's dynamic renoise sampling
     (Beta(beta_start) annealed linearly to uniform over `beta_anneal_steps` iterations)."""
@@ -113,7 +116,8 @@ class DMDRL:
         """PPO-clip on the stochastic steps of a fresh group rollout (on-policy: ratio 1 at the
         update, so the clip only matters for the gradient's support, as in Flow-GRPO's first step)."""
         cfg, k = self.cfg, self.cfg.group_size
-        group_prompts = batch.local(rl.grouped_prompts(batch.prompts, k), k)  # (b,) this rank's groups
+        global_prompts = rl.grouped_prompts(batch.prompts, k)  # (B,)
+        group_prompts = batch.local(global_prompts, k)  # (b,) this rank's groups
         cond = self.base.encode(group_prompts)
         velocity = sampling.base_velocity(self.base, "student", cond)
         noise = gen.randn((len(group_prompts), *self.base.latent_shape))
@@ -122,8 +126,12 @@ class DMDRL:
                                  lambda j: gen.randn(noise.shape))
             scores = self.rewards.each(self.base.decode(r.xs[-1]), group_prompts)  # name -> (b,)
         scores = {name: batch.shard.gather(s) for name, s in scores.items()}  # (B,): batch std is global
-        advs = {name: rl.group_advantages(s, k, std=cfg.adv_std) for name, s in scores.items()}
-        adv, keep_all = rl.combine_advantages(advs, self.rewards.weights)
+        if cfg.adv_std == "batch":  # RTDMD's form exactly (core/advantages.py), its exact-zero drop
+            adv, raw = weighted_advantages(scores, global_prompts, self.rewards.weights, cfg.num_steps)
+            keep_all = keep_mask(adv, raw, "official")
+        else:
+            advs = {name: rl.group_advantages(s, k, std="group") for name, s in scores.items()}
+            adv, keep_all = rl.combine_advantages(advs, self.rewards.weights)
         adv, keep = batch.shard.local(adv), batch.shard.local(keep_all)
         steps = rewards_terms.stochastic_steps(self.nets.sigmas)
         old = rewards_terms.rollout_log_probs(r, steps, cfg.log_prob)
@@ -135,6 +143,7 @@ class DMDRL:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
+        batch = batch.for_rewards()  # every step optimises the rewards: their prompt set (RTDMD stage 2's)
         gen, prompts = batch.random(), batch.local(batch.prompts)
         cond = self.base.encode(prompts)
         n = len(prompts)
@@ -148,12 +157,12 @@ class DMDRL:
                 loss_rl, rl_logs = self._grpo_loss(batch, gen)
             optim.check_finite(step, loss_dm=loss_dm, loss_rl=loss_rl)
             loss = loss_dm + self.rl_weight * loss_rl
-            logs["gen/grad_norm"] = self.nets.generator_step(loss, step, "loss_generator")
+            logs["gen/grad_norm"] = self.nets.generator_step(loss, 1, step, "loss_generator")[1]
             logs |= {"loss_dm": float(loss_dm.detach()), "loss_rl": float(loss_rl.detach())} | {f"rl/{a}": v for a, v in rl_logs.items()}
         else:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=False)
         loss_f = self.nets.fake_score_loss(x0, cond, k, gen)
-        self.nets.fake_step(loss_f, step)
+        self.nets.fake_step(loss_f, 1, step)
         logs["loss_fake"] = float(loss_f.detach())
         return logs
 

@@ -131,6 +131,7 @@ class GDMD:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
+        batch = batch.for_rewards()  # every step scores the rewards: their prompt set (RTDMD stage 2's)
         gen, prompts = batch.random(), batch.local(batch.prompts)
         cond = self.base.encode(prompts)
         n = len(prompts)
@@ -138,7 +139,7 @@ class GDMD:
         if step % cfg.num_fake_per_gen == 0:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=True)
             loss_g, term_logs = self._generator_loss(x0, k, prompts, gen)
-            logs["gen/grad_norm"] = self.nets.generator_step(loss_g, step, "loss_gdmd")
+            logs["gen/grad_norm"] = self.nets.generator_step(loss_g, 1, step, "loss_gdmd")[1]
             logs |= {"loss_gdmd": float(loss_g.detach())} | {f"gdmd/{a}": v for a, v in term_logs.items()}
         else:
             x0, k = self.nets.backward_simulation(cond, n, gen, grad=False)
@@ -147,7 +148,7 @@ class GDMD:
             # Taken BEFORE this fake step, so even the newest snapshot differs from the live weights.
             snap = {name: w.detach().clone() for name, w in self.base.state_dict("fake").items()}
             self.snapshots = (self.snapshots + [snap])[-(cfg.num_targets - 1):] if cfg.num_targets > 1 else []
-        self.nets.fake_step(loss_f, step)
+        self.nets.fake_step(loss_f, 1, step)
         logs["loss_fake"] = float(loss_f.detach())
         return logs
 

@@ -177,6 +177,8 @@ class GNDM:
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.external_rewards:  # GNDMR optimises the rewards every step: their prompt set (RTDMD stage 2's)
+            batch = batch.for_rewards()
         gen = batch.random()
         logs: dict[str, float] = {}
         if step % cfg.num_fake_per_gen == 0:

@@ -18,74 +18,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 
 from rtdmd_bench.core import acdmd_terms as ac
 from rtdmd_bench.core import optim, rl, sampling
 from rtdmd_bench.core.ema import EMA
+from rtdmd_bench.core.reward_tilted import (
+    Chunk, Masked, RewardTiltedConfig, grpo_advantages, stage2_ema_update, stage2_prompts,
+)
 from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 
 
 @dataclass
-class Config:
+class Config(RewardTiltedConfig):
+    """Stage-2 fields (RewardTiltedConfig, official configs/rtdmd/sd3m.yaml) plus stage 1 and the split."""
+
     stage1: ac.ACDMDConfig = field(default_factory=ac.ACDMDConfig)
     """Stage 1 (AC-DMD) hyper-parameters, official cold-start defaults; eta and num_steps also
     define the stage-2 rollouts (official: the same 4-step CPS sampler, eta 0.9)."""
     stage1_fraction: float = 0.5
     """Fraction of the FLOP budget spent in stage 1 before switching to stage 2 (suite choice,
     recorded in results). 0 = stage 2 only, from the base's initial student."""
-    group_size: int = 16
-    """K >= 2 samples per prompt, one GRPO group (official SD3-M: 16; SD3.5/FLUX.2: 24)."""
-    subset_size: int = 2
-    """SubGRPO: stochastic steps trained by PPO per epoch (official 2; N-1 = plain GRPO)."""
-    reward_term: Literal["hybrid", "grpo", "backprop"] = "hybrid"
-    """Ablation: PPO on the subset + reward backprop on the last step (official), or one of them."""
-    consistency: bool = True
-    """Ablation: the consistency regulariser in the stage-2 fake-score step (official: on; stage 1
-    has its own switch, stage1.consistency)."""
-    dm_term: Literal["acdmd", "dmd"] = "acdmd"
-    """Ablation: the last-step DM term is AC-DMD (official) or plain DMD (plain flow-matching fake
-    score without consistency, logit-normal DM levels as the official loss_type "dmd")."""
-    dm_t_dist: Literal["official", "uniform", "logit_normal"] = "official"
-    """Last-step DM noise levels; official = uniform in the AC sub-interval for acdmd, logit-normal
-    (0, 1) in [t_min, t_max] for dmd."""
-    log_prob: sampling.LogProbMode = "cps_simplified"
-    """Ablation: CPS transition log-prob in the PPO ratio (official: cps_simplified)."""
-    lr: float = 3e-6
-    """Stage-2 generator AdamW learning rate (official 3e-6)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Stage-2 generator AdamW betas (official 0.9, 0.999)."""
-    weight_decay: float = 1e-4
-    """Stage-2 generator AdamW weight decay (official 1e-4)."""
-    grad_clip: float = 1.0
-    """Stage-2 gradient-norm clip of both networks (official 1)."""
-    lr_fake: float = 3e-5
-    """Stage-2 fake-score AdamW learning rate (official 3e-5; betas and decay as in stage 1)."""
-    clip_eps: float = 1e-5
-    """PPO ratio clip epsilon (official clip_range 1e-5)."""
-    adv_clip: float = 5.0
-    """Advantages are clipped to +-this in the PPO term (official adv_clip_max 5)."""
-    lambda_dm: float = 1e-3
-    """Weight of the last-step DM term (official last_step_loss.weight 1e-3)."""
-    lambda_r: float = 1e-4
-    """Weight of the hinge reward-backprop term (official bp_grad_scale 1e-4)."""
-    tau: float = 3.0
-    """Hinge margin: loss relu(tau - sum_k w_k r_k) (official bp_reward_margin 3)."""
-    reward_weighting: Literal["official", "beta"] = "official"
-    """official: lambda_r as given (beta is then implicit: ~ lambda_dm/lambda_r up to the DM term's
-    normalisation). beta: lambda_r = lambda_dm / (beta D), D = latent size, the weight at which the
-    loss gradient is lambda_dm times that of KL(p||p_teacher) - E[r]/beta (exact only with
-    stage1.dm_normalize=none and the DM term's implicit time weighting)."""
-    cfg: float | None = None
-    """Teacher guidance scale in the last-step DM term; None = the base's default (official SD3-M 7)."""
-    ema_decay: float = 0.9
-    """Stage-2 parameter EMA decay, warmed up as min((1+n)/(10+n), decay) (official 0.9)."""
-    ema_interval: int = 8
-    """Stage-2 EMA update every this many optimiser steps (official ema_update_interval 8)."""
 
 
 class RTDMD:
@@ -97,6 +54,7 @@ class RTDMD:
               "ac_dmd_mixin.py; configs/cold_start, configs/rtdmd) as summarised in METHODS.md "
               "sections 3-4; RTDMD paper abstract; stage1_fraction is a suite choice")
     stages = ("acdmd", "reward-tilted")
+    micro_batching = True  # train.micro_batches: each optimiser step accumulates the micro-batches
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         self.cfg, self.base, self.rewards, self.meter = cfg, base, rewards, meter
@@ -129,16 +87,20 @@ class RTDMD:
 
     def _enter_stage2(self, step: int) -> None:
         """Stage 2 starts from the stage-1 EMA generator (official: generator_ema.pt) and fake score
-        with fresh optimisers and EMA. On LoRA bases the official code merges the stage-1 LoRAs and
-        starts fresh ones; here the same trainable parameters keep training (equivalent function)."""
+        with fresh optimisers and EMA. On LoRA bases the stage-1 adapters are frozen into the model
+        and fresh ones trained (official merge_before_training; `stage2_adapters`)."""
         cfg, st = self.cfg, self.state
         self.switch_step, self.stage2_updates = step, 0
         with torch.no_grad():
             for p, s in zip(st.student, st.ema.shadow):
                 p.copy_(s)
-        self.state = ac.TrainState(st.student, st.fake, optim.adamw(st.student, cfg.lr, cfg.betas, cfg.weight_decay),
-                                   optim.adamw(st.fake, cfg.lr_fake, cfg.stage1.betas, cfg.stage1.weight_decay),
-                                   EMA(st.student, cfg.ema_decay))
+        if cfg.stage2_adapters == "restart":
+            for role in ("student", "fake"):
+                self.base.restart_adapter(role)
+        student, fake = self.base.trainable("student"), self.base.trainable("fake")
+        self.state = ac.TrainState(student, fake, optim.adamw(student, cfg.lr, cfg.betas, cfg.weight_decay),
+                                   optim.adamw(fake, cfg.lr_fake, cfg.stage1.betas, cfg.stage1.weight_decay),
+                                   EMA(student, cfg.ema_decay))
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self._maybe_switch(step)
@@ -150,48 +112,56 @@ class RTDMD:
     # ---------------------------------------------------------------- stage 2
     def group_rollout(self, prompts: list[str], cond: Any, subset: list[int], seed: int,
                       gen: BatchRandom) -> sampling.Rollout:
-        """No-grad N-step CPS rollout of B = len(prompts) samples (groups of K consecutive equal
-        prompts). Steps in `subset` draw independent noise; the other stochastic steps use noise
-        shared within each group, seeded from (prompt, step, seed) so every rank agrees (SubGRPO)."""
+        """No-grad N-step CPS rollout of B = len(prompts) samples. Steps in `subset` draw independent
+        noise; the other stochastic steps use noise shared by every sample of a prompt, seeded from
+        (prompt, step, seed) so every rank and micro-batch agrees (SubGRPO)."""
         shape = (len(prompts), *self.base.latent_shape)
         shared = self.cfg.reward_term != "backprop"  # groups matter only for the PPO advantages
 
         def noise_fn(j: int) -> torch.Tensor:
             if j in subset or not shared:
                 return gen.randn(shape)
-            return rl.group_shared_noise(self.base.latent_shape, prompts, self.cfg.group_size, j, seed)
+            return rl.group_shared_noise(self.base.latent_shape, prompts, j, seed)
 
         velocity = sampling.base_velocity(self.base, "student", cond)
         with torch.no_grad():
             return sampling.rollout(velocity, gen.randn(shape), self.sigmas,
                                     self.cfg.stage1.eta, noise_fn)
 
-    def advantages(self, x0: torch.Tensor, prompts: list[str], shard: Shard
+    def advantages(self, work: list[Chunk], prompts: list[str], batch: Batch
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Per-reward group advantages (batch std, official per-prompt tracking with global std),
-        weighted sum, re-standardised; `keep` drops samples with zero advantage. Computed on every
-        rank's scores (official: gathered), returns the GLOBAL (A (B,), keep (B,), mean weighted
-        reward)."""
+        """Every micro-batch's scores, gathered over ranks, to RTDMD's advantages of the GLOBAL
+        batch and the kept samples (core/reward_tilted.grpo_advantages): (A (N,), keep (N,),
+        mean weighted reward). `prompts` (N,) are the global rows."""
         with torch.no_grad():
-            scores = {k: shard.gather(v) for k, v in self.rewards.each(self.base.decode(x0), prompts).items()}
-        advs = {k: rl.group_advantages(v.float(), self.cfg.group_size, "batch") for k, v in scores.items()}
-        a, keep = rl.combine_advantages(advs, self.rewards.weights)
+            parts = [self.rewards.each(self.base.decode(w.rollout.xs[-1]), w.prompts) for w in work]
+        scores = {k: batch.shard.gather(torch.cat([p[k] for p in parts])) for k in parts[0]}
+        a, keep = grpo_advantages(scores, prompts, self.rewards.weights, self.cfg, self.cfg.stage1.num_steps,
+                                  batch.seed)
         return a, keep, float(sum(self.rewards.weights[k] * v.float().mean() for k, v in scores.items()))
 
-    def _fake_step2(self, x0: torch.Tensor, cond: Any, gen: BatchRandom, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        loss, logs = ac.final_sample_fake_loss(self.base, cfg.stage1, x0, cond, gen, cfg.consistency,
-                                               plain=cfg.dm_term == "dmd")
-        optim.optimizer_step(self.state.opt_f, loss, self.state.fake, cfg.grad_clip, step, "loss_fake")
-        return {"loss_fake": float(loss.detach()), **logs}
+    def _fake_step2(self, work: list[Chunk], step: int) -> dict[str, float]:
+        cfg, logs = self.cfg, []
 
-    def _last_step_dm_loss(self, x0_hat: torch.Tensor, cond: Any, gen: BatchRandom) -> torch.Tensor:
+        def losses() -> Iterator[torch.Tensor]:
+            for w in work:
+                loss, extra = ac.final_sample_fake_loss(self.base, cfg.stage1, w.rollout.xs[-1], w.cond, w.gen,
+                                                        cfg.consistency, plain=cfg.dm_term == "dmd")
+                logs.append(extra)
+                yield loss
+
+        loss, _ = optim.accumulated_step(self.state.opt_f, losses(), len(work), self.state.fake, cfg.grad_clip,
+                                         step, "loss_fake")
+        return {"loss_fake": loss, **ac.mean_logs(logs)}
+
+    def _last_step_dm_loss(self, x0_hat: torch.Tensor, cond: Any, gen: BatchRandom, mask: torch.Tensor | None,
+                           kept: float | None) -> torch.Tensor:
         cfg = self.cfg
         acdmd = cfg.dm_term == "acdmd"
         dist = cfg.dm_t_dist if cfg.dm_t_dist != "official" else ("uniform" if acdmd else "logit_normal")
         offset = cfg.stage1.renoise_offset if acdmd else 0.0
         guidance = self.base.default_cfg if cfg.cfg is None else cfg.cfg
-        return ac.final_sample_dm_loss(self.base, cfg.stage1, x0_hat, cond, gen, dist, offset, guidance)
+        return ac.final_sample_dm_loss(self.base, cfg.stage1, x0_hat, cond, gen, dist, offset, guidance, mask, kept)
 
     def reward_backprop_weight(self) -> float:
         if self.cfg.reward_weighting == "official":
@@ -204,55 +174,72 @@ class RTDMD:
         v = self.base.velocity("student", r.xs[j], sig, cond)
         return (v, *sampling.cps_mean_std(r.xs[j], sig, v, sig_next, self.cfg.stage1.eta))
 
-    def _stage2_step(self, batch: Batch, step: int) -> dict[str, float]:
-        cfg, n_steps = self.cfg, self.cfg.stage1.num_steps
-        # B // K prompts, K samples each; this rank's whole groups
-        prompts = batch.local(rl.grouped_prompts(batch.prompts, cfg.group_size), cfg.group_size)
-        cond, gen = self.base.encode(prompts), batch.random()
-        use_ppo, use_bp = cfg.reward_term != "backprop", cfg.reward_term != "grpo"
-        subset = rl.choose_subset(n_steps - 1, cfg.subset_size, batch.seed) if use_ppo else []
-        r = self.group_rollout(prompts, cond, subset, batch.seed, gen)
-        logs = self._fake_step2(r.xs[-1], cond, gen, step)  # official order: fake before generator
-        terms: list[torch.Tensor] = []
-        if use_ppo:
-            a_all, keep_all, logs["reward_mean"] = self.advantages(r.xs[-1], prompts, batch.shard)
-            logs["adv_kept_frac"] = float(keep_all.float().mean())
-            a, keep = batch.shard.local(a_all), batch.shard.local(keep_all)
-            kept = rl.kept_per_rank(keep_all, batch.shard.world)
-            for j in subset:
-                _, mean, std = self._student_step(r, j, cond)
-                lp = sampling.cps_log_prob(r.xs[j + 1], mean, std, cfg.log_prob)
-                lp_old = sampling.cps_log_prob(r.xs[j + 1], r.means[j], r.stds[j], cfg.log_prob)
-                terms.append(rl.ppo_clip_loss(lp, lp_old, a, cfg.clip_eps, cfg.adv_clip, mask=keep, kept=kept))
+    def _generator_loss(self, w: Chunk, subset: list[int], adv: torch.Tensor | None, keep: Masked,
+                        keep_last: Masked) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch's generator loss: PPO-clip on the subset steps over the `keep` samples,
+        then on the deterministic last step lambda_dm L_DM + lambda_r mean relu(tau - reward) over
+        the `keep_last` samples; averaged over the trained steps (official accumulation divides
+        every step's loss by their number). Masks are this micro-batch's rows, with the global
+        kept count per rank (`rl.masked_mean`)."""
+        cfg, r, terms, logs = self.cfg, w.rollout, [], {}
+        (mask, kept), (mask_last, kept_last) = keep, keep_last
+        for j in subset:
+            _, mean, std = self._student_step(r, j, w.cond)
+            lp = sampling.cps_log_prob(r.xs[j + 1], mean, std, cfg.log_prob)
+            lp_old = sampling.cps_log_prob(r.xs[j + 1], r.means[j], r.stds[j], cfg.log_prob)
+            terms.append(rl.ppo_clip_loss(lp, lp_old, adv, cfg.clip_eps, cfg.adv_clip, mask=mask, kept=kept))
+        if subset:
             logs["loss_ppo"] = float(sum(terms).detach())
-        # Deterministic last step: x0_hat from the current network.
-        j = n_steps - 1
-        v, _, _ = self._student_step(r, j, cond)
+        j = cfg.stage1.num_steps - 1
+        v, _, _ = self._student_step(r, j, w.cond)
         x0_hat = sampling.x0_from_velocity(r.xs[j], self.sigmas[j].expand(v.shape[0]), v)
-        loss_dm = self._last_step_dm_loss(x0_hat, cond, gen)
+        loss_dm = self._last_step_dm_loss(x0_hat, w.cond, w.gen, mask_last, kept_last)
         terms.append(cfg.lambda_dm * loss_dm)
         logs["loss_dm"] = float(loss_dm.detach())
-        if use_bp:
-            reward = self.rewards.total(self.base.decode(x0_hat), prompts, differentiable_only=True)
-            loss_bp = torch.relu(cfg.tau - reward).mean()
+        if cfg.reward_term != "grpo":
+            reward = self.rewards.total(self.base.decode(x0_hat), w.prompts, differentiable_only=True)
+            loss_bp = rl.masked_mean(torch.relu(cfg.tau - reward), mask_last, kept_last)
             terms.append(self.reward_backprop_weight() * loss_bp)
             logs["loss_bp"], logs["bp_reward_mean"] = float(loss_bp.detach()), float(reward.detach().mean())
-        # Official accumulation divides every step's loss by the number of trained steps.
-        loss = sum(terms) / (len(subset) + 1)
-        logs["gen/grad_norm"] = optim.optimizer_step(self.state.opt_g, loss, self.state.student,
-                                                     cfg.grad_clip, step, "loss_generator")
-        logs["loss_generator"] = float(loss.detach())
-        self._stage2_ema()
-        return logs
+        return sum(terms) / (len(subset) + 1), logs
 
-    def _stage2_ema(self) -> None:
-        """Official EMAModuleWrapper: update when (n + 1) % interval == 0 (n = optimiser steps done),
-        with warm-up decay min((1 + n)/(10 + n), ema_decay)."""
+    def _stage2_step(self, batch: Batch, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        prompts = stage2_prompts(lambda n: batch.draw("reward", n), cfg.group_size,
+                                 cfg.stage2_batch_size or len(batch.prompts))  # (N,) global rows, K per prompt
+        use_ppo = cfg.reward_term != "backprop"
+        subset = rl.choose_subset(cfg.stage1.num_steps - 1, cfg.subset_size, batch.seed) if use_ppo else []
+        work = []
+        for c in batch.chunks():  # no-grad rollouts of every micro-batch first: advantages are global
+            p, gen = c.local(prompts), c.random()
+            cond = self.base.encode(p)
+            work.append(Chunk(p, cond, gen, c.shard, self.group_rollout(p, cond, subset, batch.seed, gen)))
+        logs = self._fake_step2(work, step)  # official order: fake before generator
+        adv = keep = kept = None
+        if use_ppo:
+            adv, keep, logs["reward_mean"] = self.advantages(work, prompts, batch)
+            logs["adv_kept_frac"] = float(keep.float().mean())
+            kept = rl.kept_per_rank(keep, work[0].shard.world)
+        # The official filter removes dropped samples from the whole update, the last step
+        # included; the strict (former) rule only masked the PPO term.
+        last = (keep, kept) if cfg.drop_rule == "official" else (None, None)
+        chunk_logs: list[dict[str, float]] = []
+
+        def losses() -> Iterator[torch.Tensor]:
+            for w in work:
+                def loc(t: torch.Tensor | None, w: Chunk = w) -> torch.Tensor | None:
+                    return None if t is None else w.shard.local(t)
+
+                loss, extra = self._generator_loss(w, subset, loc(adv), (loc(keep), kept), (loc(last[0]), last[1]))
+                chunk_logs.append(extra)
+                yield loss
+
+        logs["loss_generator"], logs["gen/grad_norm"] = optim.accumulated_step(
+            self.state.opt_g, losses(), len(work), self.state.student, cfg.grad_clip, step, "loss_generator")
+        logs.update(ac.mean_logs(chunk_logs))
         self.stage2_updates += 1
-        n = self.stage2_updates
-        if (n + 1) % self.cfg.ema_interval == 0:
-            self.state.ema.decay = min((1 + n) / (10 + n), self.cfg.ema_decay)
-            self.state.ema.update()
+        stage2_ema_update(self.state.ema, self.stage2_updates, cfg)
+        return logs
 
     def generator(self) -> Any:
         return self.state.ema.swapped()

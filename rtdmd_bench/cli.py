@@ -148,6 +148,11 @@ def train(
         raise UserError("--eval does not work with train.parallel=fsdp (evaluation shards prompts and needs "
                         "whole models): run `rtdmd-bench eval --run RUN` after training")
     main = par.main
+    if main:
+        from rtdmd_bench.plan import run_summary
+
+        for line in run_summary(cfg, par.shard.world):
+            console.print(line, highlight=False)
     with _progress("train", disable=not main) as prog:
         task = prog.add_task(f"{cfg.run.method} on {cfg.run.base}", total=1.0, info="")
 

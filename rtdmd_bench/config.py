@@ -66,6 +66,12 @@ class TrainConfig:
     """Samples per prompt in the quick curve evaluation."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
+    micro_batches: int = 1
+    """Gradient accumulation: each process splits its share of every step into this many
+    micro-batches, one forward/backward at a time, and takes one optimiser step on their summed
+    gradients. The update does not depend on it (up to float summation order): raise it when a
+    step does not fit in GPU memory, e.g. the official SD3-M recipe on one GPU instead of eight
+    (`rtdmd-bench plan` gives the memory per micro-batch). Each process's rows must divide evenly."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """With several processes (accelerate launch / torchrun): ddp = every process holds the whole
     base and gradients are averaged (accelerate's DDP); fsdp = torch FSDP2 shards the weights of

@@ -9,6 +9,7 @@ sigma in [0, 1] (1 = pure noise), models predict velocity `v ~ eps - x0`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
@@ -42,7 +43,11 @@ class Base(Protocol):
         identical for every method)."""
 
     def train_prompts(self) -> list[str]:
-        """The pool of training prompts (sampled uniformly by the loop)."""
+        """The distillation prompt set ("distill": sampled uniformly by the loop for every step)."""
+
+    def reward_prompts(self) -> list[str]:
+        """The prompt set of reward-optimising steps ("reward", `Batch.draw`); real bases: RTDMD's
+        stage-2 set (GenEval-style training metadata, which the GenEval reward needs)."""
 
     def encode(self, prompts: Sequence[str]) -> Any:
         """Text conditioning for a batch; opaque to methods (pass it back to `velocity`).
@@ -75,6 +80,11 @@ class Base(Protocol):
 
     def load_state_dict(self, role: str, state: dict[str, Tensor]) -> None:
         """Inverse of `state_dict`."""
+
+    def restart_adapter(self, role: str) -> bool:
+        """Freeze the role's trainable adapter into the model (it stays active: the function is
+        unchanged) and train a fresh one from now on (RTDMD's stage switch on LoRA bases). Bases
+        whose roles are whole networks return False and change nothing."""
 
     def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Data-parallel training: from now on call the trainable modules through `wrap(module)`
@@ -121,13 +131,43 @@ class RewardSet:
         return bool(self.rewards)
 
 
+class PromptPools:
+    """The training prompt sets of a run by name, each loaded on first use (a real base's reward
+    set may be a download that a method without rewards never needs).
+
+    "distill": the prompts every step's `Batch.prompts` are drawn from (official RTDMD stage 1:
+    dataset/pickscore/train.txt); "reward": the prompts of reward-optimising steps (official RTDMD
+    stage 2: dataset/geneval/train_metadata.jsonl). On the CPU bases both are the same list."""
+
+    def __init__(self, loaders: dict[str, Callable[[], Sequence[str]]]) -> None:
+        self._loaders = dict(loaders)
+        self._loaded: dict[str, list[str]] = {}
+
+    def get(self, name: str) -> list[str]:
+        if name not in self._loaders:
+            raise KeyError(f"unknown prompt set {name!r}; valid: {', '.join(self._loaders)}")
+        if name not in self._loaded:
+            self._loaded[name] = list(self._loaders[name]())
+        return self._loaded[name]
+
+
+def draw_prompts(pool: Sequence[str], n: int, seed: int) -> list[str]:
+    """`n` prompts drawn uniformly with replacement from `pool` by a generator seeded with `seed`
+    (identical on every rank). The first m of a draw of n equal a draw of m with the same seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    return [pool[i] for i in torch.randint(len(pool), (n,), generator=g).tolist()]
+
+
 @dataclass
 class Batch:
     """One training batch handed to `Method.train_step`."""
 
-    prompts: list[str]  # B prompts of the GLOBAL batch (methods with groups repeat them K times)
+    prompts: list[str]  # B prompts of the GLOBAL batch from the "distill" set (group methods repeat them K times)
     seed: int  # per-step seed shared by all ranks (subset choice, group noise, all draws)
     shard: Shard = Shard()  # this process's rank among the data-parallel ranks
+    pools: PromptPools | None = None  # the run's prompt sets, for `draw` (None: `draw` reuses `prompts`)
+    draw_seed: int = 0  # seed of this step's prompt draws (`prompts` is the "distill" draw)
+    micro_batches: int = 1  # micro-batches per process (gradient accumulation), see `chunks`
 
     def random(self) -> BatchRandom:
         """The step's randomness: per-row draws for the global batch, this rank's rows kept."""
@@ -139,9 +179,40 @@ class Batch:
         rows = len(prompts) // self.shard.world
         if len(prompts) % self.shard.world or rows % group_size:
             raise UserError(f"{len(prompts)} samples in groups of {group_size} cannot be split into whole "
-                            f"groups over {self.shard.world} processes: make train.batch_size a multiple "
-                            f"of group_size x {self.shard.world}")
+                            f"groups over {self.shard.world} {self.shard.unit()}: make train.batch_size (the step's "
+                            f"sample count) a multiple of group_size x {self.shard.world}")
         return self.shard.take(prompts)
+
+    def draw(self, pool: str, n: int) -> list[str]:
+        """`n` prompts of the step's global batch from the named prompt set (PromptPools), drawn
+        with this step's prompt seed, identical on every rank. Without pools (unit tests) the first
+        `n` of `prompts`."""
+        if self.pools is None:
+            if n > len(self.prompts):
+                raise UserError(f"the step needs {n} prompts but the batch holds {len(self.prompts)}: "
+                                "raise train.batch_size")
+            return list(self.prompts[:n])
+        return draw_prompts(self.pools.get(pool), n, self.draw_seed)
+
+    def for_rewards(self) -> "Batch":
+        """This step's batch with its prompts drawn from the reward prompt set (same size, same
+        seed): what a method uses for a step that optimises external rewards (RTDMD stage 2 draws
+        its groups with `draw` directly). On bases with one prompt set it is the same batch."""
+        if self.pools is None:
+            return self
+        return dataclasses.replace(self, prompts=self.draw("reward", len(self.prompts)))
+
+    def chunks(self) -> list["Batch"]:
+        """This process's micro-batches (`train.micro_batches` = C; gradient accumulation): C
+        batches whose shards are virtual ranks rank x C + c of world x C. Each chunk's `local`
+        rows and `random()` draws are exactly the rows and draws of the unchunked step, so a method
+        that sums chunk gradients (`core.optim.accumulated_step`) computes the same update whatever
+        C is (up to float summation order). Collectives stay on `self.shard` (the process)."""
+        if self.micro_batches == 1:
+            return [self]
+        s, c = self.shard, self.micro_batches
+        return [dataclasses.replace(self, shard=Shard(s.rank * c + i, s.world * c, s.device, micro=c),
+                                    micro_batches=1) for i in range(c)]
 
 
 @runtime_checkable

@@ -17,15 +17,22 @@ the parameter counts are exact for the recorded configs. The rest are documented
   budget uses. The formula F ~ 2 P T + 4 L T^2 d (every weight one multiply-add per token, plus
   attention scores and weighted sum) is printed as a cross-check; it overestimates (2-3x on SD3)
   because adaLN modulation weights act once per sample and text-stream weights only on text
-  tokens. A backward costs 2F.
-- A training step's cost = samples x forward-equivalents per sample, per `RECIPES` below, with
-  the official per-GPU batches recorded in `real_configs` (AC-DMD 9; RTDMD stage 2 per base).
+  tokens. A backward for the LoRA weights (what training differentiates for) is counted on the
+  meta device too (about 1.3F at the official shapes), and so is the VAE decoder (forward, and
+  backward to the latents): the same quantities the training meter charges.
+- A training step's cost = samples x calls per sample (`RECIPES` below) x those costs, with the
+  official per-GPU batches recorded in `real_configs` (AC-DMD 9; RTDMD stage 2 per base); reward
+  models (< 1% of a stage-2 step) and text encoders (not metered) are left out. The official run's
+  FLOPs (`Plan.official_flops`) are what the real bases' recipes give `train.budget`.
+- GPU-hours = FLOPs / (peak x ASSUMED_MFU), an assumption stated in the output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -46,24 +53,48 @@ class Stage:
     steps: int  # optimiser iterations of this stage in the official recipe (0 = no official run)
     batch: str  # which official per-GPU batch: "cold_start" or "stage2" (RealBase fields)
     batches_per_step: int  # micro-batches per iteration (RTDMD stage 2: num_batches_per_epoch 16)
-    forwards_per_sample: float  # transformer-forward equivalents per sample per iteration
-    how: str  # where the forward count comes from
+    teacher: float  # teacher forwards (one sample, no CFG = F) per sample per iteration
+    lora_fwd: float  # student / fake-score forwards (F plus their LoRA) per sample per iteration
+    lora_bwd: float  # backwards of those for their LoRA weights per sample per iteration
+    decode_fwd: float = 0.0  # VAE decoder forwards per sample per iteration (each D)
+    decode_bwd: float = 0.0  # VAE decoder backwards (to the latents) per sample per iteration
+    adapters: int = 1  # LoRA adapters active per student/fake call (2 after RTDMD's restart)
+    how: str = ""  # where the counts come from
 
 
-# Forward-equivalents per sample per iteration (F units; backward = 2F; teacher CFG = 2F):
-# rollout k ~ U{1..4} without grad = 2.5F; fake-score loss fwd+bwd = 3F; AC-DMD consistency =
-# two more fake fwd+bwd = 6F; generator step = rollout 2.5F + backward of the last step 2F +
-# teacher CFG 2F + fake 1F = 7.5F, every 10th (AC-DMD) or 5th (DMD2) iteration.
-# RTDMD stage 2 per sample: 4-step rollout 4F + 2 SubGRPO steps fwd+bwd 6F + last step (student
-# 3F + teacher CFG 2F + fake 1F) + fake step with consistency 9F = 25F; 16 micro-batches per epoch.
-COLD_START = ("rollout 2.5F + fake 3F + consistency 6F + generator 7.5F/10", 2.5 + 3 + 6 + 7.5 / 10)
+# Calls per sample per iteration, as the FLOP meter charges them (a teacher call with CFG is one
+# call on twice the batch = 2 forwards; a backward differentiates for the LoRA weights only).
+# AC-DMD: rollout k ~ U{1..4} without grad = 2.5 fwd; fake-score loss 1 fwd + 1 bwd; consistency
+# 2 fwd + 2 bwd; every 10th iteration a generator step: rollout 2.5 fwd + backward of the last
+# step 1 bwd + teacher CFG 2 + fake 1 fwd. DMD2: the same without consistency, generator every
+# 5th. RTDMD stage 2: 4-step rollout 4 fwd; fake step with consistency 3 fwd + 3 bwd; 2 SubGRPO
+# steps 2 fwd + 2 bwd; last step student 1 fwd + 1 bwd, teacher CFG 2, fake 1 fwd; decodes: one
+# for the GRPO rewards, one with backward for the reward back-propagation (reward models: < 1%);
+# after the restart two adapters are active per call (the stage-1 one frozen).
 RECIPES: dict[str, tuple[Stage, ...]] = {
-    "acdmd": (Stage("AC-DMD", 15000, "cold_start", 1, COLD_START[1], COLD_START[0]),),
-    "dmd2": (Stage("DMD2", 0, "cold_start", 1, 2.5 + 3 + 7.5 / 5, "rollout 2.5F + fake 3F + generator 7.5F/5"),),
-    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, "cold_start", 1, COLD_START[1], COLD_START[0]),
-              Stage("stage 2 (reward-tilted)", 1000, "stage2", 16, 4 + 6 + 6 + 9,
-                    "rollout 4F + SubGRPO 2x3F + last step 6F + fake with consistency 9F")),
+    "acdmd": (Stage("AC-DMD", 15000, "cold_start", 1, 2 / 10, 2.5 + 1 + 2 + 3.5 / 10, 1 + 2 + 1 / 10,
+                    how="rollout 2.5 + fake (1+1B) + consistency (2+2B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/10"),),
+    "dmd2": (Stage("DMD2", 0, "cold_start", 1, 2 / 5, 2.5 + 1 + 3.5 / 5, 1 + 1 / 5,
+                   how="rollout 2.5 + fake (1+1B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/5"),),
+    "rtdmd": (Stage("stage 1 (AC-DMD)", 15000, "cold_start", 1, 2 / 10, 2.5 + 1 + 2 + 3.5 / 10, 1 + 2 + 1 / 10,
+                    how="rollout 2.5 + fake (1+1B) + consistency (2+2B) + generator (2.5 + teacher CFG 2 + fake 1 + 1B)/10"),
+              Stage("stage 2 (reward-tilted)", 1000, "stage2", 16, 2, 4 + 3 + 2 + 1 + 1, 3 + 2 + 1, 2, 1, adapters=2,
+                    how="rollout 4 + fake with consistency (3+3B) + SubGRPO (2+2B) + last step (student 1+1B, "
+                        "teacher CFG 2, fake 1) + decodes (2D+1DB), two adapters per call")),
 }
+
+GPU_PEAK_FLOPS = {"h100": 989e12, "a100": 312e12}
+"""Dense bf16 tensor-core peak per GPU (NVIDIA datasheets: H100 SXM 989 TFLOP/s, A100 312)."""
+ASSUMED_MFU = 0.35
+"""Fraction of the peak a LoRA training step with gradient checkpointing achieves: an assumption
+for the GPU-hours estimate (not measured here; a measured step time replaces it when available)."""
+
+
+def gpu_hours(flops: float, gpu: str = "h100", mfu: float = ASSUMED_MFU) -> float:
+    """GPU-hours to spend `flops` at `mfu` of the GPU's peak (the same on any number of GPUs)."""
+    if gpu not in GPU_PEAK_FLOPS:
+        raise UserError(f"unknown GPU {gpu!r} for the GPU-hours estimate; valid: {', '.join(GPU_PEAK_FLOPS)}")
+    return flops / (GPU_PEAK_FLOPS[gpu] * mfu) / 3600.0
 
 
 @dataclass
@@ -83,6 +114,13 @@ class Plan:
     flops_per_forward: float  # measured on meta (FlopCounterMode)
     flops_per_forward_formula: float  # 2 P T + 4 L T^2 d cross-check
     stages: list[dict[str, Any]]
+    costs: dict[str, float]  # lora_fwd_A, lora_bwd_A (x F, A adapters), decode_fwd, decode_bwd (FLOPs); meta
+
+    @property
+    def official_flops(self) -> float | None:
+        """FLOPs of the whole official run (every stage with an official step count), else None."""
+        runs = [s["flops_run"] for s in self.stages]
+        return sum(runs) if runs and all(runs) else None
 
 
 def build_meta(c: Component) -> nn.Module:
@@ -147,6 +185,87 @@ def measured_forward_flops(net: nn.Module, rb: RealBase) -> float:
     return float(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def device_attention_on_meta() -> Iterator[None]:
+    """On the meta device torch runs attention by its math decomposition, whose backward costs
+    2x the forward where the fused kernels that CPUs and GPUs run (and the meter counts) cost 2.5x:
+    route meta attention through the fused CPU kernel, which has a meta implementation and the
+    same FLOP formula as the CUDA ones."""
+    import torch.nn.functional as F
+
+    import rtdmd_bench.compute  # noqa: F401  (registers the fused CPU attention's FLOP formulas)
+
+    original = F.scaled_dot_product_attention
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):  # noqa: ANN001
+        if query.device.type == "meta" and attn_mask is None and not kw.get("enable_gqa"):
+            op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+            return op(query, key, value, dropout_p, is_causal, scale=scale)[0]
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, **kw)
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def measured_lora_costs(net: nn.Module, rb: RealBase, lora: LoraSettings, counts: Iterable[int] = (1,)
+                        ) -> dict[int, tuple[float, float]]:
+    """{A: (forward, backward)} FLOPs of a student/fake call with A active LoRA adapters (only the
+    last one trainable, as after RTDMD's restart), as multiples of the plain forward F, the backward
+    taking gradients for the trainable LoRA weights only (as the meter's probe does); counted on
+    the meta device at the official shapes. The adapters are removed afterwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rtdmd_bench.bases.diffusers_common import _peft_config, lora_modules
+
+    plain = measured_forward_flops(net, rb)
+    counts = sorted(set(counts))
+    targets = sorted(lora_modules(net, lora.targets))
+    names = [f"probe{i}" for i in range(max(counts))]
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters is the point
+        for name in names:
+            net.add_adapter(_peft_config(targets, lora), adapter_name=name)
+    out_costs: dict[int, tuple[float, float]] = {}
+    try:
+        for a in counts:
+            net.set_adapters(names[:a])
+            for p in net.parameters():
+                p.requires_grad_(False)
+            leaves = [p for n, p in net.named_parameters() if f".{names[a - 1]}." in n]
+            for p in leaves:
+                p.requires_grad_(True)
+            with device_attention_on_meta():
+                with FlopCounterMode(display=False) as counter:
+                    out = net(**meta_inputs(rb), return_dict=False)[0]
+                fwd = float(counter.get_total_flops())
+                with FlopCounterMode(display=False) as counter:
+                    torch.autograd.grad(out.float().sum(), leaves, allow_unused=True)
+            out_costs[a] = (fwd / plain, float(counter.get_total_flops()) / plain)
+        return out_costs
+    finally:
+        net.delete_adapters(names)
+
+
+def measured_decode_flops(rb: RealBase) -> tuple[float, float]:
+    """(forward, backward to the latents) FLOPs of the VAE decoder on one sample at the official
+    resolution, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vae = build_meta(rb.vae)
+    side = rb.resolution // 8
+    z = torch.empty(1, rb.vae.kwargs["latent_channels"], side, side, device="meta", requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = vae.decode(z, return_dict=False)[0]
+    fwd = float(counter.get_total_flops())
+    with FlopCounterMode(display=False) as counter:
+        torch.autograd.grad(out.float().sum(), [z])
+    return fwd, float(counter.get_total_flops())
+
+
 def facts(base: str) -> RealBase:
     table = {**REAL_BASES, **tiny_bases()} if base.startswith("tiny-") else REAL_BASES
     if base not in table:
@@ -191,11 +310,21 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
         "LoRA + grads + AdamW + EMA": (2 * lora_n * TRAINABLE_BYTES + lora_n * EMA_BYTES) / shard,
         f"activations (micro-batch {batch}, checkpointed)": batch * activation_values(blocks, tokens, width) * act_bytes,
     }
+    if method == "rtdmd" or num_gpus > 1:  # restart adapters (AdapterSwitch.restart), weights only:
+        # rtdmd creates them at its stage switch; data-parallel wrapping creates them up front
+        memory["restart adapters (RTDMD stage 2)"] = 2 * lora_n * 4 / shard
     f = measured_forward_flops(net, rb)
-    stages = []
+    stages, costs = [], {}
+    if RECIPES.get(method):
+        costs["decode_fwd"], costs["decode_bwd"] = measured_decode_flops(rb)
+        for a, (fwd, bwd) in measured_lora_costs(net, rb, lora, {st.adapters for st in RECIPES[method]}).items():
+            costs[f"lora_fwd_{a}"], costs[f"lora_bwd_{a}"] = fwd, bwd
     for st in RECIPES.get(method, ()):
         samples = batches[st.batch] * st.batches_per_step * num_gpus
-        per_step = samples * st.forwards_per_sample * f
+        per_sample = ((st.teacher + st.lora_fwd * costs[f"lora_fwd_{st.adapters}"]
+                       + st.lora_bwd * costs[f"lora_bwd_{st.adapters}"]) * f
+                      + st.decode_fwd * costs["decode_fwd"] + st.decode_bwd * costs["decode_bwd"])
+        per_step = samples * per_sample
         stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
                        "flops_run": per_step * st.steps if st.steps else None, "samples_per_step": samples})
     gen = "a second frozen copy (generator weights)" if rb.separate_generator else "the shared frozen copy"
@@ -204,7 +333,7 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
              "student": f"{gen} + 'student' LoRA ({lora_n:,} params)"}
     return Plan(base, method, precision, parallelism, num_gpus, params, roles, lora_n, resident,
                 frozen + (3 - copies) * params["transformer"], frozen * WEIGHT_BYTES[precision] + 2 * lora_n * 4, memory, f,
-                forward_flops(params["transformer"], blocks, tokens, width), stages)
+                forward_flops(params["transformer"], blocks, tokens, width), stages, costs)
 
 
 def _gib(x: float) -> str:
@@ -238,14 +367,15 @@ def render_plan(plan: Plan) -> list[Any]:
     f = Table(title=f"FLOPs (F = one transformer forward on one sample = {plan.flops_per_forward:.3g} counted "
                     f"on meta; formula 2PT + 4LT^2d gives {plan.flops_per_forward_formula:.3g})",
               caption="; ".join(f"{s['stage']}: {s['how']}" for s in plan.stages) or None)
-    for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs"):
+    for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs", "H100 GPU-hours"):
         f.add_column(col, justify="right" if col != "stage" else "left")
     for s in plan.stages:
         f.add_row(s["stage"], str(s["samples_per_step"]), f"{s['flops_per_step']:.3g}", str(s["steps"] or "-"),
-                  f"{s['flops_run']:.3g}" if s["flops_run"] else "no official run")
+                  f"{s['flops_run']:.3g}" if s["flops_run"] else "no official run",
+                  f"{gpu_hours(s['flops_run']):,.0f}" if s["flops_run"] else "-")
     runs = [s["flops_run"] for s in plan.stages if s["flops_run"]]
     if len(runs) > 1:
-        f.add_row("whole recipe", "", "", "", f"{sum(runs):.3g}")
+        f.add_row("whole recipe", "", "", "", f"{sum(runs):.3g}", f"{gpu_hours(sum(runs)):,.0f}")
     if not plan.stages:
         f.add_row(plan.method, "-", "no cost model for this method", "-", "-")
     return [p, r, m, f]
@@ -259,6 +389,35 @@ def main(method: str, base: str, precision: str = "bf16", parallelism: str = "dd
     console = Console()
     for table in render_plan(plan):
         console.print(table)
+    back = (f"LoRA forward {plan.costs['lora_fwd_1']:.3f}F, backward {plan.costs['lora_bwd_1']:.2f}F"
+            if plan.costs else "no backward counted")
     console.print("Estimates: see rtdmd_bench/plan.py (weights x precision, 16 B per trainable, checkpointed "
-                  "activations 17 T d per live block, F counted on the meta device, backward = 2F).")
+                  f"activations 17 T d per live block, F and the VAE decode counted on the meta device, {back}; "
+                  f"GPU-hours at {ASSUMED_MFU:.0%} of the H100 bf16 peak, an assumption).")
     return plan
+
+
+def run_summary(cfg: Any, processes: int = 1) -> list[str]:
+    """Lines printed when a run on a real base starts: the resolved budget, the stage split and
+    plan's GPU-hours estimate (from the budget alone: no meta build at start-up)."""
+    from rtdmd_bench.compute import parse_budget
+
+    if cfg.run.base not in REAL_BASES:
+        return []
+    budget = parse_budget(cfg.train.budget)
+    if budget.unit != "flops":
+        return [f"budget {budget} on {cfg.run.base} (teacher-forward units: the GPU-hours estimate needs FLOPs)"]
+    flops = budget.amount
+    lines = [f"budget {flops:.4g} FLOPs on {cfg.run.base}: {gpu_hours(flops):,.0f} H100 GPU-hours at "
+             f"{ASSUMED_MFU:.0%} of peak (plan's assumption), {gpu_hours(flops) / processes:,.1f} h on "
+             f"{processes} process(es)"]
+    fraction = getattr(cfg.method, "stage1_fraction", None)
+    if fraction is not None:
+        lines.append(f"stages: {fraction:.4g} of it ({fraction * flops:.4g} FLOPs) in stage 1, then stage 2 "
+                     f"({(1 - fraction) * flops:.4g} FLOPs)")
+    lines.append(f"samples per step {cfg.train.batch_size}"
+                 + (f", stage-2 samples per step {cfg.method.stage2_batch_size}"
+                    if getattr(cfg.method, "stage2_batch_size", 0) else "")
+                 + f"; train.micro_batches={cfg.train.micro_batches} per process "
+                   "(raise it if a step does not fit in memory: the update does not change)")
+    return lines

@@ -21,7 +21,7 @@ from rtdmd_bench.core.parallel import Shard
 from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.distributed import Parallel
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.interfaces import Batch, PromptPools, RewardSet, draw_prompts
 from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
 
 
@@ -35,6 +35,7 @@ class Built:
     rewards: RewardSet
     method: Any
     par: Parallel
+    pools: PromptPools
 
 
 def build(cfg: ResolvedConfig, par: Parallel | None = None) -> Built:
@@ -56,15 +57,25 @@ def build(cfg: ResolvedConfig, par: Parallel | None = None) -> Built:
         {n: MeteredReward(registry.resolve("rewards", n)(c), meter) for n, c in cfg.rewards.items()},
         dict(cfg.reward_weights), cfg.run.beta)
     method = registry.resolve("methods", cfg.run.method)(cfg.method, MeteredBase(base, meter), rewards, meter)
-    return Built(cfg, base, meter, rewards, method, par or Parallel())
+    if cfg.train.micro_batches > 1 and not getattr(method, "micro_batching", False):
+        raise UserError(f"method {cfg.run.method!r} does not split its steps into micro-batches yet: drop "
+                        "train.micro_batches (use more processes or a smaller train.batch_size)")
+    pools = PromptPools({"distill": base.train_prompts, "reward": base.reward_prompts})
+    pools.get("distill")  # a missing prompt file fails here, before anything is written
+    if rewards:
+        pools.get("reward")  # reward-optimising steps draw from it (`Batch.draw`): fail early too
+    return Built(cfg, base, meter, rewards, method, par or Parallel(), pools)
 
 
-def batch_for(step: int, seed: int, prompts: list[str], batch_size: int, shard: Shard = Shard()) -> Batch:
-    """The global batch: prompts drawn uniformly with replacement from a generator seeded by
-    (seed, step), identical on every rank (each method keeps its rank's rows)."""
-    g = torch.Generator().manual_seed(stable_seed("prompts", seed, step))
-    idx = torch.randint(len(prompts), (batch_size,), generator=g).tolist()
-    return Batch(prompts=[prompts[i] for i in idx], seed=stable_seed("batch", seed, step), shard=shard)
+def batch_for(step: int, seed: int, pools: PromptPools, batch_size: int, shard: Shard = Shard(),
+              micro_batches: int = 1) -> Batch:
+    """The global batch: `batch_size` prompts of the "distill" set drawn uniformly with replacement
+    from a generator seeded by (seed, step), identical on every rank (each method keeps its rank's
+    rows); other sets are drawn with the same seed through `Batch.draw`."""
+    draw_seed = stable_seed("prompts", seed, step)
+    return Batch(prompts=draw_prompts(pools.get("distill"), batch_size, draw_seed),
+                 seed=stable_seed("batch", seed, step), shard=shard, pools=pools, draw_seed=draw_seed,
+                 micro_batches=micro_batches)
 
 
 def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int], dict[str, Any]]:
@@ -110,6 +121,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     if par.mode == "fsdp" and par.shard.world > 1 and curve is not None:
         raise UserError("train.curve_points does not work with train.parallel=fsdp (evaluation shards "
                         "prompts and needs whole models): evaluate the checkpoints with `rtdmd-bench eval`")
+    if cfg.train.micro_batches < 1:
+        raise UserError(f"train.micro_batches={cfg.train.micro_batches} must be >= 1")
     par.shard.rows(cfg.train.batch_size)  # a batch the processes cannot share is an error before anything
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
@@ -124,11 +137,10 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
             run.truncate_metrics(step)
     elif par.main:
         run.write_config(cfg.to_dict())
-    prompts = b.base.train_prompts()
     t0 = time.perf_counter()
     steps_run = 0
     while not b.meter.exhausted:
-        batch = batch_for(step, cfg.run.seed, prompts, cfg.train.batch_size, par.shard)
+        batch = batch_for(step, cfg.run.seed, b.pools, cfg.train.batch_size, par.shard, cfg.train.micro_batches)
         used_before, meter_before = b.meter.used, b.meter.state_dict()
         logs = par.shard.mean(b.method.train_step(batch, step))  # global means
         b.meter.sync(meter_before, par.shard)  # FLOPs of every rank

@@ -12,74 +12,29 @@ benchmark style files); GenEval `.jsonl` metadata, one object per line with "tag
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.paths import cache_dir
+from rtdmd_bench.prompt_files import RTDMD_RAW, OfficialFile, download_verified, sha256_of  # noqa: F401 (re-exported)
 from suites.geneval_rules import CLASSES, COLORS, RELATIONS, TAGS
 
 
-@dataclass(frozen=True)
-class OfficialFile:
-    """A public prompt file and the checksum it must have."""
-
-    url: str
-    sha256: str
-    filename: str
-    lines: int  # number of prompts (entries) in the file; a shorter run is marked partial
-
-
-# SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream).
+# SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream; RTDMD's
+# files pinned to the commit its published models come from, rtdmd_bench.prompt_files.RTDMD_COMMIT).
 OFFICIAL: dict[str, OfficialFile] = {
     "geneval": OfficialFile(
         "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
         "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", "geneval_evaluation_metadata.jsonl", 553),
     "drawbench": OfficialFile(
-        "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/drawbench/test.txt",
+        RTDMD_RAW + "drawbench/test.txt",
         "9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0", "rtdmd_drawbench_test.txt", 1000),
     "pickscore": OfficialFile(
-        "https://raw.githubusercontent.com/Harahan/RTDMD/main/dataset/pickscore/test.txt",
+        RTDMD_RAW + "pickscore/test.txt",
         "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
 }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download_verified(url: str, sha256: str, dest: Path, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest` (atomically) if `dest` is absent or has the wrong checksum."""
-    if dest.exists() and sha256_of(dest) == sha256:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
-            f.write(response.read())
-        got = sha256_of(Path(tmp))
-        if got != sha256:
-            raise UserError(f"the file downloaded from {url} has SHA-256 {got}, expected {sha256}: the upstream "
-                            f"file changed or the download is corrupt; pass a verified copy with --set suite.prompts=PATH")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise UserError(f"could not download the prompt file {url} ({err}); download it yourself and pass "
-                        f"--set suite.prompts=PATH") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
 
 
 def resolve(official: str, path: str) -> Path:

@@ -180,6 +180,11 @@ def test_subset_is_identical_across_ranks_and_noise_shared_within_group():
     subsets = {tuple(rl.choose_subset(3, 2, seed=s)) for s in range(50)}
     assert len(subsets) == 3  # all three pairs appear
     prompts = ["a"] * 4 + ["b"] * 4
-    z = rl.group_shared_noise((2,), prompts, 4, step=1, epoch=3)
+    z = rl.group_shared_noise((2,), prompts, step=1, epoch=3)
     assert torch.equal(z[0], z[3]) and not torch.equal(z[0], z[4])
-    assert torch.equal(z, rl.group_shared_noise((2,), prompts, 4, step=1, epoch=3))
+    assert torch.equal(z, rl.group_shared_noise((2,), prompts, step=1, epoch=3))
+    # Per row: any split of the rows (ranks, micro-batches) gets the same noise for its rows.
+    assert torch.equal(rl.group_shared_noise((2,), prompts[3:6], step=1, epoch=3), z[3:6])
+    # The seed of a prompt's noise is its own: (prompt, step, epoch), as the official per-sample hash.
+    g = torch.Generator().manual_seed(rl.stable_seed("b", 1, 3))
+    assert torch.equal(z[5], torch.randn(2, generator=g))

@@ -332,6 +332,7 @@ def test_cli_train_without_weights_fails_cleanly(tmp_path):
     out = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines
     assert proc.returncode == 2, out
     assert "RTDMD_BENCH_SD3_PATH" in out and "huggingface-cli download" in out and "Traceback" not in out
+    assert "budget 1e+12 FLOPs on sd3" in out  # the run-start summary (item 14) came first
 
 
 def test_bf16_weights_autocast_and_checkpointing_keep_fp32_lora():

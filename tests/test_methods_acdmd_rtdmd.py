@@ -155,26 +155,42 @@ class HalfConstantReward:
         return images[:, 0] * mask
 
 
-def test_zero_advantage_groups_are_dropped_from_the_ppo_term():
+def _one_chunk(prompts, x0):
+    from types import SimpleNamespace
+
+    from rtdmd_bench.core.reward_tilted import Chunk
+    return [Chunk(prompts, None, BatchRandom(0), Shard(), SimpleNamespace(xs=[x0]))]
+
+
+def test_zero_advantage_samples_are_dropped_from_the_ppo_term():
     base, _, meter = toy()
     prompts = base.train_prompts()[:2]
     rewards = RewardSet({"h": HalfConstantReward(prompts[0])}, {"h": 1.0}, beta=1.0)
-    m = RTDMD(stage2_only(), base, rewards, meter)
     reps = [p for p in prompts for _ in range(4)]
     x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
-    a, keep, _ = m.advantages(x0, reps, Shard())
+    batch = Batch(prompts=reps, seed=3)
+    # The suite's former rule drops the constant group (its weighted advantage is exactly 0)...
+    strict = RTDMD(stage2_only(drop_rule="strict"), base, rewards, meter)
+    a, keep, _ = strict.advantages(_one_chunk(reps, x0), reps, batch)
     assert keep.tolist() == [False] * 4 + [True] * 4
+    # ...the official one keeps it: re-standardised it is -mean/std, tiny but not exactly 0.
+    official = RTDMD(stage2_only(num_batches_per_epoch=1), base, rewards, meter)
+    a_off, keep_off, _ = official.advantages(_one_chunk(reps, x0), reps, batch)
+    assert keep_off.tolist() == [v != 0.0 for v in a_off.tolist()] and bool(keep_off[:4].all())
+    assert float(a_off[:4].abs().max()) < 1e-6
     # PPO on the kept samples only: changing the dropped samples' advantages changes nothing.
     lp = torch.randn(8, generator=torch.Generator().manual_seed(1))
     a2 = a.clone()
     a2[:4] = 100.0
     assert float(rl.ppo_clip_loss(lp, lp.detach(), a, 1e-5, 5.0, keep)) == \
         pytest.approx(float(rl.ppo_clip_loss(lp, lp.detach(), a2, 1e-5, 5.0, keep)))
-    # A reward that is constant everywhere: no sample is kept and the PPO term is exactly zero.
+    # A reward that is constant everywhere: every advantage is exactly 0. Strict: nothing kept;
+    # official: a sub-batch of random samples is kept (padding), with advantage 0. PPO term 0 in both.
     flat_rewards = RewardSet({"h": HalfConstantReward(prompts[0])}, {"h": 1.0})
-    m = RTDMD(stage2_only(reward_term="grpo"), base, flat_rewards, meter)
-    logs = m.train_step(Batch(prompts=[prompts[0]] * 2, seed=3), step=0)
-    assert logs["adv_kept_frac"] == 0.0 and logs["loss_ppo"] == 0.0
+    for rule, kept_frac in (("strict", 0.0), ("official", 1.0)):
+        m = RTDMD(stage2_only(reward_term="grpo", drop_rule=rule), base, flat_rewards, meter)
+        logs = m.train_step(Batch(prompts=[prompts[0]] * 2, seed=3), step=0)
+        assert logs["adv_kept_frac"] == kept_frac and logs["loss_ppo"] == 0.0
 
 
 @pytest.mark.parametrize("term", ["hybrid", "grpo", "backprop"])

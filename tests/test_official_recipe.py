@@ -164,9 +164,10 @@ def model_rows(load: dict[str, str] | None = None) -> list[Row]:
                 why(f"{p}.load_path", load[lora], "the stage-1 checkpoint of a separate official job; the suite "
                     "runs both stages in one run and stage 2 starts from the stage-1 EMA generator and fake "
                     "score in memory (RTDMD._enter_stage2; stage1_fraction splits the budget)"),
-                why(f"{p}.merge_before_training", True, "suite choice: instead of merging the stage-1 LoRA and "
-                    "starting a fresh one, the same LoRA keeps training (the same function at the switch; "
-                    "RTDMD._enter_stage2)"),
+                at(f"{p}.merge_before_training", True, "method.stage2_adapters",
+                   lambda merge: "restart" if merge else "continue",
+                   note="the stage-1 LoRA stays as a frozen adapter (the teacher shares the weights) and a "
+                        "fresh Gaussian-init LoRA trains (AdapterSwitch.restart)"),
             ]
     return rows
 
@@ -246,8 +247,9 @@ COLD_START: list[Row] = [
     why("train.save_interval", 5000, "checkpoint frequency is a suite setting (train.checkpoint_every)"),
     why("train.log_interval", 1, "logging frequency is a suite setting (train.log_every)"),
     why("train.seed", 42, SEED),
-    at("train.batch_size", 9, "real.cold_start_batch", note="per-GPU batch, recorded for `rtdmd-bench plan`; "
-       "train.batch_size is samples per step over all processes"),
+    at("train.batch_size", 9, "train.batch_size", lambda per_gpu: per_gpu * 8,
+       note="per-GPU batch x the official 8 GPUs: train.batch_size is samples per step over all processes "
+            "(also real.cold_start_batch for plan)"),
     why("train.gradient_accumulation_steps", 1, "structural: one optimiser step per batch, no accumulation"),
     at("train.autocast_dtype", "bf16", "base.autocast_bf16", is_bf16),
     why("train.resume_from", "", PATH + " (empty: no resume; the suite resumes a run folder with --resume)"),
@@ -272,8 +274,8 @@ COLD_START: list[Row] = [
     why("eval.eval_batch_size", 16, EVAL),
     why("eval.num_media_images", 8, LOGGING),
     why("eval.eval_seed", 42, EVAL),
-    why("prompt_path", "dataset/pickscore", PATH + " (--set base.prompt_file=...; official "
-        "dataset/pickscore/train.txt)"),
+    at("prompt_path", "dataset/pickscore", "base.prompt_file", lambda d: f"rtdmd:{d.split('/', 1)[1]}/train.txt",
+       note="the official folder's train.txt, a verified download (rtdmd_bench/prompt_files.py)"),
     why("output_dir", "./outputs/sd3m_cold_start", OUTPUT),
 ]
 
@@ -315,27 +317,28 @@ RTDMD: list[Row] = [
     at("grpo.adam_beta2", 0.999, "method.betas.1"),
     at("grpo.adam_weight_decay", 1.0e-4, "method.weight_decay"),
     at("grpo.adam_epsilon", 1.0e-8, "adamw.eps", note="torch AdamW's default, not a suite field"),
-    why("grpo.weight_advantages", True, "structural: per-reward group advantages, weighted by the run's reward "
-        "weights, summed and re-standardised (rl.combine_advantages)"),
+    why("grpo.weight_advantages", True, "structural: per-reward advantages, weighted by the run's reward "
+        "weights, summed and re-standardised (core/advantages.weighted_advantages)"),
     at("grpo.reward_fn", {"clipscore": 1.0, "hpsv2": 1.0, "pickscore": 1.0, "geneval": 1.0}, "run.rewards",
        convert=lambda fn: tuple(f"{SUITE_REWARD[k]}={v}" for k, v in fn.items()),
        note="recipes/sd3.yaml; the official hpsv2 scorer loads HPS_v2.1 (suite: hpsv21), geneval is the "
             "partial-credit GRPO reward (geneval-partial)"),
     why("grpo.reward_ckpt_path", "/path/to/reward_ckpts", PATH),
-    why("grpo.per_prompt_stat_tracking", True, "structural: advantages are centred within each prompt's group "
-        "of K samples (rl.group_advantages)"),
-    why("grpo.per_prompt_global_std", True, "structural: RTDMD.advantages divides by the std over the whole "
-        "batch (rl.group_advantages(..., 'batch'))"),
-    at("grpo.num_batches_per_epoch", 16, "plan.1.batches_per_step"),
+    why("grpo.per_prompt_stat_tracking", True, "structural: advantages are centred by the mean of the samples "
+        "sharing a prompt (core/advantages.per_prompt_advantages)"),
+    why("grpo.per_prompt_global_std", True, "structural: per_prompt_advantages divides by the std over the "
+        "whole batch (numpy's population std + 1e-4: method.adv_std, method.adv_eps)"),
+    at("grpo.num_batches_per_epoch", 16, "method.num_batches_per_epoch",
+       note="sets the official EMA repeats and the padding of the kept samples; also plan.1.batches_per_step"),
     at("grpo.sample_batch_size", 2, "real.stage2_batch", note="plan's stage-2 micro-batch: samples per step = "
        "stage2_batch x batches_per_step x GPUs"),
     at("grpo.num_image_per_prompt", 16, "method.group_size"),
     why("grpo.test_batch_size", 8, EVAL),
     why("grpo.vae_decode_batch_size", 2, "memory micro-batching: the suite decodes a step's samples in one call"),
     at("grpo.train_batch_size", 2, "real.stage2_batch"),
-    why("grpo.gradient_accumulation_steps", 16, "one optimiser step per epoch: the official 16 micro-batches of 2 "
-        "= num_batches_per_epoch x sample_batch_size; the suite takes the epoch's train.batch_size samples "
-        "in one step"),
+    why("grpo.gradient_accumulation_steps", 16, "one optimiser step per epoch, as the suite's stage-2 step of "
+        "method.stage2_batch_size samples (256 = 16 x sample_batch_size 2 x 8 GPUs); how a process splits it "
+        "for memory is train.micro_batches, which does not change the update"),
     why("grpo.num_epochs", 100000, BUDGET),
     why("grpo.use_ema", True, "structural: RTDMD._enter_stage2 starts a fresh generator EMA and the method "
         "samples from it"),
@@ -421,8 +424,10 @@ RTDMD: list[Row] = [
     why("eval.eval_seed", 42, EVAL),
     why("eval.reward_fn", EVAL_REWARDS, EVAL),
     why("eval.reward_dataset_map", EVAL_DATASETS, EVAL),
-    why("prompt_path", "dataset/geneval", PATH + ". Suite choice: one rtdmd run trains both stages on one "
-        "base.prompt_file, where the official stage 1 uses dataset/pickscore and stage 2 dataset/geneval"),
+    at("prompt_path", "dataset/geneval", "base.reward_prompt_file",
+       lambda d: f"rtdmd:{d.split('/', 1)[1]}/train_metadata.jsonl",
+       note="stage 2 draws from the base's reward prompt set (Batch.draw); the official folder's "
+            "train_metadata.jsonl, a verified download"),
     why("output_dir", "./outputs/sd3m_rtdmd", OUTPUT),
 ]
 
@@ -545,3 +550,35 @@ def test_every_real_base_recipe_carries_the_official_stage2_rewards(base, group,
     assert resolve_config("acdmd", base, []).method == cfg.method.stage1
     for method in ("dmd2", "acdmd", "gndm"):  # methods without external rewards load no reward model
         assert resolve_config(method, base, []).run.rewards == ()
+
+
+@pytest.mark.parametrize("base", ["sd3", "sd35m", "sd35l", "flux2-4b", "flux2-9b", "flux1-dev"])
+def test_real_base_recipes_give_every_method_the_official_budget_and_batches(base):
+    """Matched compute: every method gets the same budget and samples per step on a real base;
+    rtdmd gets the official global batches (per-GPU batch x the official 8 GPUs; stage 2: 16
+    micro-batches of the per-GPU sample batch), whole groups per stage-2 step."""
+    from rtdmd_bench.registry import names
+
+    budgets = {m: (resolve_config(m, base, []).train.budget, resolve_config(m, base, []).train.batch_size)
+               for m in names("methods")}
+    assert len(set(budgets.values())) == 1, budgets
+    cfg = resolve_config("rtdmd", base, [])
+    facts = REAL_BASES[base]
+    assert cfg.train.batch_size == facts.cold_start_batch * 8
+    assert cfg.method.stage2_batch_size == facts.stage2_batch * 16 * 8
+    assert cfg.method.stage2_batch_size % cfg.method.group_size == 0
+    assert 0.0 < cfg.method.stage1_fraction < 1.0
+    assert cfg.rewards["geneval-partial"].metadata_path == "rtdmd:geneval/train_metadata.jsonl"
+
+
+@pytest.mark.slow  # ~15 s: builds SD3-M on the meta device and counts a forward, a LoRA backward, a decode
+def test_sd3_recipe_budget_is_the_official_run_as_plan_counts_it():
+    from rtdmd_bench.compute import parse_budget
+    from rtdmd_bench.plan import compute_plan
+
+    plan = compute_plan("rtdmd", "sd3")
+    cfg = resolve_config("rtdmd", "sd3", [])
+    stage1, stage2 = plan.stages
+    assert (stage1["steps"], stage1["samples_per_step"], stage2["steps"], stage2["samples_per_step"]) == (15000, 72, 1000, 256)
+    assert parse_budget(cfg.train.budget).amount == pytest.approx(plan.official_flops, rel=1e-3)
+    assert cfg.method.stage1_fraction == pytest.approx(stage1["flops_run"] / plan.official_flops, abs=1e-4)

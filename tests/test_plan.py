@@ -96,3 +96,41 @@ def test_plan_forward_flops_equal_a_real_tiny_forward():
     plan = compute_plan("acdmd", "tiny-sd3")
     assert plan.flops_per_forward == pytest.approx(counter.get_total_flops(), rel=0.01)
     assert plan.flops_per_forward_formula > plan.flops_per_forward  # the formula is an upper estimate
+
+
+@pytest.mark.slow  # one real stage-2 step of 32 samples on tiny-sd3 (~5 s)
+def test_plan_stage2_step_cost_is_what_the_meter_charges_on_tiny_sd3():
+    """plan's stage-2 cost model (calls per sample x F, LoRA backward, decode; both counted on the
+    meta device) against the FLOPs the training meter charges for one real RTDMD stage-2 step of the
+    plan's batch on tiny-sd3, reward models aside (plan leaves them out)."""
+    from methods.rtdmd import RTDMD
+    from rtdmd_bench.bases.diffusers_sd3 import TinySD3
+    from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward
+    from rtdmd_bench.interfaces import Batch, RewardSet
+    from rtdmd_bench.rewards.tiny import TinyCLIPScore
+
+    plan = compute_plan("rtdmd", "tiny-sd3", precision="fp32", num_gpus=1)
+    stage2 = plan.stages[1]
+    base = TinySD3(TinySD3.Config())
+    meter = ComputeMeter(budget_flops=1e15)
+    base.prepare(meter)
+    rewards = RewardSet({"tiny-clipscore": MeteredReward(TinyCLIPScore(TinyCLIPScore.Config()), meter)},
+                        {"tiny-clipscore": 1.0})
+    m = RTDMD(RTDMD.Config(stage1_fraction=0.0, stage2_batch_size=stage2["samples_per_step"]),
+              MeteredBase(base, meter), rewards, meter)
+    m.train_step(Batch(base.train_prompts(), seed=1), step=0)
+    charged = meter.used - sum(meter.flops["reward"].values())
+    assert charged == pytest.approx(stage2["flops_per_step"], rel=0.02)  # measured: within 0.5%
+
+
+def test_run_summary_states_budget_split_and_gpu_hours():
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.plan import run_summary
+
+    cfg = resolve_config("rtdmd", "sd3", [])
+    lines = run_summary(cfg, processes=8)
+    hours = 1.623e20 / (989e12 * 0.35) / 3600  # by hand: budget / (H100 bf16 peak x 35%)
+    assert f"{hours:,.0f} H100 GPU-hours" in lines[0] and f"{hours / 8:,.1f} h on 8" in lines[0]
+    assert "0.637 of it" in lines[1] and f"{0.637 * 1.623e20:.4g}" in lines[1]
+    assert "stage-2 samples per step 256" in lines[2]
+    assert run_summary(resolve_config("dmd2", "toy2d", [])) == []  # CPU bases: nothing to estimate

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.bases.diffusers_loading import (  # noqa: F401  (re-exported for the family modules)
-    check_local_weights, freeze, load_component, missing_weights_message, offline, pick_device, read_prompt_file,
+    check_local_weights, freeze, load_component, missing_weights_message, offline, pick_device,
     weights_location, word_tokenizer,
 )
+from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
 
 ATTN_TARGETS: tuple[str, ...] = (
@@ -81,12 +82,21 @@ def lora_parameter_count(net: nn.Module, lora: LoraSettings) -> int:
 
 
 class AdapterSwitch:
-    """Named peft LoRA adapters on one transformer; `using(name)` selects one, `using(None)` none.
+    """Named peft LoRA adapters on one transformer, one per role ("student", "fake");
+    `using(role)` selects the role's adapters, `using(None)` none (the teacher).
 
     peft's own `set_adapter` / `enable_adapters(False)` also flip `requires_grad` of the inactive
     adapters. We undo that after every switch: a method may build a graph through the student,
     then call the fake score, then back-propagate, and the student's LoRA must still receive its
     gradient. Inactive adapters simply do not take part in the forward, so they get no gradient.
+
+    Restart (RTDMD's stage switch, `restart`): a role's adapter is frozen (it stays active, so the
+    function is unchanged) and a fresh Gaussian-init adapter stacked on it becomes the trainable
+    one: the official code merges the stage-1 LoRA into its own copy of the weights and starts a
+    new LoRA; the teacher shares these frozen weights here, so the stage-1 delta stays a frozen
+    adapter instead (the same function, without the bf16 rounding of a merge). The fresh adapter
+    is created on demand, or before a data-parallel wrapper is built (`wrap`), which must see every
+    parameter it will ever synchronise.
     """
 
     def __init__(self, net: nn.Module, names: Sequence[str], lora: LoraSettings, seed: int) -> None:
@@ -94,43 +104,91 @@ class AdapterSwitch:
 
         self.net = net
         self.runner = net  # what forward calls go through: `net`, or its DDP/FSDP wrapper
-        self.names = tuple(names)
-        modules = sorted(lora_modules(net, lora.targets))  # before peft wraps them
-        if not modules:
+        self.names = tuple(names)  # the roles
+        self.lora, self.seed = lora, seed
+        self.modules = sorted(lora_modules(net, lora.targets))  # before peft wraps them
+        if not self.modules:
             raise UserError(f"LoRA targets {lora.targets} match no Linear of {type(net).__name__}: "
                             "fix --set base.lora.targets=...")
+        self.adapters: list[str] = []  # every adapter created, in creation order
         for i, name in enumerate(self.names):
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                # peft warns on a second adapter in one model: several adapters is the design here.
-                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-                torch.manual_seed(seed + 1009 * i)  # deterministic Gaussian A, distinct per adapter
-                net.add_adapter(_peft_config(modules, lora), adapter_name=name)
+            self._add(name, i)
+        self.stacks = {n: [n] for n in self.names}  # role -> its active adapters, trainable last
         self.layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
         self.params = self._adapter_params()
-        for group in self.params.values():
-            for p in group.values():
-                p.data = p.data.float()  # fp32 master weights for AdamW even over bf16 frozen weights
         self.active: str | None = "unset"  # type: ignore[assignment]
         self.activate(None)
 
+    def _add(self, name: str, i: int) -> None:
+        """A new adapter with a deterministic Gaussian A (seeded by its slot i), fp32 weights."""
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # peft warns on a second adapter in one model: several adapters is the design here.
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            torch.manual_seed(self.seed + 1009 * i)  # distinct per adapter, independent of the global RNG
+            self.net.add_adapter(_peft_config(self.modules, self.lora), adapter_name=name)
+        self.adapters.append(name)
+        for key, p in self.net.named_parameters():
+            if f".{name}." in key and "lora_" in key:
+                p.data = p.data.float()  # fp32 master weights for AdamW even over bf16 frozen weights
+
+    @staticmethod
+    def spare(role: str) -> str:
+        return f"{role}_restart"
+
+    def _add_spare(self, role: str) -> None:
+        # Slot after the roles' own adapters, fixed per role: the same init whenever it is created.
+        self._add(self.spare(role), len(self.names) + self.names.index(role))
+
+    def add_spares(self) -> None:
+        """Create every role's restart adapter now (idempotent)."""
+        for role in self.names:
+            if self.spare(role) not in self.adapters:
+                self._add_spare(role)
+        self.params = self._adapter_params()
+        self._set_requires_grad()
+
     def _adapter_params(self) -> dict[str, dict[str, nn.Parameter]]:
         """{adapter: {adapter-neutral key: parameter}} as the module holds them now."""
-        params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.names}
+        params: dict[str, dict[str, nn.Parameter]] = {n: {} for n in self.adapters}
         for key, p in self.net.named_parameters():
-            for n in self.names:
+            for n in self.adapters:
                 if f".{n}." in key and "lora_" in key:
                     params[n][key.replace(f".{n}.", ".")] = p
         return params
 
+    def trainable_adapter(self, role: str) -> str:
+        return self.stacks[role][-1]
+
+    def frozen_adapters(self, role: str) -> list[str]:
+        return self.stacks[role][:-1]
+
+    def restart(self, role: str) -> None:
+        """Freeze the role's adapter (it stays active) and train a fresh one stacked on it."""
+        if len(self.stacks[role]) > 1:
+            raise RuntimeError(f"the {role} adapter was already restarted once")
+        if self.spare(role) not in self.adapters:
+            if self.runner is not self.net:
+                raise RuntimeError("restart adapters are created before data-parallel wrapping (add_spares)")
+            self._add_spare(role)
+            self.params = self._adapter_params()
+        self.stacks[role] = [role, self.spare(role)]
+        previous, self.active = self.active, "unset"  # type: ignore[assignment]
+        self.activate(previous)
+
+    def _set_requires_grad(self) -> None:
+        frozen = {a for r in self.names for a in self.frozen_adapters(r)}
+        for name, group in self.params.items():
+            for p in group.values():
+                p.requires_grad_(name not in frozen)
+
     def wrap(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Forward through `wrap(net)`; FSDP2 replaces the parameters by shards, so look them up
         again (every adapter trainable first: DDP ignores parameters frozen when it is built)."""
+        self.add_spares()
         self.activate(None)
         self.runner = wrap(self.net)
         self.params = self._adapter_params()
-        for group in self.params.values():
-            for p in group.values():
-                p.requires_grad_(True)
+        self._set_requires_grad()
 
     def activate(self, name: str | None) -> None:
         if name == self.active:
@@ -140,10 +198,8 @@ class AdapterSwitch:
                 layer.enable_adapters(False)
             else:
                 layer.enable_adapters(True)
-                layer.set_adapter(name)
-        for group in self.params.values():
-            for p in group.values():
-                p.requires_grad_(True)
+                layer.set_adapter(list(self.stacks[name]))
+        self._set_requires_grad()
         self.active = name
 
     @contextlib.contextmanager
@@ -166,16 +222,18 @@ class AdapterSwitch:
 
         return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
-    def merged_state_dict(self, name: str) -> dict[str, Tensor]:
-        """Plain (peft-free) state dict of the transformer with adapter `name` merged in."""
+    def merged_state_dict(self, role: str) -> dict[str, Tensor]:
+        """Plain (peft-free) state dict of the transformer with the role's adapters merged in."""
         from peft.tuners.lora import LoraLayer
 
         sd = {k.replace(".base_layer.", "."): v.detach().clone()
               for k, v in self.net.state_dict().items() if "lora_" not in k}
         for mod_name, module in self.net.named_modules():
-            if isinstance(module, LoraLayer) and name in module.lora_A:
-                key = f"{mod_name}.weight"
-                sd[key] = sd[key] + module.get_delta_weight(name).to(sd[key].dtype)
+            if isinstance(module, LoraLayer):
+                for name in self.stacks[role]:
+                    if name in module.lora_A:
+                        key = f"{mod_name}.weight"
+                        sd[key] = sd[key] + module.get_delta_weight(name).to(sd[key].dtype)
         return sd
 
 
@@ -201,8 +259,14 @@ class DiffusersConfig:
     """Teacher CFG scale used by DM terms (official: SD3-M 7.0, SD3.5-M 4.5, FLUX.2 4.0)."""
     max_sequence_length: int = 256
     """Text tokens of the long text encoder (T5 / Qwen3)."""
-    prompt_file: str | None = None
-    """Training prompts, one per line (RTDMD: dataset/pickscore/train.txt)."""
+    prompt_file: str | None = "rtdmd:pickscore/train.txt"
+    """Distillation prompts (every step's batch; RTDMD stage 1): a .txt/.json/.jsonl file, or a named
+    public set downloaded once and verified (default: RTDMD's dataset/pickscore/train.txt, official
+    stage 1)."""
+    reward_prompt_file: str | None = "rtdmd:geneval/train_metadata.jsonl"
+    """Prompts of reward-optimising steps (RTDMD stage 2, the reward baselines): a file or a named
+    set (default: RTDMD's dataset/geneval/train_metadata.jsonl, official stage 2, GenEval-style
+    metadata whose clauses the geneval-partial reward reads)."""
     device: str = "auto"
     """'auto' = this rank's GPU if any, else CPU; or an explicit torch device string."""
     seed: int = 0
@@ -361,28 +425,52 @@ class DiffusersBase:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_prompts(self) -> list[str]:
-        return read_prompt_file(self.cfg.prompt_file, self.name)
+        return self._prompt_set(self.cfg.prompt_file, "prompt_file")
+
+    def reward_prompts(self) -> list[str]:
+        return self._prompt_set(self.cfg.reward_prompt_file, "reward_prompt_file")
+
+    def _prompt_set(self, source: str | None, field_name: str) -> list[str]:
+        if not source:
+            raise UserError(f"base {self.name!r} needs training prompts: --set base.{field_name}=FILE "
+                            f"(one prompt per line, or a named set such as {', '.join(prompt_files.TRAINING)})")
+        return prompt_files.load_source(source, f"--set base.{field_name}")
 
     def trainable(self, role: str) -> list[nn.Parameter]:
         if role == "teacher":
             return []
-        switch, adapter = self._role(role)
-        return list(switch.params[adapter].values())
+        switch, key = self._role(role)
+        return list(switch.params[switch.trainable_adapter(key)].values())
+
+    def restart_adapter(self, role: str) -> bool:
+        """RTDMD's stage switch: freeze the role's LoRA into the model (it stays active) and train a
+        fresh Gaussian-init LoRA from here on (`AdapterSwitch.restart`). Returns True."""
+        switch, key = self._role(role)
+        switch.restart(key)
+        return True
+
+    def _role_params(self, role: str) -> dict[str, nn.Parameter]:
+        """The role's adapter weights: the trainable adapter's under adapter-neutral keys, frozen
+        (restarted) ones under `frozen<i>.` + key."""
+        switch, key = self._role(role)
+        out = dict(switch.params[switch.trainable_adapter(key)])
+        for i, name in enumerate(switch.frozen_adapters(key)):
+            out.update({f"frozen{i}.{k}": p for k, p in switch.params[name].items()})
+        return out
 
     def state_dict(self, role: str) -> dict[str, Tensor]:
-        """LoRA weights of a role, keys without the adapter name (student/fake interchangeable)."""
+        """LoRA weights of a role, keys without the adapter name (student/fake interchangeable);
+        after a restart also the frozen stage-1 adapter (`frozen0.` keys)."""
         if role == "teacher":
             return {}
-        switch, adapter = self._role(role)
-        return {k: p.detach().clone() for k, p in switch.params[adapter].items()}
+        return {k: p.detach().clone() for k, p in self._role_params(role).items()}
 
     def load_state_dict(self, role: str, state: dict[str, Tensor]) -> None:
         if role == "teacher":
             if state:
                 raise ValueError("the teacher has no trainable state")
             return
-        switch, adapter = self._role(role)
-        params = switch.params[adapter]
+        params = self._role_params(role)
         missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         wrong = sorted(k for k in set(params) & set(state) if params[k].shape != state[k].shape)
         if missing or extra or wrong:
@@ -412,10 +500,10 @@ class DiffusersBase:
         self.load_state_dict(role, load_file(str(path)))
 
     def merged_student(self) -> nn.Module:
-        """A plain transformer (no peft layers) with the student LoRA merged, for export/inference."""
-        switch, adapter = self._role("student")
+        """A plain transformer (no peft layers) with the student LoRA(s) merged, for export/inference."""
+        switch, key = self._role("student")
         net = type(switch.net).from_config(switch.net.config)
-        net.load_state_dict(switch.merged_state_dict(adapter))
+        net.load_state_dict(switch.merged_state_dict(key))
         net = net.to(self.device)
         return (net if self.dtype == torch.float32 else net.to(self.dtype)).eval()
 

@@ -231,10 +231,17 @@ class TinyFlux2(Flux2Klein4B):
         """All three layers of the tiny Qwen3."""
         device: str = "cpu"
         """Tiny bases run on CPU unless told otherwise."""
+        prompt_file: str | None = None
+        """Distillation prompts; unset = the tiny prompt list (random text encoders: any words do)."""
+        reward_prompt_file: str | None = None
+        """Reward-step prompts; unset = the tiny prompt list."""
 
     def _build(self) -> Networks:
         return tiny_flux2_networks(self.cfg.seed, self.cfg.max_sequence_length, self.cfg.separate_generator)
 
     def train_prompts(self) -> list[str]:
         return list(TINY_PROMPTS) if not self.cfg.prompt_file else super().train_prompts()
+
+    def reward_prompts(self) -> list[str]:
+        return list(TINY_PROMPTS) if not self.cfg.reward_prompt_file else super().reward_prompts()
 

@@ -1,8 +1,9 @@
-"""Where the diffusers bases' weights and prompts come from, and small loading helpers.
+"""Where the diffusers bases' weights come from, and small loading helpers.
 
 `weights_location` / `load_component`: config field, `RTDMD_BENCH_<BASE>_PATH`, or the hub id,
 and the single clear error when weights are absent (CONTRIBUTING.md "Errors"); `word_tokenizer`:
-tokenizers built locally for the tiny bases (no download, ever); prompt files; device choice.
+tokenizers built locally for the tiny bases (no download, ever); device choice. Prompt files:
+`rtdmd_bench/prompt_files.py`.
 """
 
 from __future__ import annotations
@@ -80,20 +81,6 @@ def word_tokenizer(prompts: Sequence[str], max_length: int, chat_template: str |
     if chat_template is not None:
         fast.chat_template = chat_template
     return fast
-
-
-def read_prompt_file(path: str | None, base: str) -> list[str]:
-    """One prompt per line (RTDMD's dataset/*/train.txt format); blank lines skipped."""
-    if not path:
-        raise UserError(f"base {base!r} needs training prompts: --set base.prompt_file=FILE "
-                        "(one prompt per line, e.g. RTDMD's dataset/pickscore/train.txt)")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"prompt file {p} does not exist: fix --set base.prompt_file=FILE")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompt file {p} holds no prompts")
-    return prompts
 
 
 def pick_device(spec: str) -> torch.device:

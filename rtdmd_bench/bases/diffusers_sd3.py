@@ -202,9 +202,16 @@ class TinySD3(SD3):
         """T5 tokens."""
         device: str = "cpu"
         """Tiny bases run on CPU unless told otherwise."""
+        prompt_file: str | None = None
+        """Distillation prompts; unset = the tiny prompt list (random text encoders: any words do)."""
+        reward_prompt_file: str | None = None
+        """Reward-step prompts; unset = the tiny prompt list."""
 
     def _build(self) -> Networks:
         return tiny_sd3_networks(self.cfg.seed, self.cfg.max_sequence_length)
 
     def train_prompts(self) -> list[str]:
         return list(TINY_PROMPTS) if not self.cfg.prompt_file else super().train_prompts()
+
+    def reward_prompts(self) -> list[str]:
+        return list(TINY_PROMPTS) if not self.cfg.reward_prompt_file else super().reward_prompts()

@@ -140,6 +140,14 @@ class Digits:
             out += [f"a handwritten digit {word}", f"a handwritten {c}", f"digit {c}"]
         return out
 
+    def reward_prompts(self) -> list[str]:
+        """Reward-optimising steps train on the same prompts (one prompt set on this base)."""
+        return self.train_prompts()
+
+    def restart_adapter(self, role: str) -> bool:
+        """Nothing to restart: the student and fake score are whole networks, not adapters."""
+        return False
+
     def encode(self, prompts: Sequence[str]) -> Tensor:
         """(B,) long digit classes; malformed prompts raise UserError."""
         return parse_prompts(prompts)

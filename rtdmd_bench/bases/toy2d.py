@@ -174,6 +174,14 @@ class Toy2D:
     def train_prompts(self) -> list[str]:
         return list(self.prompt_names)
 
+    def reward_prompts(self) -> list[str]:
+        """Reward-optimising steps train on the same prompts (one prompt set on this base)."""
+        return self.train_prompts()
+
+    def restart_adapter(self, role: str) -> bool:
+        """Nothing to restart: the student and fake score are whole networks, not adapters."""
+        return False
+
     def prompt_id(self, prompt: str) -> int:
         if prompt not in self.prompt_names:
             raise UserError(f"unknown toy2d prompt {prompt!r}; valid prompts: "

@@ -13,12 +13,12 @@ official `configs/cold_start/sd3m.yaml`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import Tensor
 
-from rtdmd_bench.core import dmd, optim, sampling
+from rtdmd_bench.core import dmd, optim, rl, sampling
 from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.interfaces import Batch
@@ -143,14 +143,18 @@ def fake_score_loss(fake: VelocityAt, sub: SubInterval, cfg: ACDMDConfig, gen: B
 
 
 def generator_dm_loss(x_s: Tensor, sub: SubInterval, v_real: Tensor, v_fake: Tensor, eta: float,
-                      noise: Tensor, normalize: Literal["mean_abs", "none"]) -> Tensor:
+                      noise: Tensor, normalize: Literal["mean_abs", "none"], mask: Tensor | None = None,
+                      kept: float | None = None) -> Tensor:
     """AC-DMD generator loss (METHODS.md 3.5): map teacher and fake predictions at (x_t, t) back to
     s with one shared-noise CPS transition each; g = (xs_fake - xs_real) / mean|x_s - xs_real|;
-    loss 0.5 MSE(x_s, sg(x_s - g)). x_s carries the generator's graph; v_real, v_fake are detached."""
+    loss 0.5 MSE(x_s, sg(x_s - g)). x_s carries the generator's graph; v_real, v_fake are detached.
+    `mask` (B,) bool: the mean over the kept rows only (`rl.masked_mean`, with its `kept`)."""
     xs_real, xs_fake = dmd.shared_noise_cps_pair(sub.x_t, sub.t, v_real.detach(), v_fake.detach(),
                                                  sub.s, eta, noise)
     g = dmd.dmd_gradient(x_s.detach(), xs_fake, xs_real, normalize)
-    return dmd.dmd_generator_loss(x_s, g)
+    if mask is None:
+        return dmd.dmd_generator_loss(x_s, g)
+    return rl.masked_mean(dmd.dmd_generator_loss_per_row(x_s, g), mask, kept)
 
 
 def random_stop_rollout(base: Any, cond: Any, n: int, sigmas: Tensor, cfg: ACDMDConfig,
@@ -217,17 +221,19 @@ def final_sample_fake_loss(base: Any, cfg: ACDMDConfig, x0: Tensor, cond: Any, g
 
 
 def final_sample_dm_loss(base: Any, cfg: ACDMDConfig, x0_hat: Tensor, cond: Any, gen: BatchRandom,
-                         dist: TimeDist, offset: float, guidance: float | None) -> Tensor:
+                         dist: TimeDist, offset: float, guidance: float | None, mask: Tensor | None = None,
+                         kept: float | None = None) -> Tensor:
     """DM loss on a final-step x0_hat (s = 0; RTDMD stage 2's last step, official
     `_compute_aux_loss_ac_dmd`). At s = 0 the shared-noise CPS mapping to sigma 0 is deterministic,
-    so this is exactly the DMD gradient on x0 at the drawn level."""
+    so this is exactly the DMD gradient on x0 at the drawn level. `mask`/`kept`: the mean over the
+    samples the GRPO filter kept (official: the last-step terms see only the filtered batch)."""
     s = torch.zeros(x0_hat.shape[0])
     sub = sub_interval(x0_hat, s, renoise_level(s, gen, dist, offset, cfg.t_min, cfg.t_max), gen)
     with torch.no_grad():
         v_real = base.velocity("teacher", sub.x_t, sub.t, cond, cfg=guidance)
         v_fake = fake_velocity(base, cond, cfg.num_steps - 1, cfg.fake_step_conditioning)(sub.x_t, sub.t)
     noise = gen.randn(sub.x_t.shape).to(sub.x_t)
-    return generator_dm_loss(x0_hat, sub, v_real, v_fake, cfg.eta, noise, cfg.dm_normalize)
+    return generator_dm_loss(x0_hat, sub, v_real, v_fake, cfg.eta, noise, cfg.dm_normalize, mask, kept)
 
 
 @dataclass
@@ -264,17 +270,41 @@ def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, 
     """One AC-DMD iteration (official `DMDTrainer.train_step` order): a fake-score step; when
     (step + 1) % num_fake_per_gen == 0 a generator step (TTUR); the generator EMA every iteration
     (official ema_every 1). All randomness comes from the batch seed (a resumed run reproduces
-    exactly; every rank draws the same stop index and its own rows' noise)."""
-    gen, prompts = batch.random(), batch.local(batch.prompts)
-    cond, n = base.encode(prompts), len(prompts)
-    loss_f, logs = stage1_fake_loss(base, cfg, cond, n, sigmas, gen)
-    optim.optimizer_step(state.opt_f, loss_f, state.fake, cfg.grad_clip, step, "loss_fake")
-    logs["loss_fake"] = float(loss_f.detach())
+    exactly; every rank draws the same stop index and its own rows' noise). Each optimiser step
+    accumulates the gradients of the process's micro-batches (`Batch.chunks`)."""
+    chunks = batch.chunks()
+    gens = [c.random() for c in chunks]  # each chunk's draws continue across the two phases
+    conds = [(base.encode(p), len(p)) for p in (c.local(c.prompts) for c in chunks)]
+    fake_logs: list[dict[str, float]] = []
+
+    def fake_losses() -> Iterator[Tensor]:
+        for gen, (cond, n) in zip(gens, conds):
+            loss, logs = stage1_fake_loss(base, cfg, cond, n, sigmas, gen)
+            fake_logs.append(logs)
+            yield loss
+
+    loss_f, _ = optim.accumulated_step(state.opt_f, fake_losses(), len(chunks), state.fake, cfg.grad_clip,
+                                       step, "loss_fake")
+    logs = {**mean_logs(fake_logs), "loss_fake": loss_f}
     if (step + 1) % cfg.num_fake_per_gen == 0:
         guidance = base.default_cfg if cfg.cfg is None else cfg.cfg
-        loss_g, gen_logs = stage1_generator_loss(base, cfg, cond, n, sigmas, gen, guidance)
-        gen_logs["gen/grad_norm"] = optim.optimizer_step(state.opt_g, loss_g, state.student, cfg.grad_clip,
-                                                         step, "loss_dm")
-        logs.update(gen_logs)
+        gen_logs: list[dict[str, float]] = []
+
+        def generator_losses() -> Iterator[Tensor]:
+            for gen, (cond, n) in zip(gens, conds):
+                loss, logs_c = stage1_generator_loss(base, cfg, cond, n, sigmas, gen, guidance)
+                gen_logs.append(logs_c)
+                yield loss
+
+        _, norm = optim.accumulated_step(state.opt_g, generator_losses(), len(chunks), state.student,
+                                         cfg.grad_clip, step, "loss_dm")
+        logs.update(mean_logs(gen_logs), **{"gen/grad_norm": norm})
     state.ema.update()
     return logs
+
+
+def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key means of the micro-batches' scalar logs (equal-size micro-batches: the step's mean)."""
+    if len(logs) == 1:
+        return logs[0]
+    return {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}

@@ -32,6 +32,12 @@ def dmd_generator_loss(x: Tensor, g: Tensor) -> Tensor:
     return 0.5 * ((x - target) ** 2).mean()
 
 
+def dmd_generator_loss_per_row(x: Tensor, g: Tensor) -> Tensor:
+    """(B,) 0.5 * mean_d (x - sg(x - g))^2 per sample; its mean over rows is `dmd_generator_loss`."""
+    target = (x - g).detach()
+    return 0.5 * ((x - target) ** 2).flatten(1).mean(dim=1)
+
+
 def flow_matching_loss(v_pred: Tensor, x0: Tensor, noise: Tensor, weight: Tensor | None = None) -> Tensor:
     """Fake-score loss: mean_b w_b * mean_d (v - (noise - x0))^2.  weight: (B,) or None."""
     per = ((v_pred - (noise - x0)) ** 2).flatten(1).mean(dim=1)  # (B,)

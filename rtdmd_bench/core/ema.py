@@ -18,9 +18,12 @@ class EMA:
         self.shadow = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - self.decay)
+    def update(self, repeats: int = 1) -> None:
+        """`repeats` successive updates towards the same parameters (RTDMD's stage-2 EMA wrapper is
+        stepped once per gradient-accumulation micro-batch between two optimiser steps)."""
+        for _ in range(repeats):
+            for s, p in zip(self.shadow, self.params):
+                s.lerp_(p.detach(), 1 - self.decay)
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:

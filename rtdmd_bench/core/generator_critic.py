@@ -8,7 +8,7 @@ Composed by methods (`self.nets = GeneratorCritic(cfg, base)`), never inherited 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from torch import Tensor
@@ -106,14 +106,19 @@ class GeneratorCritic:
         v = self.fake_velocity(sampling.add_noise(x0, noise, t), t, cond, step_index)
         return dmd.flow_matching_loss(v, x0, noise)
 
-    def generator_step(self, loss: Tensor, step: int, name: str) -> float:
-        """One guarded generator optimiser step, then the EMA; returns the gradient norm."""
-        norm = optim.optimizer_step(self.opt_g, loss, self.student_params, self.cfg.grad_clip, step, name)
+    def generator_step(self, losses: Tensor | Iterable[Tensor], count: int, step: int, name: str
+                       ) -> tuple[float, float]:
+        """One guarded generator optimiser step on one loss or `count` micro-batch losses (lazy),
+        then the EMA; returns (mean loss, gradient norm)."""
+        losses = [losses] if isinstance(losses, Tensor) else losses
+        out = optim.accumulated_step(self.opt_g, losses, count, self.student_params, self.cfg.grad_clip, step, name)
         self.ema.update()
-        return norm
+        return out
 
-    def fake_step(self, loss: Tensor, step: int, name: str = "loss_fake") -> float:
-        return optim.optimizer_step(self.opt_f, loss, self.fake_params, self.cfg.grad_clip, step, name)
+    def fake_step(self, losses: Tensor | Iterable[Tensor], count: int, step: int, name: str = "loss_fake") -> float:
+        """One fake-score optimiser step on one loss or `count` micro-batch losses; the mean loss."""
+        losses = [losses] if isinstance(losses, Tensor) else losses
+        return optim.accumulated_step(self.opt_f, losses, count, self.fake_params, self.cfg.grad_clip, step, name)[0]
 
     def state_dict(self) -> dict[str, Any]:
         return {"student": self.base.state_dict("student"), "fake": self.base.state_dict("fake"),

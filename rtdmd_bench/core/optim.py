@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,20 +39,40 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Sequence[nn
                    grad_clip: float | None, step: int, name: str) -> float:
     """zero_grad, backward, clip, step. Checks the loss is finite BEFORE touching the weights.
     Returns the pre-clip gradient norm."""
-    everywhere = _finite_on_every_rank(loss)  # collective: every rank calls it before raising
-    check_finite(step, **{name: loss})
-    if not everywhere:
-        raise NonFiniteLoss(f"loss term {name!r} is not finite on another process at step {step}; the run "
-                            "stops here and keeps its last good checkpoint")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    return accumulated_step(opt, [loss], 1, params, grad_clip, step, name)[1]
+
+
+def accumulated_step(opt: torch.optim.Optimizer, losses: Iterable[Tensor], count: int,
+                     params: Sequence[nn.Parameter], grad_clip: float | None, step: int, name: str
+                     ) -> tuple[float, float]:
+    """One optimiser step on the mean of `count` micro-batch losses (gradient accumulation).
+
+    `losses` is consumed lazily: build each micro-batch's loss inside a generator, so that its
+    graph is freed by its backward before the next one is built (only one micro-batch's
+    activations live at a time). Each loss is checked finite on every rank before its backward;
+    the weights are touched only after all of them. With count = 1 this is the plain step.
+    Returns (mean loss, pre-clip gradient norm)."""
+    total, seen = 0.0, 0
+    for loss in losses:
+        everywhere = _finite_on_every_rank(loss)  # collective: every rank calls it before raising
+        check_finite(step, **{name: loss})
+        if not everywhere:
+            raise NonFiniteLoss(f"loss term {name!r} is not finite on another process at step {step}; the run "
+                                "stops here and keeps its last good checkpoint")
+        if seen == 0:
+            opt.zero_grad(set_to_none=True)
+        (loss if count == 1 else loss / count).backward()
+        total += float(loss.detach()) / count
+        seen += 1
+    if seen != count:
+        raise RuntimeError(f"{name}: {seen} micro-batch losses for {count} micro-batches")
     params = [p for p in params if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the global norm
     check_finite(step, **{f"{name}.grad_norm": norm})
     _state_like_params(opt)
     opt.step()
-    return float(norm)
+    return total, float(norm)
 
 
 def _state_like_params(opt: torch.optim.Optimizer) -> None:

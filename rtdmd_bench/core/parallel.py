@@ -34,13 +34,20 @@ class Shard:
     world: int = 1
     device: str = "cpu"
     """Where collective tensors live (the rank's GPU under nccl)."""
+    micro: int = 1
+    """> 1: a virtual rank, one of `micro` micro-batches of a process (`Batch.chunks`); it owns
+    rows and draws like a rank but takes part in no collective (those run on the process's shard)."""
+
+    def unit(self) -> str:
+        """What the ranks are, for messages."""
+        return "processes" if self.micro == 1 else f"processes x {self.micro} micro-batches (train.micro_batches)"
 
     def rows(self, total: int) -> slice:
         """The rank's block of `total` global rows."""
         if total % self.world:
             raise UserError(f"a training batch of {total} samples cannot be split evenly over {self.world} "
-                            f"processes: make train.batch_size (and, for group methods, its number of "
-                            f"groups batch_size // group_size) a multiple of {self.world}")
+                            f"{self.unit()}: make train.batch_size (and, for group methods, the step's "
+                            f"sample count) a multiple of {self.world}")
         n = total // self.world
         return slice(self.rank * n, (self.rank + 1) * n)
 
@@ -53,8 +60,14 @@ class Shard:
         s = self.rows(t.shape[dim])
         return t.narrow(dim, s.start, s.stop - s.start)
 
+    def _collective(self) -> None:
+        if self.micro > 1:
+            raise RuntimeError("a micro-batch shard takes part in no collective: gather or sum the "
+                               "concatenated micro-batches on the process's shard (Batch.shard)")
+
     def gather(self, t: Tensor) -> Tensor:
         """(n, ...) local rows -> (W n, ...) all ranks' rows in rank order (every rank gets them)."""
+        self._collective()
         if self.world == 1:
             return t
         parts = [torch.empty_like(t) for _ in range(self.world)]
@@ -63,6 +76,7 @@ class Shard:
 
     def mean(self, logs: dict[str, float]) -> dict[str, float]:
         """Scalar logs averaged over ranks (a mean over rows of equal-size shards is the global mean)."""
+        self._collective()
         if self.world == 1 or not logs:
             return logs
         keys = sorted(logs)
@@ -73,6 +87,7 @@ class Shard:
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of a list of floats over ranks (float64)."""
+        self._collective()
         if self.world == 1:
             return list(values)
         v = torch.tensor(list(values), dtype=torch.float64, device=self.device)

@@ -48,11 +48,7 @@ def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, cl
     adv = advantages if adv_clip is None else advantages.clamp(-adv_clip, adv_clip)
     ratio = torch.exp(log_prob - old_log_prob)
     per = -torch.minimum(adv * ratio, adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))  # (B,)
-    if mask is None:
-        return per.mean()
-    m = mask.to(per.dtype)
-    count = m.sum() if kept is None else torch.as_tensor(float(kept))
-    return (per * m).sum() / count.clamp_min(1.0)
+    return masked_mean(per, mask, kept)
 
 
 def choose_subset(num_stochastic: int, size: int, seed: int) -> list[int]:
@@ -77,13 +73,25 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-def group_shared_noise(shape: Sequence[int], prompts: Sequence[str], group_size: int, step: int,
-                       epoch: int, device: torch.device | str = "cpu") -> Tensor:
-    """(B, *shape) noise identical within each group of `group_size` consecutive samples, seeded
-    from (prompt, step, epoch) so every rank draws the same noise for the same group."""
-    out = []
-    for g in range(0, len(prompts), group_size):
-        gen = torch.Generator().manual_seed(stable_seed(prompts[g], step, epoch))
-        z = torch.randn(tuple(shape), generator=gen)
-        out.append(z.expand(group_size, *shape))
-    return torch.cat(out).to(device)
+def group_shared_noise(shape: Sequence[int], prompts: Sequence[str], step: int, epoch: int,
+                       device: torch.device | str = "cpu") -> Tensor:
+    """(B, *shape) noise seeded per row from (prompt, step, epoch): identical for every sample of
+    a prompt wherever its rows live (any rank, any micro-batch), different across prompts (the
+    official `_make_shared_noise` seeds each sample from its prompt's hash, step and epoch)."""
+    cache: dict[str, Tensor] = {}
+    for p in prompts:
+        if p not in cache:
+            gen = torch.Generator().manual_seed(stable_seed(p, step, epoch))
+            cache[p] = torch.randn(tuple(shape), generator=gen)
+    return torch.stack([cache[p] for p in prompts]).to(device)
+
+
+def masked_mean(per_row: Tensor, mask: Tensor | None, kept: float | None = None) -> Tensor:
+    """(B,) -> scalar: the mean over rows where `mask`; `kept` divides the masked sum instead of
+    mask.sum() (data parallelism / micro-batches: the global kept count / the number of ranks, so
+    that averaging the ranks' values gives the global masked mean). No mask: the plain mean."""
+    if mask is None:
+        return per_row.mean()
+    m = mask.to(per_row.dtype)
+    count = m.sum() if kept is None else torch.as_tensor(float(kept))
+    return (per_row * m).sum() / count.clamp_min(1.0)

@@ -37,6 +37,7 @@ from typing import Any, Literal, Mapping, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.clip_based import check_inputs
 from rtdmd_bench.rewards.loading import cached_model
@@ -206,8 +207,9 @@ class GenevalPartial:
     @dataclass
     class Config:
         metadata_path: str = ""
-        """GenEval-style training metadata jsonl whose prompts are trained on (else
-        $RTDMD_BENCH_GENEVAL_TRAIN_METADATA); every prompt scored must be in it."""
+        """GenEval-style training metadata jsonl whose prompts are trained on, or the named set
+        rtdmd:geneval/train_metadata.jsonl (RTDMD's, the real bases' recipes), else
+        $RTDMD_BENCH_GENEVAL_TRAIN_METADATA; every prompt scored must be in it."""
         disjoint_from: str = ""
         """Optional path to GenEval's evaluation_metadata.jsonl: error if any training prompt is in it."""
         form: Literal["rtdmd", "clauses"] = "rtdmd"
@@ -241,6 +243,8 @@ class GenevalPartial:
 
     def _load_metadata(self) -> dict[str, dict[str, Any]]:
         path = self.cfg.metadata_path or os.environ.get("RTDMD_BENCH_GENEVAL_TRAIN_METADATA", "")
+        if path in prompt_files.TRAINING:  # a named public set: its verified download
+            path = str(prompt_files.resolve_source(path, f"--set reward.{self.name.split('[')[0]}.metadata_path"))
         if not path or not Path(path).is_file():
             raise UserError(
                 f"reward {self.name!r} needs GenEval-style training metadata (jsonl with tag/include/"
