@@ -2,7 +2,7 @@
 against independent references: transformers' PIL `CLIPImageProcessor`, torchvision's PIL and
 tensor transforms written as the official scorers and RTDMD write them, on random square and
 non-square images; gradients through the differentiable choices, refusal in the others; the
-reward-level choice by `images.requires_grad`."""
+reward-level choice by `images.requires_grad`; the real-base recipes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from transformers.image_transforms import center_crop as hf_center_crop
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from rtdmd_bench import registry
+from rtdmd_bench.config import resolve_config
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards import pixels as px
 
@@ -238,3 +239,19 @@ def test_defaults_are_the_official_scorers_pipelines():
         assert cls.pipelines[cfg.pixels] == pipe and cfg.pixels_grad == "differentiable", name
         tiny = registry.resolve("rewards", "tiny-" + name).Config()
         assert (tiny.pixels, tiny.pixels_grad) == (cfg.pixels, cfg.pixels_grad), name
+
+
+RECIPE_BASES = ["sd3", "sd35m", "sd35l", "flux2-4b", "flux2-9b", "flux1-dev"]
+
+
+@pytest.mark.parametrize("base", RECIPE_BASES)
+def test_real_base_recipes_use_rtdmds_training_pipelines(base):
+    """RTDMD at 6c3cb03: GRPO scores clipscore through ClipScorer's tensor transform, pickscore
+    through its PIL processor, hpsv2 through preprocess_val on uint8 pixels; back-propagation
+    uses the tensor transforms (bp_mixin)."""
+    want = {"clipscore": ("rtdmd_tensor", "rtdmd_tensor"), "pickscore": ("reference", "rtdmd_tensor"),
+            "hpsv21": ("reference", "rtdmd_tensor")}
+    for method in ("rtdmd", "dmd-rl", "gdmd", "gndmr"):
+        rewards = resolve_config(method, base).rewards
+        for name, (pixels, pixels_grad) in want.items():
+            assert (rewards[name].pixels, rewards[name].pixels_grad) == (pixels, pixels_grad), (method, name)
