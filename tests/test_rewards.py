@@ -233,3 +233,18 @@ def test_official_classes_carry_their_registry_names():
     for name in ("clipscore", "hpsv2", "hpsv21", "pickscore", "aesthetic", "imagereward", "geneval-partial"):
         cls = registry.resolve("rewards", name)
         assert cls.name == name and "stand-in" not in cls.name
+
+
+def test_aesthetic_mlp_runs_in_float32_under_fp16_autocast():
+    """simple_inference.py runs CLIP in fp16 on CUDA but the MLP on a float32 embedding; the
+    suite's fp16 autocast must not reach the MLP (CPU autocast stands in for CUDA here)."""
+    reward = build("tiny-aesthetic")
+    seen = []
+    hook = reward.mlp[0].register_forward_hook(
+        lambda mod, args, out: seen.append((args[0].dtype, out.dtype, torch.is_autocast_enabled("cpu"))))
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            scores = reward(images(2), PROMPTS[:2])
+    finally:
+        hook.remove()
+    assert seen == [(torch.float32, torch.float32, False)] and torch.isfinite(scores).all()
