@@ -9,6 +9,11 @@ benchmark is 4 styles x 800 prompts scored with HPSv2.1 by default, x100 as in i
 A suite run with any scorer other than the official one for its slot (e.g. `tiny-hpsv21`,
 or a reward whose `name` says "stand-in") is named "<suite>[stand-in]", never the official
 name.
+
+Precision and device (recorded in every result): the scorers run on `device` (auto: CUDA when
+present), under fp16 autocast where the reference the suite follows does so on CUDA (the `hpsv2`
+package's score() and evaluation, the aesthetic predictor's CLIP), float32 otherwise and on CPU.
+DrawBench follows RTDMD's evaluation, whose scorers all run in float32.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -35,10 +40,41 @@ HPS_SOURCE = ("the HPSv2 benchmark prompts (HF dataset zhwang/HPDv2, folder benc
               "package's benchmark prompt files): one JSON list (or .txt, one per line) per style")
 
 
-def build_reward(name: str) -> Any:
-    """A reward from the registry with its default config (weights per its own loading rules)."""
+Precision = Literal["auto", "float32", "float16"]
+
+
+def resolve_precision(requested: str, device_type: str, official: str) -> Literal["float32", "float16"]:
+    """The precision a scorer runs in: `auto` = `official` (the reference's precision on CUDA)
+    on CUDA and float32 elsewhere; an explicit float32 / float16 wins. float16 means CUDA
+    autocast, so it needs a CUDA device."""
+    if requested not in ("auto", "float32", "float16") or official not in ("float32", "float16"):
+        raise UserError(f"precision must be auto, float32 or float16; got {requested!r} (official {official!r})")
+    if requested == "auto":
+        return official if device_type == "cuda" else "float32"  # type: ignore[return-value]
+    if requested == "float16" and device_type != "cuda":
+        raise UserError(f"suite.precision=float16 is CUDA fp16 autocast but the scorers run on {device_type}: "
+                        "use precision=auto or float32 there")
+    return requested  # type: ignore[return-value]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` = cuda when available, else cpu; otherwise a torch device string (cuda:1, cpu)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(requested)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"suite.device={requested!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+
+
+def build_reward(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """A reward from the registry with its default config (weights per its own loading rules);
+    `overrides` set config fields the reward has (a reward without pixel pipelines, say, keeps
+    its config; the result records every scorer's config)."""
     cls = registry.resolve("rewards", name)
-    return cls(cls.Config())
+    cfg = cls.Config()
+    known = {k: v for k, v in (overrides or {}).items() if k in {f.name for f in dataclasses.fields(cfg)}}
+    return cls(dataclasses.replace(cfg, **known))
 
 
 def is_stand_in(slot: str, reward_name: str, reward: Any) -> bool:
@@ -46,12 +82,17 @@ def is_stand_in(slot: str, reward_name: str, reward: Any) -> bool:
 
 
 @torch.no_grad()
-def reward_scores(reward: Any, images: Tensor, prompts: Sequence[str], batch_size: int) -> Tensor:
-    """(N,) scores; images (N, 3, H, W) in [0, 1] with one prompt per image."""
+def reward_scores(reward: Any, images: Tensor, prompts: Sequence[str], batch_size: int,
+                  device: torch.device | None = None, precision: str = "float32") -> Tensor:
+    """(N,) scores; images (N, 3, H, W) in [0, 1] with one prompt per image, scored chunk by
+    chunk on `device` (default: where the images are), under fp16 autocast if `precision` is
+    float16."""
     if len(prompts) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images for {len(prompts)} prompts")
-    chunks = [reward(images[i:i + batch_size], list(prompts[i:i + batch_size]))
-              for i in range(0, images.shape[0], batch_size)]
+    device = images.device if device is None else device
+    with torch.autocast(device.type, dtype=torch.float16, enabled=precision == "float16"):
+        chunks = [reward(images[i:i + batch_size].to(device), list(prompts[i:i + batch_size]))
+                  for i in range(0, images.shape[0], batch_size)]
     scores = torch.cat([c.detach().float().reshape(-1) for c in chunks])
     if not torch.isfinite(scores).all():
         raise UserError(f"reward {getattr(reward, 'name', reward)!r} returned non-finite scores")
@@ -81,7 +122,7 @@ def reward_config(reward: Any) -> dict[str, Any]:
 class PreferenceSuite:
     """Mean reward per metric slot over a prompt set. Subclasses set the class attributes
     and a nested `Config` with fields `prompts`, `scorers` (or `scorer`), `batch_size`,
-    `limit`, `seed`; this class does the rest."""
+    `limit`, `seed`, `precision`, `device`; this class does the rest."""
 
     suite_name: str = ""
     official_prompts: str = "drawbench"  # prompt_sets.OFFICIAL key
@@ -89,6 +130,7 @@ class PreferenceSuite:
     scale: float = 1.0
     images_per_prompt = 1
     higher_is_better: dict[str, bool] = {}
+    official_precision: dict[str, str] = {}  # slot -> the reference's precision on CUDA (default float32)
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg or self.Config()  # type: ignore[attr-defined]
@@ -109,12 +151,26 @@ class PreferenceSuite:
 
     def version_string(self) -> str:
         kind = "stand-in:" if self.name.endswith("[stand-in]") else ""
-        return f"{self.suite_name}/{kind}{'+'.join(self.scorer_names())}-1"
+        # -2: official pixel pipelines (uint8 -> PIL / HPSv2 transform) and precision (issue #10)
+        return f"{self.suite_name}/{kind}{'+'.join(self.scorer_names())}-2"
+
+    def scorer_overrides(self, slot: str) -> dict[str, Any]:
+        """Config fields the suite's protocol sets on the reward of `slot` (none by default)."""
+        return {}
+
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    def precisions(self) -> dict[str, str]:
+        """Slot -> the precision its scorer runs in on this suite's device."""
+        kind = self.device().type
+        return {s: resolve_precision(self.cfg.precision, kind, self.official_precision.get(s, "float32"))
+                for s in self.slots}
 
     def rewards(self) -> dict[str, Any]:
         """Slot -> reward, built on first use (missing weights raise the reward's UserError)."""
         if self._rewards is None:
-            self._rewards = {s: build_reward(n) for s, n in zip(self.slots, self.scorer_names())}
+            self._rewards = {s: build_reward(n, self.scorer_overrides(s)) for s, n in zip(self.slots, self.scorer_names())}
             if any(is_stand_in(s, n, self._rewards[s]) for s, n in zip(self.slots, self.scorer_names())):
                 self.name = f"{self.suite_name}[stand-in]"
                 self.version = self.version_string()
@@ -131,16 +187,21 @@ class PreferenceSuite:
             raise UserError(f"{self.name}: expected {self.images_per_prompt} image(s) per prompt, got "
                             f"{images.shape[0]} images for {len(prompts)} prompts")
 
+    def slot_scores(self, slot: str, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """(N,) scores of the slot's reward on this suite's device and precision."""
+        return reward_scores(self.rewards()[slot], images, texts, self.cfg.batch_size, self.device(),
+                             self.precisions()[slot])
+
     def slot_means(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
         texts = per_image(prompts, self.images_per_prompt)
-        return {slot: self.scale * float(reward_scores(r, images, texts, self.cfg.batch_size).mean())
-                for slot, r in self.rewards().items()}
+        return {slot: self.scale * float(self.slot_scores(slot, images, texts).mean()) for slot in self.slots}
 
     def describe(self, ctx: Any = None) -> dict[str, Any]:
         rewards = self.rewards()
         out = {
             "suite": self.name, "version": self.version, "images_per_prompt": self.images_per_prompt,
             **seed_record(self.seed, ctx), "scale": self.scale,
+            "device": str(self.device()), "precision": self.precisions(),
             "scorers": {s: {"reward": n, "name": str(getattr(rewards[s], "name", n)), "config": reward_config(rewards[s])}
                         for s, n in zip(self.slots, self.scorer_names())},
         }
@@ -168,6 +229,12 @@ class SingleRewardConfig:
     """Use only the first N prompts (0 = all)."""
     seed: int = 42
     """Sampling seed of the protocol (RTDMD: 42)."""
+    precision: Precision = "auto"
+    """Scorer precision: auto = the official scorer's on CUDA (fp16 autocast for the aesthetic
+    predictor's CLIP; float32 for ImageReward, PickScore, CLIPScore), float32 on CPU; float16 =
+    CUDA fp16 autocast; float32. Recorded in the result."""
+    device: str = "auto"
+    """Device the scorer runs on: auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
 
 
 def _single_reward_config(name: str) -> type:
@@ -202,6 +269,7 @@ class AestheticSuite(PreferenceSuite):
     Config = _single_reward_config("aesthetic")
     suite_name, slots = "aesthetic", ("aesthetic",)
     higher_is_better = {"aesthetic": True}
+    official_precision = {"aesthetic": "float16"}  # clip.load on CUDA keeps fp16 weights
 
 
 class ClipScoreSuite(PreferenceSuite):
@@ -231,13 +299,31 @@ class DrawBench(PreferenceSuite):
         """Use only the first N prompts (0 = all)."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42)."""
+        scorer_inputs: Literal["rtdmd", "official"] = "rtdmd"
+        """Pixels each scorer sees: rtdmd = as RTDMD's evaluation feeds them (clipscore through its
+        torchvision bilinear transform, aesthetic through CLIPImageProcessor; pickscore, hpsv21 and
+        imagereward through their official pipelines); official = every reward's own default."""
+        precision: Precision = "auto"
+        """Scorer precision: auto = float32 (RTDMD runs every scorer in float32); float16 = CUDA fp16
+        autocast; float32. Recorded in the result."""
+        device: str = "auto"
+        """Device the scorers run on: auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
 
     suite_name = "drawbench"
     slots = ("clipscore", "aesthetic", "pickscore", "hpsv21", "imagereward")
     higher_is_better = {s: True for s in slots}
+    # RTDMD's MultiScorer (rtdmd/rewards/multi_scorer.py): ClipScorer's tensor transform, and
+    # AestheticScorer's CLIPProcessor; the other three go through their official pipelines.
+    rtdmd_inputs: dict[str, dict[str, str]] = {"clipscore": {"pixels": "rtdmd_tensor"},
+                                               "aesthetic": {"pixels": "clip_processor"}}
+
+    def scorer_overrides(self, slot: str) -> dict[str, Any]:
+        return dict(self.rtdmd_inputs.get(slot, {})) if self.cfg.scorer_inputs == "rtdmd" else {}
 
     def version_string(self) -> str:
-        return "drawbench/rtdmd-1" if self.name == "drawbench" else super().version_string()
+        if self.name != "drawbench":
+            return super().version_string()
+        return "drawbench/rtdmd-2" if self.cfg.scorer_inputs == "rtdmd" else "drawbench/rtdmd-official-inputs-2"
 
 
 class HPSv2Suite(PreferenceSuite):
@@ -256,8 +342,14 @@ class HPSv2Suite(PreferenceSuite):
         """Use only the first N prompts of each style (0 = all)."""
         seed: int = 42
         """Sampling seed (one image per prompt)."""
+        precision: Precision = "auto"
+        """Scorer precision: auto = float16 autocast on CUDA (as hpsv2.score() and its benchmark
+        evaluation), float32 on CPU; float16; float32. Recorded in the result."""
+        device: str = "auto"
+        """Device the scorer runs on: auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
 
     suite_name, slots, scale = "hpsv2", ("hpsv2",), 100.0
+    official_precision = {"hpsv2": "float16"}  # torch.cuda.amp.autocast() in img_score.py / evaluation.py
     higher_is_better = {**{s: True for s in HPS_STYLES}, "average": True}
 
     def style_prompts(self) -> dict[str, list[str]]:
@@ -282,8 +374,7 @@ class HPSv2Suite(PreferenceSuite):
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
         self.check(images, prompts)
-        reward = self.rewards()["hpsv2"]
-        scores = self.scale * reward_scores(reward, images, per_image(prompts, 1), self.cfg.batch_size)
+        scores = self.scale * self.slot_scores("hpsv2", images, per_image(prompts, 1))
         metrics, start = {}, 0
         for style, style_prompts in self.style_prompts().items():
             if list(prompts[start:start + len(style_prompts)]) != style_prompts:

@@ -101,11 +101,13 @@ def test_pickscore_divide_by():
     torch.testing.assert_close(rtdmd, full / 26.0, atol=1e-6, rtol=0)
 
 
-def test_hps_scale_and_pad_layout_on_square_images():
-    x = images(2, 32, 32)
+def test_hps_scale_and_reference_equals_float_transform_on_uint8_images():
+    """x100 scales the cosine; on images already on uint8 levels the reference pipeline (uint8 ->
+    HPSv2's preprocess_val) and the float one are the same transform."""
+    x = (images(2, 40, 56) * 255).round() / 255
     base = build("tiny-hpsv2")(x, PROMPTS[:2])
     torch.testing.assert_close(build("tiny-hpsv2", scale=100.0)(x, PROMPTS[:2]), 100 * base, atol=1e-4, rtol=0)
-    torch.testing.assert_close(build("tiny-hpsv2", layout="center_crop")(x, PROMPTS[:2]), base, atol=1e-6, rtol=0)
+    torch.testing.assert_close(build("tiny-hpsv2", pixels="differentiable")(x, PROMPTS[:2]), base, atol=1e-6, rtol=0)
 
 
 def test_bad_inputs_raise():
@@ -231,3 +233,18 @@ def test_official_classes_carry_their_registry_names():
     for name in ("clipscore", "hpsv2", "hpsv21", "pickscore", "aesthetic", "imagereward", "geneval-partial"):
         cls = registry.resolve("rewards", name)
         assert cls.name == name and "stand-in" not in cls.name
+
+
+def test_aesthetic_mlp_runs_in_float32_under_fp16_autocast():
+    """simple_inference.py runs CLIP in fp16 on CUDA but the MLP on a float32 embedding; the
+    suite's fp16 autocast must not reach the MLP (CPU autocast stands in for CUDA here)."""
+    reward = build("tiny-aesthetic")
+    seen = []
+    hook = reward.mlp[0].register_forward_hook(
+        lambda mod, args, out: seen.append((args[0].dtype, out.dtype, torch.is_autocast_enabled("cpu"))))
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            scores = reward(images(2), PROMPTS[:2])
+    finally:
+        hook.remove()
+    assert seen == [(torch.float32, torch.float32, False)] and torch.isfinite(scores).all()

@@ -1,23 +1,18 @@
-"""Reward weights: one clear UserError offline / with an empty folder (no network call),
-preprocessing against independent references, ImageReward constants, head layout and the
-official checkpoint key mapping."""
+"""Reward weights: one clear UserError offline / with an empty folder (no network call), the
+processor's pixel spec, ImageReward constants, head layout and the official checkpoint key
+mapping."""
 
 from __future__ import annotations
 
+import json
 import socket
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torchvision import transforms as T
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards import clip_based, imagereward, tiny
-from rtdmd_bench.rewards.clip_based import (
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Aesthetic, CLIPScore, HPSv2, HPSv21, PickScore, PixelSpec,
-    resize_longer_side_pad, to_model_pixels,
-)
+from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, HPSv21, PickScore, PixelSpec
 from rtdmd_bench.rewards.imagereward import ImageReward
 from rtdmd_bench.rewards.loading import clear_model_cache
 
@@ -77,56 +72,17 @@ def test_env_var_points_at_local_copy(tmp_path, offline_empty_hub, monkeypatch):
     assert str(tmp_path) in str(err.value)
 
 
-# ---- preprocessing ------------------------------------------------------------------
+# ---- preprocessing: tests/test_rewards_pixels.py --------------------------------------
 
-def smooth_image(h: int, w: int) -> torch.Tensor:
-    """Low-frequency image (3, H, W) in [0, 1], quantised to uint8 levels."""
-    g = torch.Generator().manual_seed(0)
-    low = torch.rand(1, 3, 6, 7, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0]
-    return (x * 255).round() / 255
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    return Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-
-@pytest.mark.parametrize("hw", [(300, 400), (512, 512), (180, 150)])
-def test_clip_preprocessing_matches_official_pil_pipeline(hw):
-    """Official: Resize(224, BICUBIC) on PIL, CenterCrop(224), ToTensor, Normalize."""
-    x = smooth_image(*hw)
-    official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                          T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])(to_pil(x))
-    ours = to_model_pixels(x[None], PixelSpec(size=224, crop=224))[0]
-    assert ours.shape == official.shape == (3, 224, 224)
-    diff = (ours - official).abs()
-    # uint8 rounding is ~0.015 in normalised units; interpolation details add a little.
-    assert diff.mean() < 0.01 and diff.max() < 0.08
-
-
-def test_clip_preprocessing_equals_torchvision_tensor_ops():
-    x = smooth_image(300, 400)[None]
-    ref = T.functional.resize(x, 224, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
-    ref = T.functional.normalize(T.functional.center_crop(ref, 224).clamp(0, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    torch.testing.assert_close(to_model_pixels(x, PixelSpec(size=224, crop=224)), ref, atol=1e-5, rtol=0)
-
-
-def test_hps_pad_layout_matches_resize_max_size_on_pil():
-    """HPSv2's ResizeMaxSize: longer side to 224, zero padding centred (floor half left/top)."""
-    x = smooth_image(150, 300)
-    pil = to_pil(x).resize((224, 112), Image.BICUBIC)
-    ref = T.functional.pad(T.functional.to_tensor(pil), [0, 56, 0, 56], fill=0)
-    ours = resize_longer_side_pad(x[None], 224)[0].clamp(0, 1)
-    assert ours.shape == ref.shape == (3, 224, 224)
-    assert (ours[:, :56] == 0).all() and (ours[:, -56:] == 0).all()
-    assert (ours - ref).abs().mean() < 0.005
-
-
-def test_preprocessing_is_differentiable():
-    x = smooth_image(64, 80)[None].requires_grad_(True)
-    out = to_model_pixels(x, PixelSpec(size=32, crop=32, layout="pad"))
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    assert grad.abs().sum() > 0
+def test_processor_json_gives_the_pixel_spec_and_refuses_another_resample(tmp_path):
+    cfg = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
+           "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 3}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    spec = clip_based.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
+    assert spec == PixelSpec(size=224, crop=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**cfg, "resample": 2}))
+    with pytest.raises(UserError, match="bicubic"):
+        clip_based.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
 
 
 # ---- ImageReward ----------------------------------------------------------------------

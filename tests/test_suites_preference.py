@@ -12,7 +12,10 @@ import torch
 from rtdmd_bench import registry
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
-from suites.preference import HPS_STYLES, DrawBench, HPSv2Suite, ImageRewardSuite, PickScoreSuite
+from suites.preference import (
+    HPS_STYLES, AestheticSuite, ClipScoreSuite, DrawBench, HPSv2Suite, ImageRewardSuite, PickScoreSuite,
+    resolve_precision, reward_scores,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DRAWBENCH = DATA / "drawbench" / "test.txt"
@@ -85,6 +88,7 @@ def test_single_reward_suite_is_labelled_and_batch_size_invariant(tmp_path):
     assert r1["suite"] == "imagereward[stand-in]" and "STAND-IN" in r1["note"]
     assert r1["scorers"]["imagereward"]["reward"] == "test-bright" and r1["protocol_seed"] == 42
     assert r1["sampling_seed"] == 0 and "protocol uses seed 42" in r1["note"]
+    assert r1["version"] == "imagereward/stand-in:test-bright-2"
     assert set(out1.higher_is_better) <= set(r1) and out1.images_per_prompt == 1
 
 
@@ -115,7 +119,7 @@ def test_drawbench_five_metrics_at_once_on_the_real_prompts():
 
 def test_drawbench_official_defaults_and_bad_scorer_count():
     suite = DrawBench()
-    assert suite.name == "drawbench" and suite.version == "drawbench/rtdmd-1" and suite.seed == 42
+    assert suite.name == "drawbench" and suite.version == "drawbench/rtdmd-2" and suite.seed == 42
     with pytest.raises(UserError, match="5 scorer names"):
         DrawBench(DrawBench.Config(scorers=("clipscore",)))
 
@@ -192,3 +196,76 @@ def test_drawbench_with_the_registered_tiny_scorers():
     assert result["suite"] == "drawbench[stand-in]" and "stand-in" in result["version"]
     assert all(isinstance(result[k], float) and result[k] == result[k] for k in suite.higher_is_better)
     assert all("stand-in" in v["name"] for v in result["scorers"].values())
+
+
+# ---- precision and device (issue #10 item 12) ------------------------------------------------
+
+@pytest.mark.parametrize("requested, device, official, expected", [
+    ("auto", "cuda", "float16", "float16"), ("auto", "cpu", "float16", "float32"),
+    ("auto", "cuda", "float32", "float32"), ("auto", "mps", "float16", "float32"),
+    ("float32", "cuda", "float16", "float32"), ("float16", "cuda", "float32", "float16"),
+])
+def test_resolve_precision(requested, device, official, expected):
+    assert resolve_precision(requested, device, official) == expected
+
+
+def test_resolve_precision_refuses_fp16_off_cuda_and_unknown_names():
+    with pytest.raises(UserError, match="CUDA"):
+        resolve_precision("float16", "cpu", "float16")
+    with pytest.raises(UserError, match="auto, float32 or float16"):
+        resolve_precision("bfloat16", "cuda", "float16")
+
+
+def test_official_precision_per_suite_on_cuda():
+    """HPSv2 (hpsv2.score / evaluation.py: torch.cuda.amp.autocast) and the aesthetic predictor
+    (clip.load keeps fp16 weights on CUDA) score in fp16; ImageReward, PickScore, CLIPScore and
+    RTDMD's DrawBench (every scorer float32) do not. Resolved for a CUDA device without using it."""
+    cuda = {"device": "cuda"}
+    assert HPSv2Suite(HPSv2Suite.Config(**cuda)).precisions() == {"hpsv2": "float16"}
+    assert AestheticSuite(AestheticSuite.Config(**cuda)).precisions() == {"aesthetic": "float16"}
+    for cls in (ImageRewardSuite, PickScoreSuite, ClipScoreSuite):
+        assert set(cls(cls.Config(**cuda)).precisions().values()) == {"float32"}
+    assert set(DrawBench(DrawBench.Config(**cuda)).precisions().values()) == {"float32"}
+    assert HPSv2Suite(HPSv2Suite.Config(device="cuda", precision="float32")).precisions() == {"hpsv2": "float32"}
+    assert HPSv2Suite(HPSv2Suite.Config(device="cpu")).precisions() == {"hpsv2": "float32"}
+
+
+def test_result_json_records_device_and_precision(tmp_path):
+    styles = write_styles(tmp_path, 2)
+    suite = HPSv2Suite(HPSv2Suite.Config(prompts=str(tmp_path), scorer="test-bright", device="cpu"))
+    result = json.loads(json.dumps(suite.score(images_for(8), [p for s in HPS_STYLES for p in styles[s]], CTX)))
+    assert result["precision"] == {"hpsv2": "float32"} and result["device"] == "cpu"
+    fp16 = HPSv2Suite(HPSv2Suite.Config(prompts=str(tmp_path), scorer="test-bright", device="cpu", precision="float16"))
+    with pytest.raises(UserError, match="CUDA"):
+        fp16.score(images_for(8), fp16.prompts(), CTX)
+
+
+class AutocastProbe:
+    """Stand-in reward that reports whether it ran under fp16 autocast (1) or not (0)."""
+
+    name = "test-autocast[stand-in]"
+    differentiable = False
+
+    def __call__(self, images, prompts):
+        on = torch.is_autocast_enabled(images.device.type) and \
+            torch.get_autocast_dtype(images.device.type) == torch.float16
+        return torch.full((images.shape[0],), float(on))
+
+
+def test_reward_scores_runs_under_the_resolved_autocast():
+    x = images_for(3)
+    assert reward_scores(AutocastProbe(), x, ["a", "b", "c"], 2, torch.device("cpu"), "float32").tolist() == [0.0] * 3
+    assert reward_scores(AutocastProbe(), x, ["a", "b", "c"], 2, torch.device("cpu"), "float16").tolist() == [1.0] * 3
+
+
+def test_drawbench_feeds_the_scorers_as_rtdmds_evaluation():
+    """RTDMD's MultiScorer: ClipScorer's tensor transform and AestheticScorer's CLIPProcessor;
+    PickScore, HPSv2 and ImageReward through their official pipelines."""
+    scorers = ("tiny-clipscore", "tiny-aesthetic", "tiny-pickscore", "tiny-hpsv21", "tiny-imagereward")
+    rtdmd = DrawBench(DrawBench.Config(scorers=scorers)).rewards()
+    assert {s: r.cfg.pixels for s, r in rtdmd.items()} == {
+        "clipscore": "rtdmd_tensor", "aesthetic": "clip_processor", "pickscore": "reference",
+        "hpsv21": "reference", "imagereward": "reference"}
+    official = DrawBench(DrawBench.Config(scorers=scorers, scorer_inputs="official")).rewards()
+    assert {r.cfg.pixels for r in official.values()} == {"reference"}
+    assert DrawBench(DrawBench.Config(scorer_inputs="official")).version == "drawbench/rtdmd-official-inputs-2"

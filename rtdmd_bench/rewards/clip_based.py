@@ -1,16 +1,10 @@
 """CLIP-family rewards: CLIPScore, HPSv2 / HPSv2.1, PickScore, LAION aesthetic v2.
 
-All four score images given as torch tensors in [0, 1], (B, 3, H, W); preprocessing stays in
-torch so gradients reach the image (no PIL in the graph). Protocols: ../shared/PROTOCOLS.md.
-
-Preprocessing vs the official pipelines. The official ones run PIL on uint8 images:
-`Resize(shorter side, BICUBIC)` (PIL filters antialias when downscaling), `CenterCrop`,
-`ToTensor`, `Normalize(mean, std)`. Here: `F.interpolate(mode="bicubic", antialias=True)`
-(PyTorch's antialiased bicubic follows PIL's filter; it differs by interpolation rounding and
-the missing uint8 quantisation, ~1/255 per pixel), a clamp to [0, 1] (PIL saturates bicubic
-overshoot at 0 and 255), torchvision's crop offsets, then the model's mean/std. HPSv2's
-official eval transform is not a centre crop but `ResizeMaxSize` (longer side to 224,
-zero padding); both are identical on square images and both are offered.
+All four score images given as torch tensors in [0, 1], (B, 3, H, W). How the pixels reach the
+model is a named pipeline per reward (`pixels` for images without gradients, `pixels_grad` for
+images that carry them): the official scorer's exact PIL/uint8 path, a differentiable torch
+approximation of it, or RTDMD's tensor transforms; see rtdmd_bench.rewards.pixels.
+Protocols: ../shared/PROTOCOLS.md.
 """
 
 from __future__ import annotations
@@ -29,87 +23,11 @@ from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
     torch_dtype,
 )
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes in processor json
-
-
-# ---------------------------------------------------------------------------------------
-# Differentiable preprocessing.
-
-@dataclass(frozen=True)
-class PixelSpec:
-    """How a scorer turns [0, 1] images into its model's input."""
-
-    size: int  # target of the resize (shorter side for centre_crop, longer side for pad)
-    crop: int  # output side length
-    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
-    std: tuple[float, ...] = OPENAI_CLIP_STD
-    mode: str = "bicubic"  # interpolation of the official transform
-    layout: Literal["center_crop", "pad"] = "center_crop"
-    antialias: bool = True  # True mimics PIL's downscaling filter
-
-
-def resize_shorter_side(images: Tensor, size: int, mode: str = "bicubic",
-                        antialias: bool = True) -> Tensor:
-    """(B, C, H, W) -> (B, C, h, w) with min(h, w) = size, the longer side scaled and
-    truncated to int as torchvision `Resize(int)` and CLIPImageProcessor do."""
-    h, w = images.shape[-2:]
-    short, long = min(h, w), max(h, w)
-    new_long = int(size * long / short)
-    new_hw = (size, new_long) if h <= w else (new_long, size)
-    if new_hw == (h, w):
-        return images
-    return F.interpolate(images, size=new_hw, mode=mode, align_corners=False, antialias=antialias)
-
-
-def center_crop(images: Tensor, size: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, size, size) with torchvision's offsets round((H - size) / 2)."""
-    h, w = images.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
-
-
-def resize_longer_side_pad(images: Tensor, size: int, mode: str = "bicubic",
-                           antialias: bool = True, fill: float = 0.0) -> Tensor:
-    """HPSv2's `ResizeMaxSize`: longer side to `size`, then pad (left/top get the floor half)
-    with `fill` to (B, C, size, size)."""
-    h, w = images.shape[-2:]
-    scale = size / max(h, w)
-    new_h, new_w = round(h * scale), round(w * scale)
-    if (new_h, new_w) != (h, w):
-        images = F.interpolate(images, size=(new_h, new_w), mode=mode, align_corners=False,
-                               antialias=antialias)
-    pad_h, pad_w = size - new_h, size - new_w
-    return F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
-                 value=fill)
-
-
-def to_model_pixels(images: Tensor, spec: PixelSpec) -> Tensor:
-    """[0, 1] images (B, 3, H, W) -> normalised model input (B, 3, crop, crop), float32
-    (preprocessing stays in float32 whatever the model dtype; callers cast the result)."""
-    images = images.float()
-    if spec.layout == "pad":
-        x = resize_longer_side_pad(images, spec.size, spec.mode, spec.antialias)
-    else:
-        x = center_crop(resize_shorter_side(images, spec.size, spec.mode, spec.antialias), spec.crop)
-    x = x.clamp(0.0, 1.0)  # PIL saturates bicubic overshoot
-    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def pixel_spec_from_processor(path: Path, mode: str | None = None) -> PixelSpec:
-    """Read size, crop, mean, std and resampling from a HF `preprocessor_config.json`."""
-    cfg = json.loads(Path(path).read_text())
-    size, crop = cfg["size"], cfg.get("crop_size", cfg["size"])
-    size = size["shortest_edge"] if isinstance(size, dict) else int(size)
-    crop = crop["height"] if isinstance(crop, dict) else int(crop)
-    resample = mode or _PIL_RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic")
-    return PixelSpec(size=size, crop=crop, mean=tuple(cfg["image_mean"]),
-                     std=tuple(cfg["image_std"]), mode=resample)
-
+from rtdmd_bench.rewards.pixels import (  # noqa: F401  (OPENAI_CLIP_*: re-exported)
+    AESTHETIC_PIPELINES, HF_CLIP_PIPELINES, HPS_PIPELINES, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, Pipeline, PixelSpec, TowerPixels,
+    check_choices, choose, model_pixels,
+)
 
 # ---------------------------------------------------------------------------------------
 # Dual encoders: the loaded CLIP towers behind one small interface.
@@ -123,15 +41,15 @@ def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], Tensor]:
 
 
 class HFClip(nn.Module):
-    """transformers `CLIPModel` + its tokenizer + pixel spec."""
+    """transformers `CLIPModel` + its tokenizer + the input geometry of its processor."""
 
     def __init__(self, model: nn.Module, tokenizer: object, pixels: PixelSpec) -> None:
         super().__init__()
         self.model, self.tokenizer, self.pixels = model, tokenizer, pixels
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
-    def image_features(self, images: Tensor) -> Tensor:  # (B,3,H,W) in [0,1] -> (B, D)
-        pixels = to_model_pixels(images, self.pixels).to(self.model.logit_scale.dtype)
+    def image_features(self, pixels: Tensor) -> Tensor:  # (B,3,crop,crop) normalised -> (B, D)
+        pixels = pixels.to(self.model.logit_scale.dtype)
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
@@ -151,15 +69,14 @@ class HFClip(nn.Module):
 
 
 class OpenClip(nn.Module):
-    """open_clip `CLIP` + its `SimpleTokenizer` + pixel spec (HPSv2 runs on this)."""
+    """open_clip `CLIP` + its `SimpleTokenizer` + its input geometry (HPSv2 runs on this)."""
 
     def __init__(self, model: nn.Module, tokenizer: Callable, pixels: PixelSpec) -> None:
         super().__init__()
         self.model, self.tokenizer, self.pixels = model, tokenizer, pixels
 
-    def image_features(self, images: Tensor) -> Tensor:  # (B,3,H,W) in [0,1] -> (B, D)
-        pixels = to_model_pixels(images, self.pixels).to(self.model.logit_scale.dtype)
-        return self.model.encode_image(pixels)
+    def image_features(self, pixels: Tensor) -> Tensor:  # (B,3,crop,crop) normalised -> (B, D)
+        return self.model.encode_image(pixels.to(self.model.logit_scale.dtype))
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
         unique, index = unique_prompts(prompts)
@@ -215,12 +132,19 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:  # (B, D), (B, D) -> (B,)
     return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
 
 
+def pixels_for(table: dict[str, Pipeline], cfg: object, spec: PixelSpec, images: Tensor) -> Tensor:
+    """The model input of `images` under the reward's configured pipeline: `cfg.pixels_grad`
+    when the images carry gradients, else `cfg.pixels` (both names in `table`)."""
+    return model_pixels(images, spec, choose(table, images, cfg.pixels, cfg.pixels_grad))
+
+
 # ---------------------------------------------------------------------------------------
 # Weight specs and loaders of the real models.
 
 # tokenizer.json (transformers 5 saves only it) or the older vocab.json + merges.txt pair.
 _TOKENIZER_FILES = ("tokenizer.json|vocab.json", "tokenizer_config.json", "preprocessor_config.json")
 _HF_WEIGHTS = ("config.json", "model.safetensors|pytorch_model.bin")
+_PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as processor json files store it
 
 
 def clip_spec(reward: str, hub_id: str, env: str, field: str) -> WeightSpec:
@@ -228,17 +152,27 @@ def clip_spec(reward: str, hub_id: str, env: str, field: str) -> WeightSpec:
                       _HF_WEIGHTS + _TOKENIZER_FILES, env, field)
 
 
-def load_hf_clip(model_dir: Path, processor_dir: Path, dtype: str, mode: str | None = None) -> HFClip:
+def pixel_spec_from_processor(path: Path) -> PixelSpec:
+    """Size, crop, mean and std from a HF `preprocessor_config.json`. Every pipeline here
+    resizes bicubic as the CLIP processors do; another resample is refused, not ignored."""
+    cfg = json.loads(Path(path).read_text())
+    if int(cfg.get("resample", _PIL_BICUBIC)) != _PIL_BICUBIC:
+        raise UserError(f"{path}: resample={cfg['resample']} but the CLIP rewards follow a bicubic "
+                        f"processor ({_PIL_BICUBIC}); is this the right processor?")
+    size, crop = cfg["size"], cfg.get("crop_size", cfg["size"])
+    size = size["shortest_edge"] if isinstance(size, dict) else int(size)
+    crop = crop["height"] if isinstance(crop, dict) else int(crop)
+    return PixelSpec(size=size, crop=crop, mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
+
+
+def load_hf_clip(model_dir: Path, processor_dir: Path, dtype: str) -> HFClip:
     """transformers CLIP from local folders (already resolved: no hub access here)."""
     from transformers import CLIPModel, CLIPTokenizer
 
     model = CLIPModel.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
     tokenizer = CLIPTokenizer.from_pretrained(str(processor_dir))
-    pixels = pixel_spec_from_processor(processor_dir / "preprocessor_config.json", mode)
+    pixels = pixel_spec_from_processor(processor_dir / "preprocessor_config.json")
     return frozen(HFClip(model, tokenizer, pixels), torch_dtype(dtype))
-
-
-Interp = Literal["bicubic", "bilinear"]
 
 
 class CLIPScore:
@@ -254,8 +188,16 @@ class CLIPScore:
         """Local folder with the model + processor files (else $RTDMD_BENCH_CLIP_PATH, else hub)."""
         convention: Literal["raw_cosine", "torchmetrics"] = "raw_cosine"
         """Scale: raw cosine (RTDMD) or max(100 cos, 0) (torchmetrics CLIPScore)."""
-        interpolation: Interp = "bicubic"
-        """Resize filter: bicubic as CLIPImageProcessor (RTDMD's tensor transform used bilinear)."""
+        pixels: HFClipPixels = "reference"
+        """Pixel pipeline for images without gradients (GRPO scoring, evaluation): reference (=
+        clip_processor) = uint8 -> PIL -> the model's CLIPImageProcessor (bicubic, floor crop offsets),
+        as torchmetrics' CLIPScore; differentiable = torch bicubic + clamp + floor crop; rtdmd_tensor =
+        RTDMD's ClipScorer transform (torchvision bilinear Resize, rounded CenterCrop, no clamp);
+        rtdmd_tensor_uint8 = the same on images rounded to uint8, RTDMD's GRPO scoring (the real-base
+        recipes set it). See rtdmd_bench/rewards/pixels.py."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline for images that carry gradients (reward back-propagation): differentiable
+        (approximates the reference) or rtdmd_tensor (RTDMD's back-propagation path)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
         batch_size: int = 16
@@ -263,9 +205,11 @@ class CLIPScore:
 
     name = "clipscore"
     differentiable = True
+    pipelines = HF_CLIP_PIPELINES
 
     def __init__(self, cfg: "CLIPScore.Config | None" = None) -> None:
         self.cfg = cfg or self.Config()
+        check_choices(self.name, self.pipelines, self.cfg.pixels, self.cfg.pixels_grad)
         self.encoder = self._load()
 
     def _load(self) -> nn.Module:
@@ -275,12 +219,13 @@ class CLIPScore:
         def build() -> HFClip:
             (files,) = resolve_files([(spec, c.local_path, c.model_id)])
             folder = folder_of(files)
-            return load_hf_clip(folder, folder, c.dtype, c.interpolation)
-        return cached_model("hf-clip", _ClipKey(c.model_id, c.local_path, c.dtype, c.interpolation), build)
+            return load_hf_clip(folder, folder, c.dtype)
+        return cached_model("hf-clip", _ClipKey(c.model_id, c.local_path, c.dtype), build)
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         enc, images = placed(self.encoder, images)
-        cos = cosine(enc.image_features(images), enc.text_features(prompts))
+        pixels = pixels_for(self.pipelines, self.cfg, enc.pixels, images)
+        cos = cosine(enc.image_features(pixels), enc.text_features(prompts))
         return (100.0 * cos).clamp(min=0.0) if self.cfg.convention == "torchmetrics" else cos
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
@@ -294,7 +239,6 @@ class _ClipKey:
     model_id: str
     local_path: str
     dtype: str
-    interpolation: str
 
 
 class PickScore:
@@ -313,6 +257,15 @@ class PickScore:
         """Local folder with the processor files (else $RTDMD_BENCH_PICKSCORE_PROCESSOR_PATH, else hub)."""
         divide_by: float = 1.0
         """Score scale divisor: 1 = PickScore as reported; 26 = RTDMD's training reward."""
+        pixels: HFClipPixels = "reference"
+        """Pixel pipeline for images without gradients: reference (= clip_processor) = uint8 -> PIL ->
+        the CLIP-H CLIPImageProcessor (bicubic, floor crop offsets), as PickScore's reference usage and
+        RTDMD's GRPO scorer; differentiable = torch bicubic + clamp + floor crop; rtdmd_tensor = RTDMD's
+        back-propagation transform (torchvision bilinear Resize, rounded CenterCrop, no clamp);
+        rtdmd_tensor_uint8 = that on images rounded to uint8."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline for images that carry gradients: differentiable (approximates the reference)
+        or rtdmd_tensor (RTDMD's back-propagation: torchvision bilinear, its official recipes set it)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
         batch_size: int = 16
@@ -320,11 +273,13 @@ class PickScore:
 
     name = "pickscore"
     differentiable = True
+    pipelines = HF_CLIP_PIPELINES
 
     def __init__(self, cfg: "PickScore.Config | None" = None) -> None:
         self.cfg = cfg or self.Config()
         if self.cfg.divide_by <= 0:
             raise ValueError(f"pickscore divide_by must be > 0, got {self.cfg.divide_by}")
+        check_choices(self.name, self.pipelines, self.cfg.pixels, self.cfg.pixels_grad)
         self.encoder = self._load()
 
     def _load(self) -> nn.Module:
@@ -342,7 +297,8 @@ class PickScore:
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         enc, images = placed(self.encoder, images)
-        cos = cosine(enc.image_features(images), enc.text_features(prompts))
+        pixels = pixels_for(self.pipelines, self.cfg, enc.pixels, images)
+        cos = cosine(enc.image_features(pixels), enc.text_features(prompts))
         return enc.logit_scale.exp().float() * cos / self.cfg.divide_by
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
@@ -364,8 +320,13 @@ class HPSv2:
         """Local folder holding the checkpoint, or the .pt file (else $RTDMD_BENCH_HPSV2_PATH)."""
         arch: str = "ViT-H-14"
         """open_clip architecture the checkpoint belongs to (its config ships with open_clip)."""
-        layout: Literal["pad", "center_crop"] = "pad"
-        """Image layout: HPSv2's eval transform pads the longer side to 224 (same on squares)."""
+        pixels: TowerPixels = "reference"
+        """Pixel pipeline for images without gradients: reference = uint8 -> HPSv2's preprocess_val
+        (ToTensor, tensor bicubic antialiased resize of the longer side, zero padding, no clamp), as
+        hpsv2.score() and RTDMD's GRPO scorer; differentiable = rtdmd_tensor = the same transform on
+        the float images (RTDMD's back-propagation)."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline for images that carry gradients (both choices are HPSv2's own transform)."""
         scale: float = 1.0
         """Multiply the cosine: 1 (training, ~0.28) or 100 (benchmark tables)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -375,9 +336,11 @@ class HPSv2:
 
     name = "hpsv2"
     differentiable = True
+    pipelines = HPS_PIPELINES
 
     def __init__(self, cfg: "HPSv2.Config | None" = None) -> None:
         self.cfg = cfg or self.Config()
+        check_choices(self.name, self.pipelines, self.cfg.pixels, self.cfg.pixels_grad)
         self.encoder = self._load()
 
     def _load(self) -> nn.Module:
@@ -395,14 +358,14 @@ class HPSv2:
             model = open_clip.CLIP(**arch)
             load_strict(model, load_torch_state(files[c.checkpoint]), f"{c.checkpoint} (open_clip {c.arch})")
             size = arch["vision_cfg"]["image_size"]
-            pixels = PixelSpec(size=size, crop=size, layout=c.layout)
             tok = open_clip.SimpleTokenizer(context_length=arch["text_cfg"]["context_length"])
-            return frozen(OpenClip(model, tok, pixels), torch_dtype(c.dtype))
+            return frozen(OpenClip(model, tok, PixelSpec(size=size, crop=size)), torch_dtype(c.dtype))
         return cached_model("hpsv2", c, build)
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         enc, images = placed(self.encoder, images)
-        return self.cfg.scale * cosine(enc.image_features(images), enc.text_features(prompts))
+        pixels = pixels_for(self.pipelines, self.cfg, enc.pixels, images)
+        return self.cfg.scale * cosine(enc.image_features(pixels), enc.text_features(prompts))
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)
@@ -435,6 +398,14 @@ class Aesthetic:
         """The MLP checkpoint file name."""
         local_path: str = ""
         """Local folder or file of the MLP (else $RTDMD_BENCH_AESTHETIC_PATH, else hub)."""
+        pixels: AestheticPixels = "reference"
+        """Pixel pipeline for images without gradients: reference = OpenAI `clip` preprocess as the
+        predictor's simple_inference.py (uint8 -> PIL -> torchvision Resize(BICUBIC) + CenterCrop,
+        rounded crop offsets); clip_processor = uint8 -> PIL -> CLIPImageProcessor (floor offsets;
+        RTDMD's aesthetic scorer); differentiable = torch bicubic + clamp + rounded crop."""
+        pixels_grad: AestheticGradPixels = "differentiable"
+        """Pixel pipeline for images that carry gradients (only differentiable: RTDMD never
+        back-propagates through this reward)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
         batch_size: int = 16
@@ -442,9 +413,11 @@ class Aesthetic:
 
     name = "aesthetic"
     differentiable = True
+    pipelines = AESTHETIC_PIPELINES
 
     def __init__(self, cfg: "Aesthetic.Config | None" = None) -> None:
         self.cfg = cfg or self.Config()
+        check_choices(self.name, self.pipelines, self.cfg.pixels, self.cfg.pixels_grad)
         self.encoder, self.mlp = self._load()
 
     def _load(self) -> tuple[nn.Module, nn.Module]:
@@ -457,16 +430,20 @@ class Aesthetic:
             clip_files, mlp_files = resolve_files([(clip, c.clip_path, c.clip_model_id),
                                                    (mlp_spec, c.local_path, c.mlp_hub_id)])
             folder = folder_of(clip_files)
-            encoder = cached_model("hf-clip", _ClipKey(c.clip_model_id, c.clip_path, c.dtype, "bicubic"),
-                                   lambda: load_hf_clip(folder, folder, c.dtype, "bicubic"))
+            encoder = cached_model("hf-clip", _ClipKey(c.clip_model_id, c.clip_path, c.dtype),
+                                   lambda: load_hf_clip(folder, folder, c.dtype))
             return encoder, load_aesthetic_mlp(mlp_files[c.mlp_file], c.dtype)
         return cached_model("aesthetic", c, build)
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         enc, images = placed(self.encoder, images)
         mlp, _ = placed(self.mlp, images)
-        emb = F.normalize(enc.image_features(images), dim=-1)  # (B, 768), L2-normalised
-        return mlp(emb).squeeze(-1)
+        pixels = pixels_for(self.pipelines, self.cfg, enc.pixels, images)
+        emb = F.normalize(enc.image_features(pixels), dim=-1)  # (B, 768), L2-normalised
+        # The original runs the MLP in float32 even where CLIP runs in fp16 (simple_inference.py
+        # casts the embedding to torch.cuda.FloatTensor): keep autocast off here.
+        with torch.autocast(images.device.type, enabled=False):
+            return mlp(emb.to(next(mlp.parameters()).dtype)).squeeze(-1)
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)

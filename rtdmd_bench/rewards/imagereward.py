@@ -8,8 +8,9 @@ with the prompt padded/truncated to 35 bert-base-uncased tokens. The `image-rewa
 cannot be imported alongside transformers 5, so the checkpoint `ImageReward.pt` is loaded
 into `BlipVisionModel` + `BlipTextModel` through an explicit key mapping (written here from
 the key layouts of BLIP's vit.py/med.py and transformers' BLIP modules).
-Preprocessing: Resize(224, BICUBIC) + CenterCrop(224) + OpenAI CLIP mean/std, done in torch
-(see rtdmd_bench.rewards.clip_based for how that differs from the PIL original).
+Preprocessing: the official `_transform` (torchvision Resize(224, BICUBIC) + CenterCrop(224) on
+the PIL image, OpenAI CLIP mean/std) or a differentiable stand-in for it, chosen by the `pixels` /
+`pixels_grad` fields (rtdmd_bench.rewards.pixels).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.clip_based import PixelSpec, batched, placed, preference_mlp, to_model_pixels
+from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed, preference_mlp
 from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
     torch_dtype,
 )
+from rtdmd_bench.rewards.pixels import IMAGEREWARD_PIPELINES, GradPixels, PixelSpec, TowerPixels, check_choices
 
 REWARD_MEAN = 0.16717362830052426  # ImageReward.mean: subtracted from the MLP output
 REWARD_STD = 1.0333394966054072  # ImageReward.std: divides it
@@ -116,8 +118,8 @@ class ImageRewardModel(nn.Module):
         self.vision, self.text, self.mlp = vision, text, mlp
         self.tokenizer, self.pixels = tokenizer, pixels
 
-    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,3,H,W) -> (B,)
-        pixels = to_model_pixels(images, self.pixels).to(self.vision.dtype)
+    def forward(self, pixels: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,3,224,224) normalised -> (B,)
+        pixels = pixels.to(self.vision.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state  # (B, 1+N, Dv)
         tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=PROMPT_TOKENS, return_tensors="pt")
@@ -168,6 +170,13 @@ class ImageReward:
         """Repo of the BERT tokenizer BLIP uses."""
         tokenizer_path: str = ""
         """Local folder with its vocab.txt (else $RTDMD_BENCH_BERT_TOKENIZER_PATH, else hub)."""
+        pixels: TowerPixels = "reference"
+        """Pixel pipeline for images without gradients: reference = ImageReward's `_transform` (uint8 ->
+        PIL -> torchvision Resize(224, BICUBIC) + CenterCrop, rounded offsets), as ImageReward.score and
+        RTDMD's scorer; differentiable = torch bicubic + clamp + rounded crop; rtdmd_tensor = RTDMD's
+        back-propagation fallback (F.interpolate to 224x224, bicubic, no antialias, no crop)."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline for images that carry gradients: differentiable or rtdmd_tensor (see `pixels`)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; the head output is normalised in float32."""
         batch_size: int = 16
@@ -175,9 +184,11 @@ class ImageReward:
 
     name = "imagereward"
     differentiable = True
+    pipelines = IMAGEREWARD_PIPELINES
 
     def __init__(self, cfg: "ImageReward.Config | None" = None) -> None:
         self.cfg = cfg or self.Config()
+        check_choices(self.name, self.pipelines, self.cfg.pixels, self.cfg.pixels_grad)
         self.model = self._load()
 
     def _load(self) -> nn.Module:
@@ -203,7 +214,7 @@ class ImageReward:
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         model, images = placed(self.model, images)
-        return model(images, prompts)
+        return model(pixels_for(self.pipelines, self.cfg, model.pixels, images), prompts)
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)

@@ -7,8 +7,8 @@ id, the config field / environment variable that points at a local copy, and the
 that downloads it. `HF_HUB_OFFLINE=1` is honoured by never leaving the local hub cache
 (`local_files_only=True`), so the check makes no network call.
 
-Loaded models are cached per process keyed by the scorer's config (batch size excluded:
-it changes how calls are split, not the weights), so building the same reward twice, e.g.
+Loaded models are cached per process keyed by the scorer's config (batch size and pixel
+pipelines excluded: they change how calls are made, not the weights), so building the same reward twice, e.g.
 once for training and once inside an evaluation suite, loads the weights once.
 """
 
@@ -180,7 +180,8 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
 # Per-process model cache keyed by config.
 
 _MODELS: dict[tuple[str, str], Any] = {}
-_NOT_WEIGHTS = ("batch_size",)  # fields that do not change what is loaded
+# Fields that do not change what is loaded (pixel pipelines are applied per call).
+_NOT_WEIGHTS = ("batch_size", "pixels", "pixels_grad")
 
 
 def config_key(cfg: Any) -> str:

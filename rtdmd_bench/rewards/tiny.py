@@ -15,12 +15,13 @@ from typing import Any, Callable, Literal, TypeVar
 import torch
 from torch import nn
 
-from rtdmd_bench.rewards.clip_based import (
-    Aesthetic, CLIPScore, HFClip, HPSv2, OpenClip, PickScore, PixelSpec, preference_mlp,
-)
+from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HFClip, HPSv2, OpenClip, PickScore, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
 from rtdmd_bench.rewards.imagereward import ImageReward, blip_tokenizer, build_model
 from rtdmd_bench.rewards.loading import cached_model, frozen, torch_dtype
+from rtdmd_bench.rewards.pixels import (
+    AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, PixelSpec, TowerPixels,
+)
 
 T = TypeVar("T")
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -95,7 +96,7 @@ def tiny_hf_clip(size: TinySize) -> HFClip:
     return HFClip(model, tok, PixelSpec(size=size.image_size, crop=size.image_size))
 
 
-def tiny_open_clip(size: TinySize, layout: Literal["pad", "center_crop"]) -> OpenClip:
+def tiny_open_clip(size: TinySize) -> OpenClip:
     """open_clip `CLIP` with a tiny random config; its bundled BPE tokenizer (no download)."""
     import open_clip
 
@@ -105,7 +106,7 @@ def tiny_open_clip(size: TinySize, layout: Literal["pad", "center_crop"]) -> Ope
                         head_width=size.width // size.heads, patch_size=size.patch_size),
         text_cfg=dict(context_length=77, vocab_size=49408, width=size.width, heads=size.heads,
                       layers=size.layers)))
-    pixels = PixelSpec(size=size.image_size, crop=size.image_size, layout=layout)
+    pixels = PixelSpec(size=size.image_size, crop=size.image_size)
     return OpenClip(model, open_clip.SimpleTokenizer(context_length=77), pixels)
 
 
@@ -136,6 +137,10 @@ class TinyCLIPScore(CLIPScore):
         """Seed of the random weights (same seed, same scores)."""
         convention: Literal["raw_cosine", "torchmetrics"] = "raw_cosine"
         """Scale, as in `clipscore`."""
+        pixels: HFClipPixels = "reference"
+        """Pixel pipeline without gradients, as in `clipscore`."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline with gradients, as in `clipscore`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
         batch_size: int = 8
@@ -158,6 +163,10 @@ class TinyPickScore(PickScore):
         """Seed of the random weights."""
         divide_by: float = 1.0
         """Score divisor, as in `pickscore` (RTDMD training: 26)."""
+        pixels: HFClipPixels = "reference"
+        """Pixel pipeline without gradients, as in `pickscore`."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline with gradients, as in `pickscore`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
         batch_size: int = 8
@@ -178,8 +187,10 @@ class TinyHPSv2(HPSv2):
     class Config:
         seed: int = 2
         """Seed of the random weights."""
-        layout: Literal["pad", "center_crop"] = "pad"
-        """Image layout, as in `hpsv2`."""
+        pixels: TowerPixels = "reference"
+        """Pixel pipeline without gradients, as in `hpsv2`."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline with gradients, as in `hpsv2`."""
         scale: float = 1.0
         """Multiply the cosine (100 for benchmark tables)."""
         dtype: _DTYPE = "float32"
@@ -191,8 +202,8 @@ class TinyHPSv2(HPSv2):
 
     def _load(self) -> nn.Module:
         c = self.cfg
-        return cached_model("tiny-open-clip", c, lambda: frozen(
-            tiny_open_clip(TinySize(seed=c.seed), c.layout), torch_dtype(c.dtype)))
+        size = TinySize(seed=c.seed)
+        return cached_model("tiny-open-clip", (size, c.dtype), lambda: frozen(tiny_open_clip(size), torch_dtype(c.dtype)))
 
 
 class TinyHPSv21(TinyHPSv2):
@@ -213,6 +224,10 @@ class TinyAesthetic(Aesthetic):
     class Config:
         seed: int = 3
         """Seed of the random weights."""
+        pixels: AestheticPixels = "reference"
+        """Pixel pipeline without gradients, as in `aesthetic`."""
+        pixels_grad: AestheticGradPixels = "differentiable"
+        """Pixel pipeline with gradients, as in `aesthetic`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
         batch_size: int = 8
@@ -235,6 +250,10 @@ class TinyImageReward(ImageReward):
     class Config:
         seed: int = 4
         """Seed of the random weights."""
+        pixels: TowerPixels = "reference"
+        """Pixel pipeline without gradients, as in `imagereward`."""
+        pixels_grad: GradPixels = "differentiable"
+        """Pixel pipeline with gradients, as in `imagereward`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
         batch_size: int = 8
