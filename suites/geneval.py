@@ -3,7 +3,7 @@
 553 prompts from the official `evaluation_metadata.jsonl`, 4 images per prompt, the official
 thresholds and rules (suites/geneval_rules.py). The detector is transformers' Mask2Former
 Swin-S COCO instance model, not the official mmdet one, so results are versioned
-"geneval/transformers-m2f-1" and carry a note saying so. With the tiny random stand-in models
+"geneval/transformers-m2f-2" and carry a note saying so. With the tiny random stand-in models
 the suite is named "geneval[stand-in]" and is never reported under the official name.
 """
 
@@ -25,8 +25,9 @@ from suites.geneval_detector import (DETECTOR_HUB_ID, DetectorSettings, Mask2For
                                      load_mask2former, tiny_clip, tiny_mask2former)
 from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 
-VERSION = "geneval/transformers-m2f-1"
-STAND_IN_VERSION = "geneval/stand-in-1"
+# -2: PIL-exact colour crop transform, float32 thresholds, summary_scores.py's figures.
+VERSION = "geneval/transformers-m2f-2"
+STAND_IN_VERSION = "geneval/stand-in-2"
 NOTE = ("GenEval rules and thresholds as in djghosh13/geneval; detector = transformers "
         f"Mask2Former ({DETECTOR_HUB_ID}) with mmdet-style instance post-processing instead of the "
         "official mmdet model, so scores are not directly comparable with published GenEval numbers")
@@ -60,7 +61,8 @@ class GenEval:
     name = "geneval"
     version = VERSION
     images_per_prompt = 4
-    higher_is_better = {**{t: True for t in TAGS}, "overall": True, "prompt_accuracy": True}
+    higher_is_better = {**{t: True for t in TAGS}, "overall": True, "correct_images": True,
+                        "correct_prompts": True, "prompts_all_images_correct": True}
 
     def __init__(self, cfg: "GenEval.Config | None" = None, detector: Any = None, colour_fn: ColourFn | None = None):
         """`detector` (with `detect(images) -> list[list[Detection]]`) and `colour_fn` may be
@@ -116,8 +118,9 @@ class GenEval:
         return out
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
-        """Per-tag image accuracy, overall (unweighted mean of the tags) and the fraction of
-        prompts with all 4 images correct. `prompts` must be this suite's prompts, in order."""
+        """summary_scores.py's figures (see `aggregate`): per-tag image accuracy, overall (their
+        unweighted mean), correct_images, correct_prompts (ANY image correct), plus
+        prompts_all_images_correct. `prompts` must be this suite's prompts, in order."""
         rows = self.metadata()
         k = self.images_per_prompt
         if list(prompts) != [r["prompt"] for r in rows[: len(prompts)]]:
@@ -126,13 +129,16 @@ class GenEval:
             raise UserError(f"GenEval needs {k} images per prompt: got {images.shape[0]} for {len(prompts)} prompts")
         per_image_rows = [rows[i // k] for i in range(len(images))]
         judged = self.judge(images, per_image_rows)
-        metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged], k)
+        # summary_scores.py groups images into prompts by their metadata JSON string.
+        metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged],
+                            [json.dumps(r) for r in per_image_rows])
         return {
             **metrics,
             "suite": self.name,
             "version": self.version,
             "note": STAND_IN_NOTE if self.stand_in else NOTE,
             "images_per_prompt": k,
+            "n_images": len(images),
             "n_prompts": len(prompts),
             "partial": len(prompts) < prompt_sets.OFFICIAL["geneval"].lines,
             "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}
