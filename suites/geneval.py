@@ -1,10 +1,13 @@
 """The GenEval suite (djghosh13/geneval; PROTOCOLS.md "GenEval").
 
 553 prompts from the official `evaluation_metadata.jsonl`, 4 images per prompt, the official
-thresholds and rules (suites/geneval_rules.py). The detector is transformers' Mask2Former
-Swin-S COCO instance model, not the official mmdet one, so results are versioned
-"geneval/transformers-m2f-1" and carry a note saying so. With the tiny random stand-in models
-the suite is named "geneval[stand-in]" and is never reported under the official name.
+thresholds and rules (suites/geneval_rules.py) and summary_scores.py's figures. The colour CLIP
+is OpenAI's ViT-L/14 with QuickGELU, as GenEval's own scorer builds it, whatever the weights'
+source; it runs under fp16 autocast on CUDA (fp32 on the CPU), recorded in the result. The
+detector is transformers' Mask2Former Swin-S COCO instance model, not the official mmdet one, so
+results are versioned "geneval/transformers-m2f-2" and carry a note saying so. With the tiny
+random stand-in models the suite is named "geneval[stand-in]" and is never reported under the
+official name.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from suites import prompt_sets
-from suites.geneval_detector import (DETECTOR_HUB_ID, DetectorSettings, Mask2FormerDetector, load_clip,
-                                     load_mask2former, tiny_clip, tiny_mask2former)
+from suites.geneval_detector import (DETECTOR_HUB_ID, ClipActivation, ClipPrecision, DetectorSettings,
+                                     Mask2FormerDetector, load_clip, load_mask2former, resolve_clip_precision,
+                                     tiny_clip, tiny_mask2former)
 from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 
-VERSION = "geneval/transformers-m2f-1"
-STAND_IN_VERSION = "geneval/stand-in-1"
+# -2: QuickGELU colour CLIP from any source, PIL-exact crop transform, float32 thresholds,
+# summary_scores.py's figures (correct_images, correct_prompts).
+VERSION = "geneval/transformers-m2f-2"
+STAND_IN_VERSION = "geneval/stand-in-2"
+COLOUR_CLIP_ACTIVATION: ClipActivation = "quick_gelu"  # GenEval's scorer (open_clip 2.20, "openai")
 NOTE = ("GenEval rules and thresholds as in djghosh13/geneval; detector = transformers "
         f"Mask2Former ({DETECTOR_HUB_ID}) with mmdet-style instance post-processing instead of the "
         "official mmdet model, so scores are not directly comparable with published GenEval numbers")
@@ -52,6 +59,12 @@ class GenEval:
         """Let transformers/open_clip fetch missing weights from the hub (HF_HUB_OFFLINE still applies)."""
         batch_size: int = 4
         """Images per detector forward (scores do not depend on it)."""
+        device: str = "auto"
+        """Where the detector and colour CLIP run: "auto" = CUDA when available, else CPU; or a
+        torch device string ("cpu", "cuda:1")."""
+        clip_precision: ClipPrecision = "auto"
+        """Colour CLIP compute: "auto" = fp16 autocast on CUDA as the official scorer
+        (clip_benchmark amp=True), fp32 on the CPU; "fp32" forces fp32; "fp16-autocast" needs CUDA."""
         limit: int = 0
         """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
         stand_in_seed: int = 0
@@ -60,7 +73,8 @@ class GenEval:
     name = "geneval"
     version = VERSION
     images_per_prompt = 4
-    higher_is_better = {**{t: True for t in TAGS}, "overall": True, "prompt_accuracy": True}
+    higher_is_better = {**{t: True for t in TAGS}, "overall": True, "correct_images": True,
+                        "correct_prompts": True, "prompts_all_images_correct": True}
 
     def __init__(self, cfg: "GenEval.Config | None" = None, detector: Any = None, colour_fn: ColourFn | None = None):
         """`detector` (with `detect(images) -> list[list[Detection]]`) and `colour_fn` may be
@@ -82,8 +96,10 @@ class GenEval:
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.metadata()]
 
-    def models(self) -> tuple[Any, ColourFn]:
-        """(detector, colour classifier), built on first use."""
+    def models(self, colour_activation: ClipActivation = COLOUR_CLIP_ACTIVATION) -> tuple[Any, ColourFn]:
+        """(detector, colour classifier), built on first use. The suite always builds the colour
+        CLIP with QuickGELU; `colour_activation` is for the geneval-partial reward, which
+        reproduces RTDMD's GELU by default."""
         if self._detector is None:
             if self.cfg.models == "stand-in":
                 settings = DetectorSettings(short_side=64, max_side=107)
@@ -94,19 +110,29 @@ class GenEval:
                 self._detector = Mask2FormerDetector(load_mask2former(source, local_only), batch_size=self.cfg.batch_size)
         if self._colour_fn is None:
             if self.cfg.models == "stand-in":
-                self._colour_fn = tiny_clip(self.cfg.stand_in_seed)
+                self._colour_fn = tiny_clip(self.cfg.stand_in_seed, colour_activation, self.cfg.clip_precision)
             else:
                 if not self.cfg.clip_path and not self.cfg.allow_download:
                     raise UserError("GenEval's colour classifier needs OpenAI CLIP ViT-L/14: set "
                                     "--set suite.clip_path=FILE or allow downloads (suite.allow_download=true)")
-                self._colour_fn = load_clip(self.cfg.clip_path or "openai")
+                self._colour_fn = load_clip(self.cfg.clip_path or "openai", colour_activation, self.cfg.clip_precision)
         return self._detector, self._colour_fn
+
+    def device(self) -> torch.device:
+        """The device the models run on (config `device`)."""
+        if self.cfg.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return torch.device(self.cfg.device)
+        except RuntimeError as err:
+            raise UserError(f"suite.device={self.cfg.device!r} is not a torch device "
+                            f"(use 'auto', 'cpu', 'cuda' or 'cuda:N')") from err
 
     def judge(self, images: Tensor, rows: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
         """(correct, reason) per image; images (N, 3, H, W) in [0, 1] with rows aligned."""
         detector, colour_fn = self.models()
         # The official pipeline reads 8-bit PNGs: quantise so scores match saved samples.
-        images = (images.float().clamp(0, 1) * 255).round() / 255
+        images = (images.float().clamp(0, 1) * 255).round().to(self.device()) / 255
         out = []
         for start in range(0, len(images), self.cfg.batch_size):
             chunk = images[start:start + self.cfg.batch_size]
@@ -116,23 +142,32 @@ class GenEval:
         return out
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
-        """Per-tag image accuracy, overall (unweighted mean of the tags) and the fraction of
-        prompts with all 4 images correct. `prompts` must be this suite's prompts, in order."""
+        """summary_scores.py's figures (see `aggregate`): per-tag image accuracy, overall (their
+        unweighted mean), correct_images, correct_prompts (ANY image correct), plus
+        prompts_all_images_correct. `prompts` must be this suite's prompts, in order."""
         rows = self.metadata()
         k = self.images_per_prompt
         if list(prompts) != [r["prompt"] for r in rows[: len(prompts)]]:
             raise UserError("GenEval images must come in the order of the suite's prompts() (prompt-major)")
         if images.shape[0] != len(prompts) * k:
             raise UserError(f"GenEval needs {k} images per prompt: got {images.shape[0]} for {len(prompts)} prompts")
+        device = self.device()
+        precision = resolve_clip_precision(self.cfg.clip_precision, device.type)  # refuse a bad setting first
         per_image_rows = [rows[i // k] for i in range(len(images))]
         judged = self.judge(images, per_image_rows)
-        metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged], k)
+        # summary_scores.py groups images into prompts by their metadata JSON string.
+        metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged],
+                            [json.dumps(r) for r in per_image_rows])
         return {
             **metrics,
             "suite": self.name,
             "version": self.version,
             "note": STAND_IN_NOTE if self.stand_in else NOTE,
+            "device": str(device),
+            "clip_precision": precision,
+            "clip_activation": COLOUR_CLIP_ACTIVATION,
             "images_per_prompt": k,
+            "n_images": len(images),
             "n_prompts": len(prompts),
             "partial": len(prompts) < prompt_sets.OFFICIAL["geneval"].lines,
             "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}

@@ -8,14 +8,26 @@ transformers' non-overlapping panoptic-style one: top-100 (query, class) pairs b
 probability, score = class prob x mean mask probability inside the binary mask, box = the
 mask's bounding box. Everything is tensors in [0, 1]; nothing is written to disk.
 
+The colour CLIP is OpenAI's ViT-L/14, which OpenAI trained with QuickGELU. The two references
+build it differently: GenEval's scorer (open_clip 2.20, `pretrained="openai"`) gets QuickGELU;
+RTDMD's (open_clip 3.3.0, `("ViT-L-14", "openai")`) gets plain GELU, so its published GenEval
+figures and its training reward used GELU. `open_clip_vit_l14` therefore takes the activation
+as an argument and builds it whatever the weights' source (hub tag or local file).
+Both references run the colour CLIP under fp16 autocast on CUDA (clip_benchmark's default);
+`resolve_clip_precision` makes that the default on CUDA and keeps fp32 on the CPU.
+
+Models follow the images' device (moved on first use there), as the reward models do.
+
 Stand-ins (`tiny_mask2former`, `tiny_clip`) are the same classes with tiny random configs,
-seeded, so the real code path runs on CPU; a suite using them must be labelled stand-in.
+seeded, built by the same functions, so the real code path runs on CPU; a suite using them
+must be labelled stand-in.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +49,14 @@ ALIASES = {
     "diningtable": "dining table", "pottedplant": "potted plant", "hair dryer": "hair drier",
 }
 COLOUR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
+
+ClipActivation = Literal["quick_gelu", "gelu"]
+"""MLP activation of the colour CLIP: "quick_gelu" (x * sigmoid(1.702 x), as OpenAI trained the
+weights; GenEval's scorer) or "gelu" (erf GELU; RTDMD's scorer under open_clip 3.3.0)."""
+ClipPrecision = Literal["auto", "fp32", "fp16-autocast"]
+"""Colour CLIP compute: "auto" = fp16 autocast on CUDA (official), fp32 elsewhere."""
+TINY_CLIP_ARCH = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                      text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
 
 
 @dataclass(frozen=True)
@@ -74,8 +94,8 @@ def resize_for_detector(images: Tensor, s: DetectorSettings) -> tuple[Tensor, tu
     h, w = int(H * scale + 0.5), int(W * scale + 0.5)  # mmcv rescale_size rounding
     # mmcv resizes with cv2 INTER_LINEAR: half-pixel bilinear without antialiasing.
     x = F.interpolate(images.float() * 255, size=(h, w), mode="bilinear", align_corners=False)
-    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     hp, wp = -(-h // s.size_divisor) * s.size_divisor, -(-w // s.size_divisor) * s.size_divisor
     return F.pad(x, (0, wp - w, 0, hp - h)), (h, w)  # zero padding after normalisation
@@ -129,14 +149,39 @@ class Mask2FormerDetector:
 
     @torch.no_grad()
     def detect(self, images: Tensor) -> list[list[Detection]]:
+        """Runs on the images' device (fp32, as mmdet's inference); detections on the CPU."""
+        follow_device(self.model, images.device)
         out: list[list[Detection]] = []
         for chunk in images.split(self.batch_size):
             pixels, resized = resize_for_detector(chunk, self.settings)
             pred = self.model(pixel_values=pixels)
-            for c, m in zip(pred.class_queries_logits, pred.masks_queries_logits):
-                out.append(detections_from_outputs(c.float(), m.float(), self.labels, tuple(pixels.shape[-2:]),
+            for c, m in zip(pred.class_queries_logits.float().cpu(), pred.masks_queries_logits.float().cpu()):
+                out.append(detections_from_outputs(c, m, self.labels, tuple(pixels.shape[-2:]),
                                                    resized, tuple(chunk.shape[-2:]), self.settings.max_per_image))
         return out
+
+
+def follow_device(model: nn.Module, device: torch.device) -> None:
+    """Move `model` to `device` if it is elsewhere (cached models follow their inputs)."""
+    if next(model.parameters()).device != device:
+        model.to(device)
+
+
+def resolve_clip_precision(setting: ClipPrecision, device_type: str) -> Literal["fp32", "fp16-autocast"]:
+    """The colour CLIP's compute precision on a device type ("cuda", "cpu", ...).
+
+    "auto": fp16 autocast on CUDA, as both references run it (clip_benchmark's
+    `run_classification` / `zero_shot_classifier` with amp=True; the model itself is fp32),
+    fp32 elsewhere (the official scorer needs CUDA; on the CPU fp32 is the faithful choice).
+    "fp16-autocast" off CUDA is refused rather than silently run in another precision."""
+    if setting == "auto":
+        return "fp16-autocast" if device_type == "cuda" else "fp32"
+    if setting == "fp16-autocast" and device_type != "cuda":
+        raise UserError(f"clip_precision='fp16-autocast' needs CUDA, but the colour CLIP runs on {device_type!r}; "
+                        f"use clip_precision=auto or fp32")
+    if setting not in ("fp32", "fp16-autocast"):
+        raise UserError(f"unknown clip_precision {setting!r}; valid: auto, fp32, fp16-autocast")
+    return setting
 
 
 def load_mask2former(source: str, local_only: bool) -> nn.Module:
@@ -174,63 +219,89 @@ def tiny_mask2former(seed: int = 0, image_size: int = 64) -> nn.Module:
 class ClipColourClassifier:
     """Zero-shot colour of each detection (evaluate_images.py `color_classification`):
     per class, a text classifier over the 10 colours from the 3 templates (each embedding
-    L2-normalised, averaged, renormalised); the image is the masked crop on #999."""
+    L2-normalised, averaged, renormalised); the image is the masked crop on #999; logits
+    100 * image_features @ classifier, argmax. Precision per `resolve_clip_precision`."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_size: int = 224,
                  mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
-                 std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)):
+                 std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711), precision: ClipPrecision = "auto"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
-        self._text: dict[str, Tensor] = {}
+        self.precision = precision
+        self._text: dict[tuple[str, str, str], Tensor] = {}
+
+    def compute(self, device: torch.device) -> tuple[str, contextlib.AbstractContextManager]:
+        """(resolved precision, the context to run the CLIP in) on `device`."""
+        precision = resolve_clip_precision(self.precision, device.type)
+        if precision == "fp16-autocast":
+            return precision, torch.autocast("cuda", dtype=torch.float16)
+        return precision, contextlib.nullcontext()
 
     @torch.no_grad()
     def text_classifier(self, cls: str) -> Tensor:
-        """(D, 10) unit columns, cached per class."""
-        if cls not in self._text:
+        """(D, 10) unit columns, cached per (class, device, precision)."""
+        device = next(self.model.parameters()).device
+        precision, context = self.compute(device)
+        key = (cls, str(device), precision)
+        if key not in self._text:
             columns = []
-            for colour in COLORS:
-                texts = [t.format(c=colour, cls=cls) for t in COLOUR_TEMPLATES]
-                emb = F.normalize(self.model.encode_text(self.tokenizer(texts)).float(), dim=-1)  # (3, D)
-                columns.append(F.normalize(emb.mean(0), dim=-1))
-            self._text[cls] = torch.stack(columns, dim=1)
-        return self._text[cls]
+            with context:
+                for colour in COLORS:
+                    texts = [t.format(c=colour, cls=cls) for t in COLOUR_TEMPLATES]
+                    emb = self.model.encode_text(self.tokenizer(texts).to(device)).float()
+                    emb = F.normalize(emb, dim=-1)  # (3, D)
+                    columns.append(F.normalize(emb.mean(0), dim=-1))
+            self._text[key] = torch.stack(columns, dim=1)
+        return self._text[key]
 
     @torch.no_grad()
     def __call__(self, image: Tensor, detections: Sequence[Detection], cls: str) -> list[str]:
         if not detections:
             return []
+        follow_device(self.model, image.device)
         crops = torch.stack([clip_preprocess(masked_crop(image, d), self.image_size, self.mean, self.std)
-                             for d in detections])  # (N, 3, S, S)
-        feats = F.normalize(self.model.encode_image(crops).float(), dim=-1)  # (N, D)
-        logits = 100.0 * feats @ self.text_classifier(cls)  # (N, 10)
-        return [COLORS[i] for i in logits.argmax(1).tolist()]
+                             for d in detections]).to(image.device)  # (N, 3, S, S)
+        text = self.text_classifier(cls)  # (D, 10)
+        _, context = self.compute(image.device)
+        with context:
+            feats = F.normalize(self.model.encode_image(crops).float(), dim=-1)  # (N, D)
+            logits = 100.0 * feats @ text  # (N, 10); fp16 under autocast, as officially
+        return [COLORS[i] for i in logits.float().argmax(1).tolist()]
 
 
-def load_clip(pretrained: str) -> ClipColourClassifier:
-    """OpenAI CLIP ViT-L/14 through open_clip: `pretrained` is the tag "openai" (hub) or a local
-    checkpoint file (loaded by open_clip with weights_only=True; QuickGELU as OpenAI trained)."""
+def open_clip_vit_l14(pretrained: str, activation: ClipActivation, **arch: Any) -> nn.Module:
+    """open_clip's "ViT-L-14" with the given MLP activation whatever `pretrained` is: the
+    "openai" hub tag, a local checkpoint file, or "" for a random initialisation. open_clip 3.x
+    alone would give GELU for the tag and whatever the model name says for a file.
+    `arch` overrides the architecture (tiny stand-ins and tests build through this same call)."""
     import open_clip
 
-    name = "ViT-L-14" if pretrained == "openai" else "ViT-L-14-quickgelu"
+    return open_clip.create_model("ViT-L-14", pretrained=pretrained or None, require_pretrained=bool(pretrained),
+                                  force_quick_gelu=activation == "quick_gelu", **arch)
+
+
+def load_clip(pretrained: str, activation: ClipActivation, precision: ClipPrecision = "auto") -> ClipColourClassifier:
+    """OpenAI CLIP ViT-L/14 colour classifier: `pretrained` is the tag "openai" (hub) or a local
+    checkpoint file (loaded by open_clip with weights_only=True)."""
+    import open_clip
+
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, require_pretrained=True)
+        model = open_clip_vit_l14(pretrained, activation)
     except Exception as err:  # open_clip raises RuntimeError/OSError/HF errors offline
         raise UserError(
             f"CLIP ViT-L/14 weights for GenEval's colour classifier could not be loaded from {pretrained!r} "
             f"({type(err).__name__}: {err}). Provide {CLIP_HUB_NOTE} as a local file with "
             f"`--set suite.clip_path=FILE`, or allow hub downloads.") from err
-    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"))
+    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"), precision=precision)
 
 
-def tiny_clip(seed: int = 0) -> ClipColourClassifier:
-    """A randomly initialised tiny open_clip CLIP (real tokenizer): a stand-in."""
+def tiny_clip(seed: int, activation: ClipActivation, precision: ClipPrecision = "auto") -> ClipColourClassifier:
+    """A randomly initialised tiny open_clip CLIP (real tokenizer) built like the real one: a stand-in."""
     import open_clip
-    from open_clip.model import CLIP
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
-                     text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"), image_size=32)
+        model = open_clip_vit_l14("", activation, **TINY_CLIP_ARCH)
+    return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"), image_size=32, precision=precision)

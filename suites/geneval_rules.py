@@ -3,9 +3,12 @@ and evaluation/summary_scores.py; PROTOCOLS.md "GenEval").
 
 No model lives here: a detector turns an image into `Detection`s (suites/geneval_detector.py),
 a colour classifier names the colour of a detection, and these functions apply the official
-rules: confidence thresholds (0.3; 0.9 for every class when tag == "counting"), at most 16
-objects per class, NMS off, include clauses (AND), exclude clauses, colour and relative
-position checks; then per-tag image accuracy and the unweighted mean over the 6 tags.
+rules: confidence thresholds (0.3; 0.9 for every class when tag == "counting", compared in
+float32 like the official numpy code), at most 16 objects per class, NMS off, include clauses
+(AND), exclude clauses, colour and relative position checks; then summary_scores.py's figures:
+per-tag image accuracy, their unweighted mean, "% correct images" and "% correct prompts".
+The colour classifier's input is built here too (`masked_crop`, `clip_preprocess`), with the
+official PIL/torchvision arithmetic.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -42,7 +46,7 @@ class Rules:
     """The official constants (evaluate_images.py defaults)."""
 
     threshold: float = 0.3
-    """Detection confidence kept (strictly greater) for every tag but counting."""
+    """Detection confidence kept (strictly greater, in float32) for every tag but counting."""
     counting_threshold: float = 0.9
     """Confidence for every class when the prompt's tag is "counting"."""
     max_objects: int = 16
@@ -83,18 +87,25 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def above_threshold(score: float, threshold: float) -> bool:
+    """score > threshold in float32. The official code compares mmdet's float32 score array
+    with a Python float, which numpy casts to float32: a score of exactly float32(0.3)
+    (0.30000001...) is not above float32(0.3), although it is above the float64 0.3."""
+    return bool(np.float32(score) > np.float32(threshold))
+
+
 def select_detections(detections: Sequence[Detection], tag: str, rules: Rules = OFFICIAL
                       ) -> dict[str, list[Detection]]:
-    """Per class: confidence > threshold (0.9 for all classes under "counting"), sorted by
-    confidence, top `max_objects`, then greedy same-class NMS (a no-op at max_overlap 1.0).
-    Classes with nothing left are absent, as in the official `detected` dict."""
+    """Per class: confidence > threshold in float32 (0.9 for all classes under "counting"),
+    sorted by confidence, top `max_objects`, then greedy same-class NMS (a no-op at
+    max_overlap 1.0). Classes with nothing left are absent, as in the official `detected` dict."""
     threshold = rules.counting_threshold if tag == "counting" else rules.threshold
     by_class: dict[str, list[Detection]] = defaultdict(list)
     for det in detections:
         by_class[det.cls].append(det)
     kept: dict[str, list[Detection]] = {}
     for cls, dets in by_class.items():
-        ordered = sorted((d for d in dets if d.score > threshold), key=lambda d: -d.score)
+        ordered = sorted((d for d in dets if above_threshold(d.score, threshold)), key=lambda d: -d.score)
         ordered = ordered[: rules.max_objects]
         chosen: list[Detection] = []
         while ordered:
@@ -178,21 +189,32 @@ def evaluate_image(image: Tensor, detected: Mapping[str, list[Detection]], metad
     return correct, "\n".join(reasons)
 
 
-def aggregate(tags: Sequence[str], correct: Sequence[bool], images_per_prompt: int) -> dict[str, float]:
-    """summary_scores.py: per-tag image accuracy, overall = unweighted mean over the tags
-    present; also the fraction of prompts with all their images correct (reported apart).
+def aggregate(tags: Sequence[str], correct: Sequence[bool], prompt_keys: Sequence[str]) -> dict[str, float]:
+    """summary_scores.py's figures, as fractions in [0, 1] (it prints percentages):
 
-    tags, correct: one entry per image, prompt-major."""
-    if len(tags) != len(correct):
-        raise ValueError(f"{len(tags)} tags for {len(correct)} results")
+    - one entry per tag: the tag's image accuracy ("Task breakdown");
+    - "overall": the unweighted mean of the per-tag accuracies ("Overall score (avg. over tasks)");
+    - "correct_images": correct images / all images ("% correct images");
+    - "correct_prompts": prompts with ANY correct image / prompts ("% correct prompts");
+    - "prompts_all_images_correct": prompts with ALL images correct / prompts. Not an official
+      figure (this suite's former "prompt_accuracy"), kept under a name that says what it is.
+
+    Prompts are grouped by `prompt_keys` as the official script groups by the metadata JSON.
+    tags, correct, prompt_keys: one entry per image."""
+    if not len(tags) == len(correct) == len(prompt_keys):
+        raise ValueError(f"{len(tags)} tags, {len(correct)} results and {len(prompt_keys)} prompt keys")
     per_tag: dict[str, list[bool]] = defaultdict(list)
-    for tag, ok in zip(tags, correct):
+    per_prompt: dict[str, list[bool]] = defaultdict(list)
+    for tag, ok, key in zip(tags, correct, prompt_keys):
         per_tag[tag].append(bool(ok))
+        per_prompt[key].append(bool(ok))
     out = {f"{tag}": sum(v) / len(v) for tag, v in sorted(per_tag.items(), key=lambda kv: _tag_order(kv[0]))}
-    out["overall"] = sum(out[t] for t in per_tag) / len(per_tag) if per_tag else float("nan")
-    n_prompts = len(correct) // images_per_prompt
-    prompts_ok = [all(correct[i * images_per_prompt:(i + 1) * images_per_prompt]) for i in range(n_prompts)]
-    out["prompt_accuracy"] = sum(prompts_ok) / n_prompts if n_prompts else float("nan")
+    nan = float("nan")
+    out["overall"] = sum(out[t] for t in per_tag) / len(per_tag) if per_tag else nan
+    out["correct_images"] = sum(map(bool, correct)) / len(correct) if len(correct) else nan
+    out["correct_prompts"] = sum(any(v) for v in per_prompt.values()) / len(per_prompt) if per_prompt else nan
+    out["prompts_all_images_correct"] = (sum(all(v) for v in per_prompt.values()) / len(per_prompt)
+                                         if per_prompt else nan)
     return out
 
 
@@ -202,7 +224,10 @@ def _tag_order(tag: str) -> int:
 
 def masked_crop(image: Tensor, det: Detection, background: float = 0x99 / 255) -> Tensor:
     """The colour classifier's input: the detection's mask pasted onto a uniform #999
-    background, cropped to its box (PIL crop rounds box coordinates).
+    background (official `Image.composite` with the boolean mask), cropped to its box with
+    PIL's rounding of box coordinates (Python's round: halves to even). Boxes derived from
+    masks lie inside the image and are non-empty; others are clamped to the image with at
+    least one pixel here, where PIL would pad with black or the official transform would fail.
 
     image: (3, H, W) in [0, 1] -> (3, h, w)."""
     if det.mask is not None:
@@ -216,18 +241,39 @@ def masked_crop(image: Tensor, det: Detection, background: float = 0x99 / 255) -
     return image[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
 
+def shorter_side_resize(h: int, w: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) of torchvision `Resize(size)` (int size): the shorter side becomes
+    `size`, the longer one `int(size * long / short)`, truncated, not rounded."""
+    if w <= h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def centre_crop_offsets(h: int, w: int, size: int) -> tuple[int, int]:
+    """(top, left) of torchvision `CenterCrop(size)` on an (h, w) image at least `size` on
+    each side: int(round((h - size) / 2)), Python's round, so halves go to the even number."""
+    return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+
+
 def clip_preprocess(crop: Tensor, size: int = 224, mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
                     std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)) -> Tensor:
-    """open_clip's eval transform in torch: shortest side to `size` (bicubic, antialiased: PIL's
-    bicubic resize also filters when shrinking), centre crop, OpenAI CLIP mean/std.
+    """The official colour crop transform, open_clip's eval transform on the PIL crop:
+    torchvision `Resize(size, BICUBIC)` (on a PIL image that is PIL's own bicubic resize of
+    8-bit pixels, skipped when the size already matches), `CenterCrop(size)`, `ToTensor`
+    (uint8 / 255 in float32), `Normalize(mean, std)`. Done with PIL here, so every pixel is
+    the official one.
 
-    crop: (3, h, w) in [0, 1] -> (3, size, size)."""
-    h, w = crop.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(crop[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top:top + size, left:left + size].clamp(0, 1)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return ((x - m) / s)[0]
+    crop: (3, h, w) in [0, 1], on the 8-bit grid (the suite quantises images as the official
+    PNGs are) -> (3, size, size) float32 on the CPU."""
+    pixels = (crop.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    h, w = pixels.shape[-2:]
+    new_h, new_w = shorter_side_resize(h, w, size)
+    if (new_h, new_w) != (h, w):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top, left = centre_crop_offsets(new_h, new_w, size)
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, new_h, new_w) uint8
+    x = x[:, top:top + size, left:left + size].float().div(255)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s

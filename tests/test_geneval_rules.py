@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from suites.geneval_rules import (COLORS, OFFICIAL, Detection, Rules, aggregate, box_iou, clip_preprocess,
-                                  evaluate_image, masked_crop, relative_position, select_detections)
+from suites.geneval_rules import (COLORS, OFFICIAL, Detection, Rules, aggregate, box_iou, centre_crop_offsets,
+                                  clip_preprocess, evaluate_image, masked_crop, relative_position,
+                                  select_detections, shorter_side_resize)
 
 IMAGE = torch.zeros(3, 100, 100)
 
@@ -28,6 +30,19 @@ def test_threshold_is_strict_and_counting_uses_0_9():
     # 0.9 applies to every class under counting, not only the counted one
     assert "dog" not in select_detections([det("dog", 0.85)], "counting")
     assert "dog" in select_detections([det("dog", 0.85)], "two_object")
+
+
+def test_thresholds_compare_in_float32_like_the_official_numpy_code():
+    # mmdet's scores are float32 and numpy casts the Python threshold to float32: a score of
+    # exactly float32(0.3) = 0.30000001192092896 is NOT above it, although it is above 0.3.
+    f32_03 = 0.30000001192092896
+    assert f32_03 > 0.3  # a float64 comparison would keep it
+    next_up = 0.30000004172325134  # float32(0.3) + 2**-25, the float32 spacing in [0.25, 0.5)
+    assert select_detections([det("cat", f32_03)], "single_object") == {}
+    assert [d.score for d in select_detections([det("cat", next_up)], "single_object")["cat"]] == [next_up]
+    # counting: float32(0.9) = 0.8999999761581421 is not above float32(0.9); the next one is
+    assert select_detections([det("cat", 0.8999999761581421)], "counting") == {}
+    assert "cat" in select_detections([det("cat", 0.9000000357627869)], "counting")
 
 
 def test_at_most_16_per_class_highest_first_and_nms_off():
@@ -122,11 +137,68 @@ def test_masked_crop_pastes_mask_on_999_and_rounds_the_box():
 
 
 def test_clip_preprocess_shape_and_normalisation():
-    out = clip_preprocess(torch.full((3, 30, 60), 0.5), size=32)
+    grey = 128 / 255  # crops are on the 8-bit grid (the official scorer reads PNGs)
+    out = clip_preprocess(torch.full((3, 30, 60), grey), size=32)
     assert out.shape == (3, 32, 32)
-    expected = (0.5 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor(
-        [0.26862954, 0.26130258, 0.27577711])
-    assert torch.allclose(out.mean(dim=(1, 2)), expected, atol=1e-4)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
+    expected = (torch.tensor(grey, dtype=torch.float32) - mean) / torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    assert torch.equal(out, expected.view(3, 1, 1).expand(3, 32, 32))  # a flat image stays flat under bicubic
+
+
+def test_resize_and_crop_rounding_follow_torchvision():
+    # Resize(224): the longer side is int(224 * long / short), truncated: 3 x 7 -> 522.67 -> 522
+    assert shorter_side_resize(3, 7, 224) == (224, 522)
+    assert shorter_side_resize(7, 3, 224) == (522, 224)
+    assert shorter_side_resize(100, 100, 224) == (224, 224)
+    assert shorter_side_resize(224, 300, 224) == (224, 300)  # already there: no resize
+    # CenterCrop: round((h - 224) / 2) with halves to even: 149.5 -> 150, 150.5 -> 150, 0.5 -> 0
+    assert centre_crop_offsets(224, 523, 224) == (0, 150)
+    assert centre_crop_offsets(525, 224, 224) == (150, 0)
+    assert centre_crop_offsets(225, 227, 224) == (0, 2)  # 0.5 -> 0, 1.5 -> 2
+
+
+def test_clip_preprocess_equals_torchvision_on_the_pil_image():
+    """The official transform is torchvision Resize(224, BICUBIC) + CenterCrop(224) + ToTensor +
+    Normalize on a PIL image (open_clip's eval transform): same pixels, bit for bit."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                          T.ToTensor(), T.Normalize(mean, std)])
+    rng = np.random.default_rng(0)
+    for h, w in [(3, 7), (7, 3), (17, 40), (41, 41), (225, 227), (300, 224), (525, 260), (1, 5)]:
+        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        ours = clip_preprocess(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+        assert torch.equal(ours, official(Image.fromarray(pixels))), (h, w)
+
+
+def test_colour_crops_equal_the_official_pil_composite_crop_and_transform():
+    """48 masked crops: ours (tensor mask on #999, box rounding, PIL resize) vs the official
+    ImageCrops path computed with PIL and torchvision (Image.composite with the boolean mask on
+    an "#999" image, Image.crop with the float box, then the transform): identical."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                          T.ToTensor(), T.Normalize(mean, std)])
+    rng = np.random.default_rng(1)
+    for _ in range(48):
+        H, W = (int(v) for v in rng.integers(24, 72, size=2))
+        pixels = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+        x0, y0 = (float(v) for v in rng.uniform(0, [W - 8, H - 8]))
+        x1, y1 = x0 + float(rng.uniform(4, W - x0)), y0 + float(rng.uniform(4, H - y0))
+        box = tuple(float(np.float32(v)) for v in (x0, y0, x1, y1))  # mmdet boxes are float32
+        mask = np.zeros((H, W), dtype=bool)
+        inside = (slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1))
+        mask[inside] = rng.random((H, W))[inside] < 0.6  # a ragged mask within (about) the box
+        pil = Image.fromarray(pixels)
+        crop = Image.composite(pil, Image.new("RGB", pil.size, color="#999"), Image.fromarray(mask)).crop(box)
+        expected = official(crop)
+        image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+        ours = clip_preprocess(masked_crop(image, Detection("cat", 0.9, box, torch.from_numpy(mask))))
+        assert torch.equal(ours, expected), box
 
 
 # --- position -----------------------------------------------------------------------------
@@ -205,24 +277,38 @@ def test_position_target_that_failed_its_own_colour_has_no_target():
 
 # --- aggregation --------------------------------------------------------------------------
 
-def test_aggregate_per_tag_overall_and_prompt_accuracy():
+def test_aggregate_reports_summary_scores_figures():
     tags = ["single_object"] * 4 + ["counting"] * 8  # 1 + 2 prompts, 4 images each
+    keys = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
     correct = [True, True, True, False] + [True] * 4 + [False] * 4
-    out = aggregate(tags, correct, images_per_prompt=4)
+    out = aggregate(tags, correct, keys)
     assert out["single_object"] == pytest.approx(0.75)
     assert out["counting"] == pytest.approx(0.5)
     assert out["overall"] == pytest.approx((0.75 + 0.5) / 2)  # unweighted over tags, not images
-    assert out["prompt_accuracy"] == pytest.approx(1 / 3)
+    assert out["correct_images"] == pytest.approx(7 / 12)  # "% correct images": over all images
+    assert out["correct_prompts"] == pytest.approx(2 / 3)  # "% correct prompts": ANY image correct (a, b)
+    assert out["prompts_all_images_correct"] == pytest.approx(1 / 3)  # only b has all four
+    assert "prompt_accuracy" not in out
     assert list(out)[:2] == ["single_object", "counting"]
+
+
+def test_aggregate_groups_prompts_by_key_like_groupby_metadata():
+    # summary_scores.py groups by the metadata string, not by position: images of one key
+    # count as one prompt wherever they are
+    out = aggregate(["colors"] * 4, [False, True, False, False], ["x", "y", "x", "y"])
+    assert out["correct_prompts"] == pytest.approx(1 / 2)  # y has a correct image, x none
+    assert out["prompts_all_images_correct"] == 0.0
 
 
 def test_aggregate_over_all_six_tags():
     tags = [t for t in ("single_object", "two_object", "counting", "colors", "position", "color_attr") for _ in range(4)]
     correct = [i % 4 < k for k, t in enumerate(range(6)) for i in range(4)]  # tag k has k/4 correct
-    out = aggregate(tags, correct, images_per_prompt=4)
+    keys = [t for t in tags]  # one prompt per tag
+    out = aggregate(tags, correct, keys)
     assert out["overall"] == pytest.approx(sum(min(k, 4) / 4 for k in range(6)) / 6)
+    assert out["correct_prompts"] == pytest.approx(5 / 6)  # every tag but the first has a correct image
     with pytest.raises(ValueError):
-        aggregate(tags, correct[:-1], 4)
+        aggregate(tags, correct[:-1], keys)
 
 
 def test_official_constants():

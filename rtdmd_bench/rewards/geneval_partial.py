@@ -7,6 +7,12 @@ The detector, thresholds (0.3; 0.9 under tag "counting"), the 16-per-class cap, 
 colour classifier and the position rule are GenEval's (reused from suites/geneval_rules.py
 and suites/geneval_detector.py: transformers Mask2Former instead of mmdet, see there).
 
+Colour CLIP activation: RTDMD's scorer loads `("ViT-L-14", "openai")` with its pinned
+open_clip 3.3.0, which builds OpenAI's QuickGELU-trained weights with plain GELU. This reward
+keeps RTDMD's GELU by default (config `colour_clip_activation="gelu"`), so it computes RTDMD's
+training reward; "quick_gelu" builds it as OpenAI trained it and as GenEval's own scorer (and
+the `geneval` suite) does, and the reward's name then says so ("geneval-partial[quickgelu-clip]").
+
 Two forms (config `form`):
 - "rtdmd" (default), RTDMD's `evaluate_reward` (rtdmd/rewards/geneval_scorer.py): per include
   clause a count term 1 - |count - found| / count over ALL detections kept for the class
@@ -226,6 +232,11 @@ class GenevalPartial:
         """Images per detector forward (scores do not depend on it)."""
         stand_in_seed: int = 0
         """Seed of the stand-in models' random initialisation."""
+        colour_clip_activation: Literal["gelu", "quick_gelu"] = "gelu"
+        """MLP activation of the colour CLIP. "gelu" (default, official for this reward): RTDMD's
+        open_clip 3.3.0 builds ("ViT-L-14", "openai") with plain GELU although OpenAI trained the
+        weights with QuickGELU (apparently accidental), and RTDMD trained with that. "quick_gelu":
+        OpenAI's activation, as GenEval's own scorer and the `geneval` suite use."""
 
     name = "geneval-partial"
     differentiable = False
@@ -235,6 +246,8 @@ class GenevalPartial:
         """`detector` / `colour_fn` may be injected (tests); then the name says so."""
         self.cfg = cfg or self.Config()
         self.name = "tiny-geneval-partial[stand-in]" if self.cfg.models == "stand-in" else "geneval-partial"
+        if self.cfg.colour_clip_activation == "quick_gelu":
+            self.name = f"{self.name}[quickgelu-clip]"
         if detector is not None or colour_fn is not None:
             self.name = f"{self.name}[injected models]"
         self.metadata = self._load_metadata()
@@ -263,7 +276,8 @@ class GenevalPartial:
         return rows
 
     def _models(self) -> tuple[Detector, ColourFn]:
-        """Built by the GenEval suite's own loader (same models and settings as the suite)."""
+        """Built by the GenEval suite's own loader (same models and settings as the suite, but
+        the colour CLIP's activation of `colour_clip_activation`)."""
         if self._detector is None or self._colour_fn is None:
             from suites.geneval import GenEval
 
@@ -271,8 +285,9 @@ class GenevalPartial:
             suite_cfg = GenEval.Config(models=c.models, detector_path=c.detector_path,
                                        clip_path=c.clip_path, allow_download=c.allow_download,
                                        batch_size=c.batch_size, stand_in_seed=c.stand_in_seed)
-            detector, colour_fn = cached_model("geneval-models", suite_cfg,
-                                               lambda: GenEval(suite_cfg).models())
+            activation = c.colour_clip_activation
+            detector, colour_fn = cached_model("geneval-models", (suite_cfg, activation),
+                                               lambda: GenEval(suite_cfg).models(colour_activation=activation))
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
