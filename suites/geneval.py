@@ -10,7 +10,7 @@ the suite is named "geneval[stand-in]" and is never reported under the official 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -23,6 +23,7 @@ from rtdmd_bench.errors import UserError
 from suites import prompt_sets
 from suites.geneval_detector import (DETECTOR_HUB_ID, DetectorSettings, Mask2FormerDetector, load_clip,
                                      load_mask2former, tiny_clip, tiny_mask2former)
+from suites.geneval_official import OfficialScorer, score_official
 from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 
 VERSION = "geneval/transformers-m2f-1"
@@ -56,6 +57,12 @@ class GenEval:
         """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
         stand_in_seed: int = 0
         """Seed of the stand-in models' random initialisation (not a sampling seed)."""
+        scorer: Literal["transformers", "official"] = "transformers"
+        """"transformers": score in this process with the detector above; "official": run GenEval's own
+        evaluate_images.py + summary_scores.py in the environment named by `official` (suites/geneval_official.py),
+        reported as "geneval[official]", version geneval/official-mmdet-1."""
+        official: OfficialScorer.Config = field(default_factory=OfficialScorer.Config)
+        """Where GenEval's own scorer lives (python, checkout, detector folder); used when scorer="official"."""
 
     name = "geneval"
     version = VERSION
@@ -71,6 +78,12 @@ class GenEval:
             self.name, self.version = "geneval[stand-in]", STAND_IN_VERSION
         self._detector, self._colour_fn = detector, colour_fn
         self._rows: list[dict[str, Any]] | None = None
+        self.official: OfficialScorer | None = None
+        if self.cfg.scorer == "official":  # checks its python, checkout and detector now, before any generation
+            if self.stand_in:
+                raise UserError("suite.scorer=official runs GenEval's own models: drop suite.models=stand-in")
+            self.official = OfficialScorer(self.cfg.official)
+            self.name, self.version = self.official.name, self.official.version
 
     def metadata(self) -> list[dict[str, Any]]:
         """One GenEval metadata dict per prompt, aligned with `prompts()`."""
@@ -124,6 +137,8 @@ class GenEval:
             raise UserError("GenEval images must come in the order of the suite's prompts() (prompt-major)")
         if images.shape[0] != len(prompts) * k:
             raise UserError(f"GenEval needs {k} images per prompt: got {images.shape[0]} for {len(prompts)} prompts")
+        if self.official is not None:
+            return score_official(self.official, images, rows[: len(prompts)], k)
         per_image_rows = [rows[i // k] for i in range(len(images))]
         judged = self.judge(images, per_image_rows)
         metrics = aggregate([r["tag"] for r in per_image_rows], [ok for ok, _ in judged], k)
