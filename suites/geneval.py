@@ -5,6 +5,8 @@ thresholds and rules (suites/geneval_rules.py). The detector is transformers' Ma
 Swin-S COCO instance model, not the official mmdet one, so results are versioned
 "geneval/transformers-m2f-1" and carry a note saying so. With the tiny random stand-in models
 the suite is named "geneval[stand-in]" and is never reported under the official name.
+With `scorer="official"` GenEval's own code scores the images in the user's environment instead
+(suites/geneval_official.py): "geneval[official]", version "geneval/official-mmdet-1".
 """
 
 from __future__ import annotations

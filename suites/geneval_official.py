@@ -81,7 +81,7 @@ class OfficialScorer:
         given = {f: getattr(cfg, f) or environ.get(ENV[f], "") for f in ENV}
         for f, value in given.items():
             if not value:
-                raise UserError(f"suite.scorer=official needs the {f}: set --set suite.official.{f}=PATH or the "
+                raise UserError(f"GenEval's official scorer needs the {f}: set --set suite.official.{f}=PATH or the "
                                 f"environment variable {ENV[f]} to {HOW[f]}")
         self.python = _executable(given["python"])
         self.checkout = _folder(given["checkout"], "checkout")
