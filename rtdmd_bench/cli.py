@@ -272,6 +272,27 @@ def eval_cmd(
         _print_metrics(res)
 
 
+@app.command("geneval-agreement")
+def geneval_agreement_cmd(
+    run: Optional[Path] = typer.Option(None, help="Run folder: its GenEval samples (cached by `eval`, else generated)."),
+    images: Optional[Path] = typer.Option(None, help="Folder in GenEval's layout (<idx>/metadata.jsonl + samples/NNNN.png)."),
+    set_: list[str] = typer.Option([], "--set", help="GenEval suite override suite.FIELD=VALUE, e.g. "
+                                   "suite.official.python=PATH, suite.official.checkout=DIR, suite.official.detector=DIR."),
+    out: Optional[Path] = typer.Option(None, help="JSON output (default RUN/eval/geneval-agreement.json or "
+                                       "IMAGES/geneval-agreement.json)."),
+    seed: Optional[int] = typer.Option(None, help="With --run: evaluation seed, as for `eval` (default 0)."),
+    batch_size: int = typer.Option(256, help="With --run: generation batch size."),
+) -> None:
+    """Score the same GenEval images with the suite's transformers detector and with GenEval's own
+    scorer (needs its environment and a GPU); print per-tag agreement, Cohen's kappa and the
+    difference of the GenEval figures, and write them as JSON (format: suites/geneval_agreement.py)."""
+    from suites.geneval_agreement import agreement_study, format_table
+
+    result, path = agreement_study(run, images, _parse_suite_sets(set_), out, seed, batch_size)
+    console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {path}", markup=False, highlight=False)
+
+
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (seeds of the same config are grouped)."),

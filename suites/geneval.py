@@ -8,12 +8,14 @@ detector is transformers' Mask2Former Swin-S COCO instance model, not the offici
 results are versioned "geneval/transformers-m2f-2" and carry a note saying so. With the tiny
 random stand-in models the suite is named "geneval[stand-in]" and is never reported under the
 official name.
+With `scorer="official"` GenEval's own code scores the images in the user's environment instead
+(suites/geneval_official.py): "geneval[official]", version "geneval/official-mmdet-1".
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -27,6 +29,7 @@ from suites import prompt_sets
 from suites.geneval_detector import (DETECTOR_HUB_ID, ClipActivation, ClipPrecision, DetectorSettings,
                                      Mask2FormerDetector, load_clip, load_mask2former, resolve_clip_precision,
                                      tiny_clip, tiny_mask2former)
+from suites.geneval_official import OfficialScorer, score_official
 from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 
 # -2: QuickGELU colour CLIP from any source, PIL-exact crop transform, float32 thresholds,
@@ -69,6 +72,12 @@ class GenEval:
         """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
         stand_in_seed: int = 0
         """Seed of the stand-in models' random initialisation (not a sampling seed)."""
+        scorer: Literal["transformers", "official"] = "transformers"
+        """"transformers": score in this process with the detector above; "official": run GenEval's own
+        evaluate_images.py + summary_scores.py in the environment named by `official` (suites/geneval_official.py),
+        reported as "geneval[official]", version geneval/official-mmdet-1."""
+        official: OfficialScorer.Config = field(default_factory=OfficialScorer.Config)
+        """Where GenEval's own scorer lives (python, checkout, detector folder); used when scorer="official"."""
 
     name = "geneval"
     version = VERSION
@@ -85,6 +94,12 @@ class GenEval:
             self.name, self.version = "geneval[stand-in]", STAND_IN_VERSION
         self._detector, self._colour_fn = detector, colour_fn
         self._rows: list[dict[str, Any]] | None = None
+        self.official: OfficialScorer | None = None
+        if self.cfg.scorer == "official":  # checks its python, checkout and detector now, before any generation
+            if self.stand_in:
+                raise UserError("suite.scorer=official runs GenEval's own models: drop suite.models=stand-in")
+            self.official = OfficialScorer(self.cfg.official)
+            self.name, self.version = self.official.name, self.official.version
 
     def metadata(self) -> list[dict[str, Any]]:
         """One GenEval metadata dict per prompt, aligned with `prompts()`."""
@@ -151,6 +166,8 @@ class GenEval:
             raise UserError("GenEval images must come in the order of the suite's prompts() (prompt-major)")
         if images.shape[0] != len(prompts) * k:
             raise UserError(f"GenEval needs {k} images per prompt: got {images.shape[0]} for {len(prompts)} prompts")
+        if self.official is not None:
+            return score_official(self.official, images, rows[: len(prompts)], k)
         device = self.device()
         precision = resolve_clip_precision(self.cfg.clip_precision, device.type)  # refuse a bad setting first
         per_image_rows = [rows[i // k] for i in range(len(images))]
