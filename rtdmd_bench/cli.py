@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -231,13 +231,23 @@ def _print_metrics(res: dict[str, Any]) -> None:
     console.print(t)
 
 
+TeacherSampler = Literal["cps", "euler", "euler-pipeline", "euler-few-step"]
+"""`eval --teacher-sampler` choices: `evaluate.SamplerKind` spelled here so that --help lists them
+without importing torch (a test checks the two agree)."""
+
+
 @app.command("eval")
 def eval_cmd(
     suite: list[str] = typer.Option(..., "--suite", help="Suite name, repeatable (`rtdmd-bench list suites`)."),
     run: Optional[Path] = typer.Option(None, help="Run folder to evaluate (its EMA generator)."),
     base: Optional[str] = typer.Option(None, help="Evaluate this base's teacher instead of a run."),
     teacher_steps: int = typer.Option(4, help="With --base: teacher sampler steps."),
-    teacher_sampler: str = typer.Option("cps", help="With --base: cps | euler."),
+    teacher_sampler: TeacherSampler = typer.Option(
+        "cps", help="With --base: cps = few-step CPS on the student's schedule; euler = Euler on the base's "
+        "scheduler schedule (set_timesteps(N), RTDMD's normal mode); euler-pipeline = Euler on the schedule the "
+        "diffusers pipeline sets (differs on FLUX); euler-few-step = Euler on the few-step formula."),
+    teacher_cfg: Optional[float] = typer.Option(
+        None, help="With --base: teacher guidance scale (default: the base's default_cfg; 1 = unguided)."),
     set_: list[str] = typer.Option([], "--set", help="Suite config override suite.FIELD=VALUE (repeatable)."),
     base_set: list[str] = typer.Option([], "--base-set", help="With --base: base config override base.FIELD=VALUE."),
     out: Path = typer.Option(Path("runs/teacher-eval"), help="With --base: output folder."),
@@ -264,7 +274,7 @@ def eval_cmd(
 
     cfg = resolve_config("dmd2", base, base_set)
     b = build(cfg)
-    spec = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, tag=base)
+    spec = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
     for s in suite:
         st = build_suite(s, sets)
         res = evaluate_suite(st, b.base, spec, b.rewards, cfg.to_dict(), _seed(seed, st), out / "samples",
@@ -363,10 +373,13 @@ def main() -> None:
     except Exception as e:  # click usage errors arrive here with standalone_mode=False
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        # Recent typer raises its own vendored copy of click's exceptions, not click's classes.
+        vendored = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        usage = (click.exceptions.ClickException, vendored)
+        if isinstance(e, usage):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, (click.exceptions.Abort, click.exceptions.Exit)):
+        if isinstance(e, (click.exceptions.Abort, click.exceptions.Exit, typer.Abort, typer.Exit)):
             sys.exit(getattr(e, "exit_code", 1))
         raise
 

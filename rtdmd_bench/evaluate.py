@@ -6,6 +6,8 @@ the prompt-set hash; prompt index; seed), one file per prompt, so that
 - an interrupted evaluation resumes where it stopped,
 - scores do not depend on the generation batch size: image j of prompt i always starts from
   noise seeded by (seed, i, j), and so does every CPS step's noise,
+- a sampler's cache folder names the schedule it walks and a digest of its sigmas, so a change of
+  schedule (the teacher's Euler now follows the base's scheduler) never reuses stale images,
 - generation shards across processes (`accelerate launch -m rtdmd_bench eval ...`): rank r
   generates the prompts i with i % world == r into the shared cache, then rank 0 gathers them
   from the cache and scores (the cache is the gather; results equal a single-process run).
@@ -19,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,19 +35,64 @@ from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
 
+SamplerKind = Literal["cps", "euler", "euler-pipeline", "euler-few-step"]
+SAMPLER_KINDS: tuple[str, ...] = get_args(SamplerKind)
+
+
 @dataclass
 class SamplerSpec:
     """Who samples and how: the student (a run's EMA generator) or the teacher."""
 
-    role: str  # "student" | "teacher"
-    num_steps: int  # sampler steps
-    kind: str = "cps"  # "cps" (few-step stochastic CPS) | "euler" (deterministic ODE)
+    role: str
+    """"student" | "teacher"."""
+    num_steps: int
+    """Sampler steps N."""
+    kind: SamplerKind = "cps"
+    """"cps": the few-step stochastic CPS sampler (`eta`) on the base's few-step schedule `sigmas(N)`.
+    "euler": deterministic Euler x <- x + (sigma' - sigma) v (diffusers'
+    `FlowMatchEulerDiscreteScheduler.step`) on the teacher's own schedule `teacher_sigmas(N)`:
+    the base's scheduler after `set_timesteps(N)`, as RTDMD's normal inference mode sets it.
+    "euler-pipeline": the same on the schedule the base's diffusers pipeline sets (differs from
+    "euler" on FLUX, whose pipelines pass sigmas linspace(1, 1/N, N)).
+    "euler-few-step": Euler on the few-step formula `sigmas(N)` (the suite's "euler" before it
+    followed the scheduler; on SD3 at 28 steps it stops at sigma 0.1 instead of 0.0089)."""
     eta: float = 0.9
-    cfg: float | None = None  # teacher guidance; None = the base's default
-    tag: str = ""  # identifies the weights (run id + checkpoint) in the cache key
+    """CPS noise level (cps only)."""
+    cfg: float | None = None
+    """Teacher guidance scale; None = the base's default. Ignored for the student."""
+    tag: str = ""
+    """Identifies the weights (run id + checkpoint) in the cache key."""
 
-    def key(self) -> str:
-        return f"{self.role}-{self.kind}{self.num_steps}-eta{self.eta}-cfg{self.cfg}-{self.tag}"
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLER_KINDS:
+            raise UserError(f"unknown sampler {self.kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
+        if self.role not in ("student", "teacher"):
+            raise UserError(f"unknown sampler role {self.role!r}; valid: student, teacher")
+
+    @property
+    def schedule(self) -> str:
+        """Which schedule the sampler walks: "few-step" (`Base.sigmas`), "teacher" or
+        "teacher-pipeline" (`Base.teacher_sigmas`)."""
+        return {"cps": "few-step", "euler-few-step": "few-step", "euler": "teacher",
+                "euler-pipeline": "teacher-pipeline"}[self.kind]
+
+    def sigmas(self, base: Any) -> Tensor:
+        """(num_steps + 1,) the sigmas this sampler walks on `base`."""
+        if self.schedule == "few-step":
+            return base.sigmas(self.num_steps)
+        return base.teacher_sigmas(self.num_steps, pipeline=self.schedule == "teacher-pipeline")
+
+    def key(self, sigmas: Tensor) -> str:
+        """Cache folder name: who, how, and a digest of the sigmas walked, so images made on one
+        schedule are never served for another (e.g. after a base's schedule changes)."""
+        digest = hashlib.sha256(sigmas.detach().double().cpu().numpy().tobytes()).hexdigest()[:8]
+        return (f"{self.role}-{self.kind}{self.num_steps}-{self.schedule}{digest}-eta{self.eta}"
+                f"-cfg{self.cfg}-{self.tag}")
+
+    def record(self, base: Any) -> dict[str, Any]:
+        """What the results JSON says about the sampler: the spec, its schedule and the sigmas."""
+        return {**dataclasses.asdict(self), "schedule": self.schedule,
+                "sigmas": [round(float(v), 8) for v in self.sigmas(base)]}
 
     @classmethod
     def student(cls, method_cfg: Any, tag: str = "") -> "SamplerSpec":
@@ -58,6 +105,11 @@ class SamplerSpec:
         raise UserError(f"method config {type(method_cfg).__name__} has no num_steps: cannot sample its student")
 
 
+FIDT_TEACHER = SamplerSpec(role="teacher", num_steps=50, kind="euler")
+"""The teacher reference of FID-T when the caller gives none: 50 Euler steps on the teacher's own
+schedule, at the base's default guidance."""
+
+
 @dataclass
 class GenStats:
     generated: int = 0  # images generated now
@@ -68,31 +120,44 @@ def prompt_set_hash(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:12]
 
 
-def _noises(shape: tuple[int, ...], seed: int, prompt_index: int, js: range, num_steps: int) -> Tensor:
-    """(num_steps + 1, len(js), *shape): initial noise and each step's CPS noise, per image."""
+def _noises(shape: tuple[int, ...], seed: int, prompt_index: int, js: range, num_steps: int,
+            keep: int | None = None) -> Tensor:
+    """(num_steps + 1, len(js), *shape): initial noise and each step's CPS noise, per image; only the
+    first `keep` rows when given (Euler needs the initial noise alone: the draw is the same, but a
+    50-step teacher at 1024 px does not hold 51 latents per image)."""
     out = []
     for j in js:
         g = torch.Generator().manual_seed(stable_seed("eval", seed, prompt_index, j))
-        out.append(torch.randn((num_steps + 1, *shape), generator=g))
+        out.append(torch.randn((num_steps + 1, *shape), generator=g)[:keep])
     return torch.stack(out, dim=1)
+
+
+def sample_latents(base: Any, spec: SamplerSpec, cond: Any, z: Tensor, sigmas: Tensor | None = None) -> Tensor:
+    """(B, *latent_shape) final latents of the spec's sampler, without grad.
+
+    z: (K, B, *latent_shape); z[0] is the initial latent at sigma 1, z[j + 1] the CPS noise of step j
+    (K = num_steps + 1 for CPS; Euler reads z[0] only). The teacher is guided as the diffusers
+    pipelines do: v = v_uncond + w (v_cond - v_uncond), w = `spec.cfg` or the base's default."""
+    sigmas = spec.sigmas(base) if sigmas is None else sigmas
+    cfg = (base.default_cfg if spec.cfg is None else spec.cfg) if spec.role == "teacher" else None
+    velocity = sampling.base_velocity(base, spec.role, cond, cfg=cfg)
+    with torch.no_grad():
+        if spec.kind == "cps":
+            return sampling.rollout(velocity, z[0], sigmas, spec.eta, lambda j: z[j + 1]).xs[-1]
+        return sampling.euler_sample(lambda x, s: velocity(x, s, None), z[0], sigmas)
 
 
 def generate_prompt(base: Any, spec: SamplerSpec, prompt: str, prompt_index: int, n: int, seed: int,
                     batch_size: int) -> Tensor:
     """Decoded samples (n, ...) for one prompt, batch-size independent."""
-    sigmas = base.sigmas(spec.num_steps)
-    cfg = (base.default_cfg if spec.cfg is None else spec.cfg) if spec.role == "teacher" else None
+    sigmas = spec.sigmas(base)
     chunks = []
     for start in range(0, n, batch_size):
         js = range(start, min(n, start + batch_size))
-        z = _noises(tuple(base.latent_shape), seed, prompt_index, js, spec.num_steps)
-        cond = base.encode([prompt] * len(js))
-        velocity = sampling.base_velocity(base, spec.role, cond, cfg=cfg)
+        z = _noises(tuple(base.latent_shape), seed, prompt_index, js, spec.num_steps,
+                    keep=None if spec.kind == "cps" else 1)
+        x = sample_latents(base, spec, base.encode([prompt] * len(js)), z, sigmas)
         with torch.no_grad():
-            if spec.kind == "euler":
-                x = sampling.euler_sample(lambda x, s: velocity(x, s, None), z[0], sigmas)
-            else:
-                x = sampling.rollout(velocity, z[0], sigmas, spec.eta, lambda j: z[j + 1]).xs[-1]
             chunks.append(base.decode(x).float().cpu())
     return torch.cat(chunks)
 
@@ -113,6 +178,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def cache_folder(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int,
+                 seed: int) -> Path:
+    """<cache>/<sampler key>/<prompt-set hash>-n<images>-seed<seed>/, created."""
+    set_folder = f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
+    folder = Path(cache_dir) / spec.key(spec.sigmas(base)) / set_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int, seed: int,
              cache_dir: Path | None, batch_size: int = 256, stats: GenStats | None = None,
              progress: Callable[[int, int], None] | None = None) -> Tensor:
@@ -127,8 +201,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
         barrier()
     folder = None
     if cache_dir is not None:
-        folder = Path(cache_dir) / spec.key() / f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     out = []
     for i, prompt in enumerate(prompts):
         path = folder / f"{i:05d}.safetensors" if folder else None
@@ -153,8 +226,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
 
 def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], indices: list[int],
                          images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats) -> None:
-    folder = Path(cache_dir) / spec.key() / f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     for i in indices:
         path = folder / f"{i:05d}.safetensors"
         if path.exists():
@@ -200,8 +272,11 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
     if shard()[0] != 0:
         return {}
 
+    ts = teacher_spec or FIDT_TEACHER
+    teacher_used: list[SamplerSpec] = []
+
     def teacher_samples() -> Tensor:
-        ts = teacher_spec or SamplerSpec(role="teacher", num_steps=50, kind="euler")
+        teacher_used.append(ts)
         return generate(base, ts, prompts, n, seed, cache_dir, batch_size, stats)
 
     # Suites score with the unmetered rewards: evaluation never spends a run's training budget.
@@ -211,7 +286,8 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
     result = {
         "suite": suite.name, "suite_version": suite.version, "metrics": metrics,
         "higher_is_better": dict(suite.higher_is_better), "images_per_prompt": n, "num_prompts": len(prompts),
-        "seed": seed, "sampler": dataclasses.asdict(spec),
+        "seed": seed, "sampler": spec.record(base),
+        **({"teacher_sampler": teacher_used[0].record(base)} if teacher_used else {}),
         "run": {k: run_config.get("run", {}).get(k) for k in ("method", "base", "seed", "run_id")},
         "processes": shard()[1],
         "eval_wall_time_s": time.perf_counter() - t0, "versions": versions(), "git_commit": git_commit(),

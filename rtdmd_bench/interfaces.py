@@ -70,7 +70,16 @@ class Base(Protocol):
         the sample itself for `toy2d`."""
 
     def sigmas(self, num_steps: int) -> Tensor:
-        """(num_steps + 1,) descending noise levels with the base's shift, ending at 0."""
+        """(num_steps + 1,) descending noise levels with the base's shift, ending at 0: the few-step
+        schedule of the student (and of the teacher's few-step CPS sampler)."""
+
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """(num_steps + 1,) descending noise levels of the teacher's own multi-step sampler, ending
+        at 0. Diffusers bases: their scheduler's `set_timesteps(num_steps, mu=...)` sigmas plus the
+        final 0, as RTDMD's normal inference mode sets them; `pipeline=True` asks for the schedule
+        the base's diffusers pipeline sets where it differs (FLUX pipelines pass sigmas
+        linspace(1, 1/N, N)). Bases without a diffusers scheduler return `sigmas(num_steps)`.
+        Only samplers call this; methods train on `sigmas`."""
 
     def trainable(self, role: str) -> list[nn.Parameter]:
         """Parameters the method may optimise for `role` (student or fake)."""

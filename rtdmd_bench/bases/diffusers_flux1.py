@@ -9,7 +9,8 @@ carries the student and fake LoRA adapters.
 Conditioning: CLIP-L pooled output + T5 sequence (512 tokens), text RoPE ids all zero.
 Latents x: VAE latents (16, H/8, W/8) scaled `(z - shift) * scale`, packed 2x2 into tokens
 (H/16 * W/16, 64); image RoPE ids (0, row, col). Schedule: FLUX.1's resolution-dependent
-dynamic shift (`flux_mu`, base 256 / max 4096 tokens, shift 0.5 / 1.15).
+dynamic shift (`flux_mu`, base 256 / max 4096 tokens, shift 0.5 / 1.15); the teacher's multi-step
+schedule is the scheduler's own under that mu (`teacher_sigmas`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.bases.diffusers_common import DiffusersBase, DiffusersConfig, Networks, load_component
-from rtdmd_bench.core.schedules import few_step_sigmas, flux_mu
+from rtdmd_bench.bases.diffusers_loading import check_scheduler_config
+from rtdmd_bench.bases.real_configs import FLUX_SCHEDULER
+from rtdmd_bench.core.schedules import few_step_sigmas, flux_mu, scheduler_sigmas
 from rtdmd_bench.errors import UserError
 
 FLUX1_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -43,6 +46,7 @@ class Flux1Dev(DiffusersBase):
     uses_negative = False  # guidance-distilled: no empty-prompt branch
     latent_channels = 16
     vae_scale = 8
+    scheduler_config = FLUX_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler
 
     @dataclass
     class Config(DiffusersConfig):
@@ -70,6 +74,7 @@ class Flux1Dev(DiffusersBase):
 
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, FLUX1_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", FLUX1_SUBFOLDERS)
+        check_scheduler_config(loc, local, self.scheduler_config, self.name)
         dt = {"torch_dtype": self.dtype}
 
         def load(cls, sub, **kw):  # noqa: ANN001, ANN202
@@ -120,3 +125,11 @@ class Flux1Dev(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, mu=flux_mu(self.side * self.side))
+
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """The scheduler's sigmas under FluxPipeline's `calculate_shift` mu, + the final 0: RTDMD's
+        normal mode calls `set_timesteps(num_steps, mu=mu)`; with `pipeline`, FluxPipeline's
+        `set_timesteps(sigmas=linspace(1, 1/N, N), mu=mu)`."""
+        c = self.scheduler_config
+        mu = flux_mu(self.side * self.side, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+        return scheduler_sigmas(num_steps, c, mu, "uniform" if pipeline else "scheduler")

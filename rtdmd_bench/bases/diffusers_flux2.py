@@ -12,7 +12,8 @@ features (B, L, 3 D); the empty prompt is the CFG negative (as Flux2KleinPipelin
 The transformer takes timestep = sigma (it multiplies by 1000 itself), no guidance embedding.
 Latents x are the packed tokens the transformer consumes: VAE latents (C, H/8, W/8) ->
 2x2 patchify (4C, H/16, W/16) -> BatchNorm-statistics normalisation -> (H/16 * W/16, 4C).
-Schedule: FLUX.2-klein's empirical dynamic shift (`klein_mu`), resolution- and step-dependent.
+Schedule: FLUX.2-klein's empirical dynamic shift (`klein_mu`), resolution- and step-dependent; the
+teacher's multi-step schedule is the scheduler's own under that mu (`teacher_sigmas`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from rtdmd_bench.bases.diffusers_common import (
     ATTN_TARGETS, TINY_PROMPTS, DiffusersBase, DiffusersConfig, LoraSettings, Networks, load_component,
     word_tokenizer,
 )
-from rtdmd_bench.core.schedules import few_step_sigmas
+from rtdmd_bench.bases.diffusers_loading import check_scheduler_config
+from rtdmd_bench.bases.real_configs import FLUX_SCHEDULER
+from rtdmd_bench.core.schedules import few_step_sigmas, scheduler_sigmas
 from rtdmd_bench.errors import UserError
 
 FLUX2_TARGETS: tuple[str, ...] = ATTN_TARGETS + ("attn.to_qkv_mlp_proj", "attn.to_out")
@@ -67,6 +70,7 @@ class Flux2Klein4B(DiffusersBase):
     gated = False  # Apache-2.0 (the 9B variants are gated, non-commercial)
     latent_channels = 32
     vae_scale = 8
+    scheduler_config = FLUX_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler (tiny-flux2 too)
 
     @dataclass
     class Config(DiffusersConfig):
@@ -103,6 +107,7 @@ class Flux2Klein4B(DiffusersBase):
 
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, FLUX2_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", FLUX2_SUBFOLDERS)
+        check_scheduler_config(loc, local, self.scheduler_config, self.name)
         dt = {"torch_dtype": self.dtype}
         nets = Networks(
             transformer=load_component(Flux2Transformer2DModel, loc, "transformer", local, msg, **dt),
@@ -155,6 +160,13 @@ class Flux2Klein4B(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, mu=klein_mu(self.side * self.side, num_steps))
+
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """The scheduler's sigmas under the empirical mu for num_steps, + the final 0: RTDMD's normal
+        mode calls `set_timesteps(num_steps, mu=mu)` (evenly spaced down to sigma 1/1000 before the
+        shift); with `pipeline`, Flux2KleinPipeline's `set_timesteps(sigmas=linspace(1, 1/N, N), mu=mu)`."""
+        return scheduler_sigmas(num_steps, self.scheduler_config, klein_mu(self.side * self.side, num_steps),
+                                "uniform" if pipeline else "scheduler")
 
 
 class Flux2Klein9B(Flux2Klein4B):

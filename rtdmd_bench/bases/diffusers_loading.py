@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from rtdmd_bench.core.schedules import FlowMatchSchedulerConfig, scheduler_config_differences
 from rtdmd_bench.errors import UserError
 
 
@@ -97,3 +98,29 @@ def freeze(*modules: nn.Module | None) -> None:
         if m is not None:
             m.requires_grad_(False)
             m.eval()
+
+
+def check_scheduler_config(location: str, local: bool, recorded: FlowMatchSchedulerConfig, base: str) -> list[str]:
+    """Compare the weights' own `scheduler/scheduler_config.json` with the scheduler config the
+    base records (`real_configs`), warn on any schedule-deciding difference and return the
+    differences. The file is read from the local directory or the hub cache (downloaded when
+    online); when it cannot be had, nothing is compared (the recorded config stands)."""
+    import json
+
+    path = Path(location).expanduser() / "scheduler" / "scheduler_config.json" if local else None
+    if not local:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(location, "scheduler_config.json", subfolder="scheduler",
+                                        local_files_only=offline()))
+        except Exception:  # noqa: BLE001  (no network, gated repo, ...: the recorded config stands)
+            path = None
+    if path is None or not path.is_file():
+        return []
+    diffs = scheduler_config_differences(json.loads(path.read_text()), recorded)
+    if diffs:
+        warnings.warn(f"base {base!r}: {path} differs from the scheduler config the suite records "
+                      f"({'; '.join(diffs)}); teacher samplers use the recorded schedule, so they may not "
+                      "match this checkpoint's diffusers pipeline: please report it", stacklevel=2)
+    return diffs

@@ -3,7 +3,8 @@
 Conditioning (as SD3 was trained): two CLIP text encoders give the penultimate hidden states
 (concatenated on features, zero-padded to T5's width) and pooled projections (concatenated);
 T5 gives the long sequence; the transformer sees [CLIP tokens; T5 tokens]. The transformer's
-timestep is sigma * 1000. Schedule: constant shift 3 (METHODS.md section 1). Latents are the
+timestep is sigma * 1000. Schedule: constant shift 3 (METHODS.md section 1); the teacher's
+multi-step schedule is the scheduler's own (`teacher_sigmas`). Latents are the
 VAE latents scaled as `(z - shift_factor) * scaling_factor`, shape (16, H/8, W/8).
 
 `tiny-sd3` is the same adapter over the same classes with a tiny random config (seeded) and
@@ -21,7 +22,9 @@ from torch import Tensor, nn
 from rtdmd_bench.bases.diffusers_common import (
     TINY_PROMPTS, DiffusersBase, DiffusersConfig, LoraSettings, Networks, load_component, word_tokenizer,
 )
-from rtdmd_bench.core.schedules import few_step_sigmas
+from rtdmd_bench.bases.diffusers_loading import check_scheduler_config
+from rtdmd_bench.bases.real_configs import SD3_SCHEDULER
+from rtdmd_bench.core.schedules import few_step_sigmas, scheduler_sigmas
 from rtdmd_bench.errors import UserError
 
 SD3_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
@@ -35,6 +38,7 @@ class SD3(DiffusersBase):
     name = "sd3"
     env_name = "SD3"
     shift = 3.0  # SD3/SD3.5 constant timestep shift (scheduler_config.json "shift": 3.0)
+    scheduler_config = SD3_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler (tiny-sd3 too)
     latent_channels = 16
     vae_scale = 8
 
@@ -59,6 +63,7 @@ class SD3(DiffusersBase):
 
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, SD3_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", SD3_SUBFOLDERS)
+        check_scheduler_config(loc, local, self.scheduler_config, self.name)
 
         def load(cls, sub, **kw):  # noqa: ANN001, ANN202
             return load_component(cls, loc, sub, local, msg, **kw)
@@ -108,6 +113,12 @@ class SD3(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, shift=self.shift)
+
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """`FlowMatchEulerDiscreteScheduler(shift=3).set_timesteps(num_steps)` sigmas + the final 0, as
+        RTDMD's normal mode and StableDiffusion3Pipeline set them (the pipeline passes no sigmas, so
+        `pipeline` changes nothing here)."""
+        return scheduler_sigmas(num_steps, self.scheduler_config)
 
 
 class SD35M(SD3):

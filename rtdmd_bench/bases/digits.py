@@ -175,6 +175,11 @@ class Digits:
         """(num_steps + 1,) descending sigmas with the base's shift, ending at 0."""
         return few_step_sigmas(num_steps, shift=self.cfg.shift)
 
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """No diffusers scheduler here: the teacher walks the same formula as the student (with
+        shift 1, N uniform steps; what the committed teacher rows and FID-T references used)."""
+        return self.sigmas(num_steps)
+
     def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Call the student and fake score through `wrap(net)` (the frozen teacher stays bare)."""
         self.runners = {role: wrap(self._net(role)) for role in ("student", "fake")}

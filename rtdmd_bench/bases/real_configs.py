@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rtdmd_bench.core.schedules import FlowMatchSchedulerConfig
+
 
 @dataclass(frozen=True)
 class Component:
@@ -107,6 +109,21 @@ REAL_BASES: dict[str, RealBase] = {
             axes_dims_rope=(16, 56, 56))), VAE_16CH, (CLIP_L_NO_PROJ, T5_XXL), 512, 512,
         stage2_batch=3),
 }
+
+
+# ---- schedulers (scheduler/scheduler_config.json of each hub repository) -----------------------
+SD3_SCHEDULER = FlowMatchSchedulerConfig(num_train_timesteps=1000, shift=3.0)
+"""stable-diffusion-3-medium-diffusers, -3.5-medium and -3.5-large: `{"num_train_timesteps": 1000,
+"shift": 3.0}`, no dynamic shifting (RTDMD's trainer comment says the same: "SD3.5
+(use_dynamic_shifting=False, shift=3.0)")."""
+FLUX_SCHEDULER = FlowMatchSchedulerConfig(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+    base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+"""FLUX.1-dev and the FLUX.2-klein repositories (-base-4B/-9B, -4B/-9B): dynamic shifting with the
+FluxPipeline defaults (base 0.5 at 256 tokens, max 1.15 at 4096); `shift` 3.0 is unused under
+dynamic shifting, and FLUX.2-klein's mu is the empirical `compute_empirical_mu`, not base/max
+shift. Recorded without network access here: `check_scheduler_config` compares it with the
+repository's own file whenever the weights are loaded."""
 
 
 def tiny_bases() -> dict[str, RealBase]:

@@ -246,6 +246,11 @@ class Toy2D:
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, shift=self.cfg.shift)
 
+    def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
+        """The toy has no diffusers scheduler: its teacher walks the same shifted formula as the
+        student (what the committed teacher rows used)."""
+        return self.sigmas(num_steps)
+
     def trainable(self, role: str) -> list[nn.Parameter]:
         return list(self._net(role).parameters())
 
