@@ -249,8 +249,14 @@ def score_official(scorer: OfficialScorer, images: Tensor, rows: Sequence[dict[s
         "suite": scorer.name,
         "version": scorer.version,
         "note": scorer.note,
+        # The official scorer runs in the user's environment, as GenEval's own code sets it up:
+        # open_clip 2.20's OpenAI ViT-L/14 (QuickGELU) under CUDA fp16 autocast.
+        "device": "official environment (CUDA)",
+        "clip_precision": "fp16-autocast",
+        "clip_activation": "quick_gelu",
         "images_per_prompt": k,
         "n_prompts": len(rows),
+        "n_images": len(result.verdicts),
         "partial": len(rows) < prompt_sets.OFFICIAL["geneval"].lines,
         "failures": [{"index": i, "prompt": per_image[i]["prompt"], "reason": reason}
                      for i, (c, reason) in enumerate(result.verdicts) if not c][:50],

@@ -150,7 +150,7 @@ def test_eval_and_agreement_on_a_tiny_sd3_run(tmp_path, shared_data):
     study = json.loads((run / "eval" / "geneval-agreement.json").read_text())
     stand_in = json.loads((run / "eval" / "geneval[stand-in].json").read_text())
     mmdet = json.loads((run / "eval" / "geneval[official].json").read_text())
-    assert mmdet["suite_version"].startswith("geneval/official-mmdet-1") and stand_in["suite_version"] == "geneval/stand-in-1"
+    assert mmdet["suite_version"].startswith("geneval/official-mmdet-1") and stand_in["suite_version"] == "geneval/stand-in-2"
     for side, saved in (("transformers", stand_in), ("official", mmdet)):
         assert study["scorers"][side]["metrics"] == {k: saved["metrics"][k] for k in study["scorers"][side]["metrics"]}
     assert study["images"] == 8 and sum(study["all_images"][c] for c in
