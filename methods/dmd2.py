@@ -14,7 +14,9 @@ normalised DMD gradient g = (x0_fake - x0_real) / mean|x0 - x0_real| (teacher wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from rtdmd_bench.core import schedules
 from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 
@@ -28,7 +28,7 @@ from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.reward_tilted import (
     Chunk, Masked, RewardTiltedConfig, grpo_advantages, stage2_ema_update, stage2_prompts,
 )
-from rtdmd_bench.core.parallel import BatchRandom, Shard
+from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
 

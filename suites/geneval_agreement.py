@@ -86,7 +86,6 @@ def compare(tags: Sequence[str], a: Sequence[bool], b: Sequence[bool]) -> dict[s
 def study(images: Tensor, rows: Sequence[dict[str, Any]], suite: Any, official: Any) -> dict[str, Any]:
     """Score images (P * k, 3, H, W) in [0, 1], prompt-major, for the P metadata rows with the
     suite's in-process scorer and with the official one; the study's dict (module docstring)."""
-    from suites.geneval_official import score_official
     from suites.geneval_rules import aggregate
 
     k = images.shape[0] // max(len(rows), 1)

@@ -22,7 +22,6 @@ share a name or version with the transformers detector's "geneval".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.prompt_files import sha256_of
 
 NAME = "geneval[official]"
 VERSION = "geneval/official-mmdet-1"
@@ -96,7 +96,7 @@ class OfficialScorer:
         self.model_config = cfg.model_config
         if self.model_config and not Path(self.model_config).is_file():
             raise UserError(f"suite.official.model_config={self.model_config!r} is not a file")
-        self.checkpoint_sha256 = _sha256(self.detector / CHECKPOINT)
+        self.checkpoint_sha256 = sha256_of(self.detector / CHECKPOINT)
         self.verified = self.checkpoint_sha256.startswith(CHECKPOINT_SHA256_PREFIX)
         self.name = NAME
         self.version = VERSION + ("" if self.verified else UNVERIFIED)
@@ -277,14 +277,6 @@ def _folder(value: str, field: str) -> Path:
     if not path.is_dir():
         raise UserError(f"suite.official.{field} / {ENV[field]} = {value!r} is not a folder: give {HOW[field]}")
     return path.resolve()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_commit(folder: Path) -> str | None:

@@ -92,3 +92,11 @@ def make_checkout(root: Path) -> dict[str, str]:
     (root / "detector").mkdir(exist_ok=True)
     (root / "detector" / "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth").write_bytes(CHECKPOINT_BYTES)
     return {"python": sys.executable, "checkout": str(root / "geneval"), "detector": str(root / "detector")}
+
+# GenEval metadata of three prompts, one per tag kind the tests need (shared by the test files).
+META = [
+    {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
+    {"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}],
+     "prompt": "a photo of two clocks"},
+    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
+]

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
-from geneval_official_stand_in import make_checkout
+from geneval_official_stand_in import META, make_checkout
 from rtdmd_bench.cli import app
 from rtdmd_bench.errors import UserError
 from suites.geneval import GenEval, write_official_layout
@@ -65,12 +65,6 @@ def test_compare_splits_by_tag_in_genevals_order_and_pools_all_images():
     assert out["all_images"] == agreement_row(T, O)
 
 
-META = [
-    {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
-    {"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}],
-     "prompt": "a photo of two clocks"},
-    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
-]
 OFFICIAL_VERDICTS = [True, False, True, False, True, True, False, False, False, True, True, True]
 
 

@@ -12,18 +12,12 @@ import tempfile
 import pytest
 import torch
 
-from geneval_official_stand_in import CHECKPOINT_BYTES, make_checkout
+from geneval_official_stand_in import CHECKPOINT_BYTES, META, make_checkout
 from rtdmd_bench.errors import UserError
 from suites import geneval_official
 from suites.geneval import GenEval
 from suites.geneval_official import ENV, OfficialScorer
 
-META = [
-    {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
-    {"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}],
-     "prompt": "a photo of two clocks"},
-    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
-]
 # The stand-in evaluator's verdict per image (prompt-major, 4 per prompt): a bright red corner.
 VERDICTS = [True, True, False, False, True, True, True, False, False, False, False, False]
 
