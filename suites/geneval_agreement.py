@@ -75,7 +75,7 @@ def agreement_row(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
 
 def compare(tags: Sequence[str], a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
     """Per-tag rows (tags in GenEval's order) and the row of all images pooled."""
-    from suites.geneval_rules import TAGS
+    from rtdmd_bench.geneval.rules import TAGS
 
     order = [t for t in TAGS if t in tags] + sorted(set(tags) - set(TAGS))
     per_tag = {t: agreement_row([x for x, s in zip(a, tags) if s == t], [y for y, s in zip(b, tags) if s == t])
@@ -86,7 +86,7 @@ def compare(tags: Sequence[str], a: Sequence[bool], b: Sequence[bool]) -> dict[s
 def study(images: Tensor, rows: Sequence[dict[str, Any]], suite: Any, official: Any) -> dict[str, Any]:
     """Score images (P * k, 3, H, W) in [0, 1], prompt-major, for the P metadata rows with the
     suite's in-process scorer and with the official one; the study's dict (module docstring)."""
-    from suites.geneval_rules import aggregate
+    from rtdmd_bench.geneval.rules import aggregate
 
     k = images.shape[0] // max(len(rows), 1)
     if k * len(rows) != images.shape[0] or k == 0:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.rules import Detection, select_detections
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial, clause_fraction, rtdmd_partial_credit
-from suites.geneval_rules import Detection, select_detections
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGE = torch.zeros(3, 100, 100)

@@ -4,8 +4,8 @@ RTDMD (like Flow-GRPO, whose reward server it uses) trains SD3 with a GenEval re
 gives partial credit per clause instead of GenEval's all-or-nothing image accuracy, on
 GenEval-style *training* prompts (same templates, disjoint from the 553 evaluation prompts).
 The detector, thresholds (0.3; 0.9 under tag "counting"), the 16-per-class cap, NMS off, the
-colour classifier and the position rule are GenEval's (reused from suites/geneval_rules.py
-and suites/geneval_detector.py: transformers Mask2Former instead of mmdet, see there).
+colour classifier and the position rule are GenEval's (rtdmd_bench/geneval/, shared with the
+`geneval` suite: transformers Mask2Former instead of mmdet, see there).
 
 Colour CLIP activation: RTDMD's scorer loads `("ViT-L-14", "openai")` with its pinned
 open_clip 3.3.0, which builds OpenAI's QuickGELU-trained weights with plain GELU. This reward
@@ -45,17 +45,18 @@ from torch import Tensor
 
 from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.clip_based import check_inputs
-from rtdmd_bench.rewards.loading import cached_model
-from suites.geneval_rules import (
+from rtdmd_bench.geneval.models import ModelSource, build_colour_classifier, build_detector
+from rtdmd_bench.geneval.rules import (
     CLASSES, COLORS, OFFICIAL, RELATIONS, Detection, Rules, relative_position, select_detections,
 )
+from rtdmd_bench.rewards.clip_based import check_inputs
+from rtdmd_bench.rewards.loading import cached_model
 
 ColourFn = Any  # (image (3,H,W), detections of one class, class) -> list of colour names
 
 
 class Detector(Protocol):
-    """What the reward needs from a detector (suites.geneval_detector.Mask2FormerDetector)."""
+    """What the reward needs from a detector (rtdmd_bench.geneval.models.Mask2FormerDetector)."""
 
     def detect(self, images: Tensor) -> list[list[Detection]]:  # (B,3,H,W) in [0,1]
         ...
@@ -220,7 +221,7 @@ class GenevalPartial:
         """Optional path to GenEval's evaluation_metadata.jsonl: error if any training prompt is in it."""
         form: Literal["rtdmd", "clauses"] = "rtdmd"
         """"rtdmd": RTDMD's partial credit (official training reward); "clauses": fraction of clauses met."""
-        models: Literal["official", "stand-in"] = "official"
+        models: ModelSource = "official"
         """Detector + colour CLIP: "official" (Mask2Former Swin-S COCO, CLIP ViT-L/14) or tiny stand-ins."""
         detector_path: str = ""
         """Local Mask2Former folder (empty = hub facebook/mask2former-swin-small-coco-instance)."""
@@ -276,18 +277,21 @@ class GenevalPartial:
         return rows
 
     def _models(self) -> tuple[Detector, ColourFn]:
-        """Built by the GenEval suite's own loader (same models and settings as the suite, but
-        the colour CLIP's activation of `colour_clip_activation`)."""
+        """Built by the GenEval suite's builders (rtdmd_bench/geneval/models.py: same models and
+        settings as the suite, but the colour CLIP's activation of `colour_clip_activation`),
+        once per process and settings."""
         if self._detector is None or self._colour_fn is None:
-            from suites.geneval import GenEval
-
             c = self.cfg
-            suite_cfg = GenEval.Config(models=c.models, detector_path=c.detector_path,
-                                       clip_path=c.clip_path, allow_download=c.allow_download,
-                                       batch_size=c.batch_size, stand_in_seed=c.stand_in_seed)
-            activation = c.colour_clip_activation
-            detector, colour_fn = cached_model("geneval-models", (suite_cfg, activation),
-                                               lambda: GenEval(suite_cfg).models(colour_activation=activation))
+            # batch_size is no part of the key: it changes no score, so rewards share the models.
+            settings = (c.models, c.detector_path, c.clip_path, c.allow_download, c.stand_in_seed,
+                        c.colour_clip_activation)
+
+            def build() -> tuple[Detector, ColourFn]:
+                return (build_detector(c.models, c.detector_path, c.allow_download, c.batch_size, c.stand_in_seed),
+                        build_colour_classifier(c.models, c.clip_path, c.allow_download, c.stand_in_seed,
+                                                c.colour_clip_activation))
+
+            detector, colour_fn = cached_model("geneval-models", settings, build)
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
