@@ -296,7 +296,8 @@ def geneval_agreement_cmd(
     """Score the same GenEval images with the suite's transformers detector and with GenEval's own
     scorer (needs its environment and a GPU); print per-tag agreement, Cohen's kappa and the
     difference of the GenEval figures, and write them as JSON (format: suites/geneval_agreement.py)."""
-    from suites.geneval_agreement import agreement_study, format_table
+    from rtdmd_bench.agreement import agreement_study
+    from suites.geneval_agreement import format_table
 
     result, path = agreement_study(run, images, _parse_suite_sets(set_), out, seed, batch_size)
     console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
