@@ -25,14 +25,13 @@ Two forms (config `form`):
   [0, 1]: per include clause its count (top-`count` detections exist), colour and position
   sub-clauses; per exclude clause (fewer than `count` found).
 
-Training prompts: `training_metadata` / `python -m rtdmd_bench.rewards.geneval_partial` draw
+Training prompts: `training_metadata` / `rtdmd-bench prepare geneval-train` draw
 GenEval-style rows from GenEval's templates, excluding the evaluation prompts. All 80
 single-object prompts are evaluation prompts, so a disjoint set has no single_object rows.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -51,6 +50,7 @@ from rtdmd_bench.geneval.rules import (
 )
 from rtdmd_bench.rewards.clip_based import check_inputs
 from rtdmd_bench.rewards.loading import cached_model
+from rtdmd_bench.runs import atomic_write_text
 
 ColourFn = Any  # (image (3,H,W), detections of one class, class) -> list of colour names
 
@@ -208,6 +208,18 @@ def training_metadata(n: int, seed: int, exclude: set[str], tags: Sequence[str] 
     return rows
 
 
+def write_training_metadata(out: Path, n: int, seed: int, exclude: Path | None) -> int:
+    """Write `n` GenEval-style training rows (`training_metadata`) to `out` as jsonl, none of
+    whose prompts is in the metadata file `exclude` (GenEval's evaluation_metadata.jsonl), for
+    `rtdmd-bench prepare geneval-train`. Returns the number of rows written."""
+    if exclude is not None and not exclude.is_file():
+        raise UserError(f"--exclude {exclude} is not a file (give GenEval's evaluation_metadata.jsonl)")
+    excluded = set(load_metadata(exclude)) if exclude is not None else set()
+    rows = training_metadata(n, seed, excluded)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
 class GenevalPartial:
     """GenEval partial-credit reward (RTDMD's GRPO reward), non-differentiable."""
 
@@ -265,7 +277,7 @@ class GenevalPartial:
                 f"exclude/prompt per line; e.g. Flow-GRPO's dataset/geneval/train_metadata.jsonl): "
                 f"pass --set reward.{self.name.split('[')[0]}.metadata_path=FILE or set "
                 f"RTDMD_BENCH_GENEVAL_TRAIN_METADATA=FILE "
-                f"(write one with `python -m rtdmd_bench.rewards.geneval_partial --out FILE --exclude "
+                f"(write one with `rtdmd-bench prepare geneval-train --out FILE --exclude "
                 f"EVALUATION_METADATA.jsonl`)"
                 + (f" ({path} is not a file)" if path else ""))
         rows = load_metadata(Path(path))
@@ -318,22 +330,3 @@ class GenevalPartial:
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         scores = [s for s, _ in self.details(images, prompts)]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
-
-
-def main() -> None:
-    """Write GenEval-style training metadata disjoint from the evaluation prompts:
-    python -m rtdmd_bench.rewards.geneval_partial --out train.jsonl --n 5000 --exclude EVAL.jsonl"""
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude", default="", help="GenEval evaluation_metadata.jsonl to stay disjoint from")
-    args = parser.parse_args()
-    exclude = set(load_metadata(Path(args.exclude))) if args.exclude else set()
-    rows = training_metadata(args.n, args.seed, exclude)
-    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {len(rows)} GenEval-style training prompts to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
