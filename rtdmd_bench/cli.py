@@ -336,19 +336,14 @@ def reproduce(
 
 
 @app.command()
-def prepare(what: str = typer.Argument(..., help="digits: train and cache the digits teacher and classifier; "
-                                       "geneval-train: write GenEval-style training metadata to --out"),
+def prepare(what: str = typer.Argument(..., help="digits: cache the digits networks; geneval-train: write prompts to --out"),
             force: bool = typer.Option(False, help="digits: rebuild even if cached."),
             out: Optional[Path] = typer.Option(None, help="geneval-train: the jsonl file to write."),
             n: int = typer.Option(5000, help="geneval-train: number of prompts."),
             seed: int = typer.Option(0, help="geneval-train: seed of the draw."),
-            exclude: Optional[Path] = typer.Option(None, help="geneval-train: GenEval's evaluation_metadata.jsonl, "
-                                                   "whose prompts the training set must not contain.")) -> None:
-    """Build cached artefacts explicitly (training does it on first use), or write GenEval-style
-    training prompts for the geneval-partial reward (--set reward.geneval-partial.metadata_path=FILE)."""
+            exclude: Optional[Path] = typer.Option(None, help="geneval-train: evaluation metadata to leave out.")) -> None:
+    """Build cached artefacts (training does it on first use) or the geneval-partial reward's prompts."""
     if what == "geneval-train":
-        if out is None:
-            raise UserError("prepare geneval-train needs --out FILE (the metadata jsonl to write)")
         from rtdmd_bench.rewards.geneval_partial import write_training_metadata
 
         written = write_training_metadata(out, n, seed, exclude)

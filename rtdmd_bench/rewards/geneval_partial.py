@@ -208,10 +208,12 @@ def training_metadata(n: int, seed: int, exclude: set[str], tags: Sequence[str] 
     return rows
 
 
-def write_training_metadata(out: Path, n: int, seed: int, exclude: Path | None) -> int:
+def write_training_metadata(out: Path | None, n: int, seed: int, exclude: Path | None) -> int:
     """Write `n` GenEval-style training rows (`training_metadata`) to `out` as jsonl, none of
     whose prompts is in the metadata file `exclude` (GenEval's evaluation_metadata.jsonl), for
     `rtdmd-bench prepare geneval-train`. Returns the number of rows written."""
+    if out is None:
+        raise UserError("prepare geneval-train needs --out FILE (the metadata jsonl to write)")
     if exclude is not None and not exclude.is_file():
         raise UserError(f"--exclude {exclude} is not a file (give GenEval's evaluation_metadata.jsonl)")
     excluded = set(load_metadata(exclude)) if exclude is not None else set()
