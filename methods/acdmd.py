@@ -46,7 +46,9 @@ class ACDMD:
         self.sigmas = base.sigmas(cfg.num_steps)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        return ac.stage1_step(self.base, self.cfg, self.state, self.sigmas, batch, step)
+        chunks = batch.chunks()  # micro-batches: together exactly the rows and draws of the whole step
+        return ac.stage1_step(self.base, self.cfg, self.state, self.sigmas, [c.local(c.prompts) for c in chunks],
+                              [c.random() for c in chunks], step)
 
     def generator(self) -> Any:
         return self.state.ema.swapped()

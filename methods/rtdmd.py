@@ -105,7 +105,9 @@ class RTDMD:
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self._maybe_switch(step)
         if self.switch_step is None:
-            logs = ac.stage1_step(self.base, self.cfg.stage1, self.state, self.sigmas, batch, step)
+            chunks = batch.chunks()  # micro-batches: together exactly the rows and draws of the whole step
+            logs = ac.stage1_step(self.base, self.cfg.stage1, self.state, self.sigmas,
+                                  [c.local(c.prompts) for c in chunks], [c.random() for c in chunks], step)
             return {**logs, "stage": 1.0}
         return {**self._stage2_step(batch, step), "stage": 2.0}
 

@@ -296,7 +296,8 @@ def geneval_agreement_cmd(
     """Score the same GenEval images with the suite's transformers detector and with GenEval's own
     scorer (needs its environment and a GPU); print per-tag agreement, Cohen's kappa and the
     difference of the GenEval figures, and write them as JSON (format: suites/geneval_agreement.py)."""
-    from suites.geneval_agreement import agreement_study, format_table
+    from rtdmd_bench.agreement import agreement_study
+    from suites.geneval_agreement import format_table
 
     result, path = agreement_study(run, images, _parse_suite_sets(set_), out, seed, batch_size)
     console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
@@ -335,11 +336,21 @@ def reproduce(
 
 
 @app.command()
-def prepare(what: str = typer.Argument(..., help="digits: train and cache the digits teacher and classifier"),
-            force: bool = typer.Option(False, help="Rebuild even if cached.")) -> None:
-    """Build cached artefacts explicitly (training does it on first use)."""
+def prepare(what: str = typer.Argument(..., help="digits: cache the digits networks; geneval-train: write prompts to --out"),
+            force: bool = typer.Option(False, help="digits: rebuild even if cached."),
+            out: Optional[Path] = typer.Option(None, help="geneval-train: the jsonl file to write."),
+            n: int = typer.Option(5000, help="geneval-train: number of prompts."),
+            seed: int = typer.Option(0, help="geneval-train: seed of the draw."),
+            exclude: Optional[Path] = typer.Option(None, help="geneval-train: evaluation metadata to leave out.")) -> None:
+    """Build cached artefacts (training does it on first use) or the geneval-partial reward's prompts."""
+    if what == "geneval-train":
+        from rtdmd_bench.rewards.geneval_partial import write_training_metadata
+
+        written = write_training_metadata(out, n, seed, exclude)
+        console.print(f"wrote {written} GenEval-style training prompts to {out}", markup=False, soft_wrap=True)
+        return
     if what != "digits":
-        raise UserError(f"nothing to prepare for {what!r}; valid: digits")
+        raise UserError(f"nothing to prepare for {what!r}; valid: digits, geneval-train")
     from rtdmd_bench.bases.digits import Digits, prepare_digits
 
     info = prepare_digits(Digits.Config(), force=force)

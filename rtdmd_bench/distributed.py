@@ -1,4 +1,4 @@
-"""Multi-process training (DESIGN.md "Distributed"): `accelerate launch -m rtdmd_bench train ...`
+"""Multi-process training (docs/architecture.md, "Randomness"): `accelerate launch -m rtdmd_bench train ...`
 or `torchrun --nproc_per_node N -m rtdmd_bench train ...` starts one process per device;
 accelerate joins the process group (gloo on CPU, nccl on GPUs) and wraps the base's trainable
 modules in DDP; with `--set train.parallel=fsdp` torch's FSDP2 (`fully_shard`) shards every

@@ -1,4 +1,4 @@
-"""The four interfaces every component implements (DESIGN.md "The interfaces").
+"""The four interfaces every component implements (docs/architecture.md, "The four interfaces").
 
 Kept deliberately small. Methods talk to bases only through `Base`; bases never know
 which method runs them; rewards and suites see tensors, never PIL, in training.

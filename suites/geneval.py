@@ -1,7 +1,7 @@
 """The GenEval suite (djghosh13/geneval; PROTOCOLS.md "GenEval").
 
 553 prompts from the official `evaluation_metadata.jsonl`, 4 images per prompt, the official
-thresholds and rules (suites/geneval_rules.py) and summary_scores.py's figures. The colour CLIP
+thresholds and rules (rtdmd_bench/geneval/rules.py) and summary_scores.py's figures. The colour CLIP
 is OpenAI's ViT-L/14 with QuickGELU, as GenEval's own scorer builds it, whatever the weights'
 source; it runs under fp16 autocast on CUDA (fp32 on the CPU), recorded in the result. The
 detector is transformers' Mask2Former Swin-S COCO instance model, not the official mmdet one, so
@@ -25,12 +25,11 @@ from PIL import Image
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.models import (DETECTOR_HUB_ID, ClipActivation, ClipPrecision, ModelSource,
+                                        build_colour_classifier, build_detector, resolve_clip_precision)
+from rtdmd_bench.geneval.rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 from suites import prompt_sets
-from suites.geneval_detector import (DETECTOR_HUB_ID, ClipActivation, ClipPrecision, DetectorSettings,
-                                     Mask2FormerDetector, load_clip, load_mask2former, resolve_clip_precision,
-                                     tiny_clip, tiny_mask2former)
 from suites.geneval_official import OfficialScorer, score_official
-from suites.geneval_rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
 
 # -2: QuickGELU colour CLIP from any source, PIL-exact crop transform, float32 thresholds,
 # summary_scores.py's figures (correct_images, correct_prompts).
@@ -51,7 +50,7 @@ class GenEval:
     class Config:
         prompts: str = ""
         """Path to GenEval's evaluation_metadata.jsonl; empty = checksum-verified cached download."""
-        models: Literal["official", "stand-in"] = "official"
+        models: ModelSource = "official"
         """"official": Mask2Former Swin-S COCO + OpenAI CLIP ViT-L/14; "stand-in": tiny random
         models (CI), reported as "geneval[stand-in]"."""
         detector_path: str = ""
@@ -111,26 +110,15 @@ class GenEval:
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.metadata()]
 
-    def models(self, colour_activation: ClipActivation = COLOUR_CLIP_ACTIVATION) -> tuple[Any, ColourFn]:
-        """(detector, colour classifier), built on first use. The suite always builds the colour
-        CLIP with QuickGELU; `colour_activation` is for the geneval-partial reward, which
-        reproduces RTDMD's GELU by default."""
+    def models(self) -> tuple[Any, ColourFn]:
+        """(detector, colour classifier), built on first use (rtdmd_bench/geneval/models.py); the
+        colour CLIP always with QuickGELU, as GenEval's scorer builds it."""
+        c = self.cfg
         if self._detector is None:
-            if self.cfg.models == "stand-in":
-                settings = DetectorSettings(short_side=64, max_side=107)
-                self._detector = Mask2FormerDetector(tiny_mask2former(self.cfg.stand_in_seed), settings, self.cfg.batch_size)
-            else:
-                source = self.cfg.detector_path or DETECTOR_HUB_ID
-                local_only = bool(self.cfg.detector_path) or not self.cfg.allow_download
-                self._detector = Mask2FormerDetector(load_mask2former(source, local_only), batch_size=self.cfg.batch_size)
+            self._detector = build_detector(c.models, c.detector_path, c.allow_download, c.batch_size, c.stand_in_seed)
         if self._colour_fn is None:
-            if self.cfg.models == "stand-in":
-                self._colour_fn = tiny_clip(self.cfg.stand_in_seed, colour_activation, self.cfg.clip_precision)
-            else:
-                if not self.cfg.clip_path and not self.cfg.allow_download:
-                    raise UserError("GenEval's colour classifier needs OpenAI CLIP ViT-L/14: set "
-                                    "--set suite.clip_path=FILE or allow downloads (suite.allow_download=true)")
-                self._colour_fn = load_clip(self.cfg.clip_path or "openai", colour_activation, self.cfg.clip_precision)
+            self._colour_fn = build_colour_classifier(c.models, c.clip_path, c.allow_download, c.stand_in_seed,
+                                                      COLOUR_CLIP_ACTIVATION, c.clip_precision)
         return self._detector, self._colour_fn
 
     def device(self) -> torch.device:

@@ -8,7 +8,9 @@ stand-ins under `--set suite.models=stand-in`) and with the official evaluator
 (suites/geneval_official.py; `--set suite.official.python=... checkout=... detector=...` or
 the RTDMD_BENCH_GENEVAL_* variables). Other `--set suite.*` fields apply as in `eval`
 (`suite.limit=N` keeps the first N prompts, also of an image folder); `suite.scorer` is not
-accepted: both scorers always run.
+accepted: both scorers always run. This module is the study (`study`, kappa, the output format);
+opening the run, generating its samples and writing the file is the harness's part,
+rtdmd_bench/agreement.py.
 
 Output (printed as a table, written as JSON to --out, default RUN/eval/geneval-agreement.json
 or DIR/geneval-agreement.json):
@@ -44,6 +46,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.rules import TAGS, aggregate
 
 FORMAT = 1
 COUNTS = ("both_correct", "transformers_only", "official_only", "both_wrong")
@@ -75,8 +78,6 @@ def agreement_row(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
 
 def compare(tags: Sequence[str], a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
     """Per-tag rows (tags in GenEval's order) and the row of all images pooled."""
-    from suites.geneval_rules import TAGS
-
     order = [t for t in TAGS if t in tags] + sorted(set(tags) - set(TAGS))
     per_tag = {t: agreement_row([x for x, s in zip(a, tags) if s == t], [y for y, s in zip(b, tags) if s == t])
                for t in order}
@@ -86,8 +87,6 @@ def compare(tags: Sequence[str], a: Sequence[bool], b: Sequence[bool]) -> dict[s
 def study(images: Tensor, rows: Sequence[dict[str, Any]], suite: Any, official: Any) -> dict[str, Any]:
     """Score images (P * k, 3, H, W) in [0, 1], prompt-major, for the P metadata rows with the
     suite's in-process scorer and with the official one; the study's dict (module docstring)."""
-    from suites.geneval_rules import aggregate
-
     k = images.shape[0] // max(len(rows), 1)
     if k * len(rows) != images.shape[0] or k == 0:
         raise UserError(f"{images.shape[0]} images do not split evenly over {len(rows)} prompts")
@@ -115,48 +114,6 @@ def study(images: Tensor, rows: Sequence[dict[str, Any]], suite: Any, official: 
              "official_reason": official_result.verdicts[i][1]}
             for i in range(len(a)) if a[i] != b[i]],
     }
-
-
-def agreement_study(run: Path | None, images: Path | None, suite_sets: dict[str, str], out: Path | None,
-                    seed: int | None = None, batch_size: int = 256) -> tuple[dict[str, Any], Path]:
-    """The CLI's `geneval-agreement`: build both scorers (their configuration is checked first),
-    get the images, run the study, write the JSON atomically. Returns (result, path written)."""
-    from rtdmd_bench.evaluate import build_suite
-    from rtdmd_bench.runs import atomic_write_json, git_commit, versions
-    from suites.geneval_official import OfficialScorer
-
-    if (run is None) == (images is None):
-        raise UserError("give exactly one of --run RUN or --images DIR (a folder in GenEval's layout)")
-    if "scorer" in suite_sets:
-        raise UserError("geneval-agreement runs both scorers: drop --set suite.scorer")
-    suite = build_suite("geneval", suite_sets)
-    official = OfficialScorer(suite.cfg.official)
-    if run is not None:
-        pixels, rows = run_samples(run, suite, seed, batch_size), suite.metadata()
-        source, path = {"run": str(run)}, out or Path(run) / "eval" / "geneval-agreement.json"
-    else:
-        pixels, rows = folder_samples(Path(images), suite.cfg.limit)
-        source, path = {"images": str(images)}, out or Path(images) / "geneval-agreement.json"
-    result = {**study(pixels, rows, suite, official), "source": source, "versions": versions(), "git_commit": git_commit()}
-    atomic_write_json(path, result)
-    return result, path
-
-
-def run_samples(run_dir: Path, suite: Any, seed: int | None, batch_size: int) -> Tensor:
-    """The run's GenEval samples, from the run's cache when `rtdmd-bench eval` made them (same
-    sampler tag, seed and prompts), else generated into it."""
-    from rtdmd_bench.evaluate import SamplerSpec, generate, suite_prompts
-    from rtdmd_bench.runs import RunDir
-    from rtdmd_bench.train import load_for_eval
-
-    run = RunDir.open(run_dir)
-    b = load_for_eval(run.path)
-    ckpt = run.latest_checkpoint()
-    spec = SamplerSpec.student(b.cfg.method, tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
-    seed = int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)  # as `eval`'s default
-    with b.method.generator():
-        return generate(b.base, spec, suite_prompts(suite, b.base), suite.images_per_prompt, seed, run.path / "samples",
-                        batch_size=batch_size)
 
 
 def folder_samples(folder: Path, limit: int = 0) -> tuple[Tensor, list[dict[str, Any]]]:

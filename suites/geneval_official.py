@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.rules import aggregate
 from rtdmd_bench.prompt_files import sha256_of
 
 NAME = "geneval[official]"
@@ -238,7 +239,6 @@ def score_official(scorer: OfficialScorer, images: Tensor, rows: Sequence[dict[s
     """The GenEval suite's result dict (same keys as the transformers scorer's) from the official
     verdicts; rows: the metadata of the P prompts, images (P * k, 3, H, W) prompt-major."""
     from suites import prompt_sets
-    from suites.geneval_rules import aggregate
 
     result = scorer.evaluate(images, rows)
     per_image = [rows[i // k] for i in range(len(result.verdicts))]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.rules import CLASSES, COLORS, RELATIONS, TAGS
 from rtdmd_bench.paths import cache_dir
 from rtdmd_bench.prompt_files import RTDMD_RAW, OfficialFile, download_verified, sha256_of  # noqa: F401 (re-exported)
-from suites.geneval_rules import CLASSES, COLORS, RELATIONS, TAGS
 
 
 # SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream; RTDMD's

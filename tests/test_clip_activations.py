@@ -60,7 +60,7 @@ def test_the_probe_tells_the_two_activations_apart():
 
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
 def test_open_clip_builder_builds_the_activation_asked_for(activation):
-    from suites.geneval_detector import TINY_CLIP_ARCH, open_clip_vit_l14
+    from rtdmd_bench.geneval.models import TINY_CLIP_ARCH, open_clip_vit_l14
 
     assert open_clip_activations(open_clip_vit_l14("", activation, **TINY_CLIP_ARCH)) == {activation}
 
@@ -73,7 +73,7 @@ def tiny_open_clip_sources(monkeypatch):
     own quick_gelu flag merely warns), so dropping the weights does not change it."""
     import open_clip
 
-    from suites.geneval_detector import TINY_CLIP_ARCH
+    from rtdmd_bench.geneval.models import TINY_CLIP_ARCH
 
     real, sources = open_clip.create_model, []
 
@@ -87,11 +87,11 @@ def tiny_open_clip_sources(monkeypatch):
 
 @pytest.mark.parametrize("clip_path", ["", "/weights/ViT-L-14-openai.bin"])
 def test_geneval_suite_uses_quick_gelu_whatever_the_weights_source(tiny_open_clip_sources, clip_path, monkeypatch):
-    import suites.geneval as geneval
-    from suites.geneval_detector import tiny_mask2former
+    from rtdmd_bench.geneval import models
+    from suites.geneval import GenEval
 
-    monkeypatch.setattr(geneval, "load_mask2former", lambda source, local_only: tiny_mask2former(0))
-    suite = geneval.GenEval(geneval.GenEval.Config(clip_path=clip_path))
+    monkeypatch.setattr(models, "load_mask2former", lambda source, local_only: models.tiny_mask2former(0))
+    suite = GenEval(GenEval.Config(clip_path=clip_path))
     _, colour = suite.models()
     assert tiny_open_clip_sources == [clip_path or "openai"]  # hub tag or local file
     assert open_clip_activations(colour.model) == {"quick_gelu"}
@@ -113,12 +113,11 @@ def write_metadata(path):
 @pytest.mark.parametrize("switch,expected", [(None, "gelu"), ("gelu", "gelu"), ("quick_gelu", "quick_gelu")])
 def test_geneval_partial_reward_keeps_rtdmds_gelu_unless_switched(tiny_open_clip_sources, monkeypatch, tmp_path,
                                                                   switch, expected):
-    import suites.geneval as geneval
+    from rtdmd_bench.geneval import models
     from rtdmd_bench.rewards.geneval_partial import GenevalPartial
-    from suites.geneval_detector import tiny_mask2former
 
     clear_model_cache()
-    monkeypatch.setattr(geneval, "load_mask2former", lambda source, local_only: tiny_mask2former(0))
+    monkeypatch.setattr(models, "load_mask2former", lambda source, local_only: models.tiny_mask2former(0))
     extra = {} if switch is None else {"colour_clip_activation": switch}
     reward = GenevalPartial(GenevalPartial.Config(metadata_path=write_metadata(tmp_path / "m.jsonl"), **extra))
     assert tiny_open_clip_sources == ["openai"]

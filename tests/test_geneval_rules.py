@@ -1,4 +1,4 @@
-"""GenEval scoring rules on synthetic detections (suites/geneval_rules.py)."""
+"""GenEval scoring rules on synthetic detections (rtdmd_bench/geneval/rules.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from suites.geneval_rules import (COLORS, OFFICIAL, Detection, Rules, aggregate, box_iou, centre_crop_offsets,
-                                  clip_preprocess, evaluate_image, masked_crop, relative_position,
-                                  select_detections, shorter_side_resize)
+from rtdmd_bench.geneval.rules import (COLORS, OFFICIAL, Detection, Rules, aggregate, box_iou, centre_crop_offsets,
+                                      clip_preprocess, evaluate_image, masked_crop, relative_position,
+                                      select_detections, shorter_side_resize)
 
 IMAGE = torch.zeros(3, 100, 100)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.rules import Detection, select_detections
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial, clause_fraction, rtdmd_partial_credit
-from suites.geneval_rules import Detection, select_detections
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGE = torch.zeros(3, 100, 100)
@@ -182,6 +182,44 @@ def test_training_prompts_follow_geneval_templates_and_stay_disjoint():
     disjoint = training_metadata(500, seed=1, exclude=set(official))
     assert not {r["prompt"] for r in disjoint} & set(official)
     assert training_metadata(10, seed=1, exclude=set()) == training_metadata(10, seed=1, exclude=set())
+
+
+def test_prepare_geneval_train_writes_rows_disjoint_from_the_excluded_file(tmp_path):
+    """`rtdmd-bench prepare geneval-train` (the one CLI; it replaced `python -m
+    rtdmd_bench.rewards.geneval_partial`) writes the seeded draw, skipping the excluded prompts."""
+    from typer.testing import CliRunner
+
+    from rtdmd_bench.cli import app
+    from rtdmd_bench.rewards.geneval_partial import load_metadata, training_metadata
+
+    unexcluded = training_metadata(12, seed=3, exclude=set())
+    evaluation = write_metadata(tmp_path / "evaluation.jsonl", unexcluded[:4])  # the first four drawn
+    out = tmp_path / "new" / "train.jsonl"
+    args = ["prepare", "geneval-train", "--out", str(out), "--n", "12", "--seed", "3", "--exclude", str(evaluation)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"wrote 12 GenEval-style training prompts to {out}" in res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows]
+    assert len(set(prompts)) == 12 and not set(prompts) & {r["prompt"] for r in unexcluded[:4]}
+    assert rows == training_metadata(12, seed=3, exclude={r["prompt"] for r in unexcluded[:4]})
+    assert load_metadata(out) == {r["prompt"]: r for r in rows}  # what the reward's metadata_path reads
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prepare", "geneval-train"], "needs --out FILE"),
+    (["prepare", "geneval-train", "--out", "OUT", "--exclude", "MISSING"], "is not a file"),
+    (["prepare", "nothing"], "valid: digits, geneval-train"),
+])
+def test_prepare_refuses_bad_input_with_a_message(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from rtdmd_bench.cli import app
+
+    args = [str(tmp_path / a) if a in ("OUT", "MISSING") else a for a in args]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0 and isinstance(res.exception, UserError) and message in str(res.exception)
+    assert not (tmp_path / "OUT").exists()
 
 
 def test_official_models_fail_cleanly_offline(tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ import torch
 
 from rtdmd_bench import registry
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.geneval.models import (DetectorSettings, detections_from_outputs, geneval_labels, mask_boxes,
+                                        resize_for_detector, resolve_clip_precision)
+from rtdmd_bench.geneval.rules import CLASSES, COLORS, Detection
 from suites.geneval import GenEval
-from suites.geneval_detector import (DetectorSettings, detections_from_outputs, geneval_labels, mask_boxes,
-                                     resize_for_detector, resolve_clip_precision)
-from suites.geneval_rules import CLASSES, COLORS, Detection
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GENEVAL_FILE = DATA / "geneval" / "evaluation_metadata.jsonl"
@@ -205,7 +205,7 @@ def test_official_models_fail_cleanly_without_weights(tmp_path):
     suite = GenEval(GenEval.Config(detector_path=str(tmp_path / "m2f"), clip_path=str(tmp_path / "clip.pt")))
     with pytest.raises(UserError, match="mask2former-swin-small-coco-instance"):
         suite.models()
-    from suites.geneval_detector import load_clip
+    from rtdmd_bench.geneval.models import load_clip
 
     with pytest.raises(UserError, match="clip_path"):
         load_clip(str(tmp_path / "clip.pt"), "quick_gelu")
@@ -232,7 +232,7 @@ def test_colour_crop_preprocessing_matches_open_clips_pil_transform(size):
     import open_clip
     from PIL import Image
 
-    from suites.geneval_rules import clip_preprocess
+    from rtdmd_bench.geneval.rules import clip_preprocess
 
     small = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0))
     x = torch.nn.functional.interpolate(small, size=size, mode="bilinear", align_corners=False)[0]

@@ -1,6 +1,6 @@
 """LoRA adapters of the diffusers bases (peft): the settings, which Linear layers get them, and
 `AdapterSwitch`: named adapters on ONE frozen transformer, switched per call, so teacher + fake
-(+ student) cost one copy of the weights (DESIGN.md "Bases"), with RTDMD's stage-2 restart.
+(+ student) cost one copy of the weights (docs/architecture.md, "The four interfaces"), with RTDMD's stage-2 restart.
 """
 
 from __future__ import annotations

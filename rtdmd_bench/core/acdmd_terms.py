@@ -13,7 +13,7 @@ official `configs/cold_start/sd3m.yaml`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -21,7 +21,6 @@ from torch import Tensor
 from rtdmd_bench.core import dmd, optim, rl, sampling
 from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.parallel import BatchRandom
-from rtdmd_bench.interfaces import Batch
 
 TimeDist = Literal["uniform", "logit_normal"]
 VelocityAt = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), sigma (B,)) -> v (B, ...)
@@ -265,16 +264,16 @@ def stage1_state(base: Any, cfg: ACDMDConfig) -> TrainState:
                       optim.adamw(fake, cfg.lr_fake, cfg.betas, cfg.weight_decay), EMA(student, cfg.ema_decay))
 
 
-def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, batch: Batch,
-                step: int) -> dict[str, float]:
+def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, prompts: Sequence[Sequence[str]],
+                gens: Sequence[BatchRandom], step: int) -> dict[str, float]:
     """One AC-DMD iteration (official `DMDTrainer.train_step` order): a fake-score step; when
     (step + 1) % num_fake_per_gen == 0 a generator step (TTUR); the generator EMA every iteration
-    (official ema_every 1). All randomness comes from the batch seed (a resumed run reproduces
-    exactly; every rank draws the same stop index and its own rows' noise). Each optimiser step
-    accumulates the gradients of the process's micro-batches (`Batch.chunks`)."""
-    chunks = batch.chunks()
-    gens = [c.random() for c in chunks]  # each chunk's draws continue across the two phases
-    conds = [(base.encode(p), len(p)) for p in (c.local(c.prompts) for c in chunks)]
+    (official ema_every 1). Each optimiser step accumulates the gradients of the process's
+    micro-batches: `prompts[c]` are micro-batch c's rows and `gens[c]` its random stream (the
+    method passes `chunk.local(chunk.prompts)` and `chunk.random()` of each `Batch.chunks()`), so
+    all randomness comes from the batch seed (a resumed run reproduces exactly; every rank draws
+    the same stop index and its own rows' noise). Each stream continues across the two phases."""
+    conds = [(base.encode(p), len(p)) for p in prompts]
     fake_logs: list[dict[str, float]] = []
 
     def fake_losses() -> Iterator[Tensor]:
@@ -283,7 +282,7 @@ def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, 
             fake_logs.append(logs)
             yield loss
 
-    loss_f, _ = optim.accumulated_step(state.opt_f, fake_losses(), len(chunks), state.fake, cfg.grad_clip,
+    loss_f, _ = optim.accumulated_step(state.opt_f, fake_losses(), len(conds), state.fake, cfg.grad_clip,
                                        step, "loss_fake")
     logs = {**mean_logs(fake_logs), "loss_fake": loss_f}
     if (step + 1) % cfg.num_fake_per_gen == 0:
@@ -296,7 +295,7 @@ def stage1_step(base: Any, cfg: ACDMDConfig, state: TrainState, sigmas: Tensor, 
                 gen_logs.append(logs_c)
                 yield loss
 
-        _, norm = optim.accumulated_step(state.opt_g, generator_losses(), len(chunks), state.student,
+        _, norm = optim.accumulated_step(state.opt_g, generator_losses(), len(conds), state.student,
                                          cfg.grad_clip, step, "loss_dm")
         logs.update(mean_logs(gen_logs), **{"gen/grad_norm": norm})
     state.ema.update()

@@ -1,5 +1,5 @@
 """Data parallelism inside one training step: which rows a rank owns, the step's randomness, and
-the few batch statistics that must be global (DESIGN.md "Distributed").
+the few batch statistics that must be global (docs/architecture.md, "Randomness").
 
 A step's global batch has R sample rows; with W ranks, rank r owns the contiguous rows
 [r R/W, (r+1) R/W). Every random tensor with a per-row dimension is drawn for all R rows from

@@ -4,8 +4,8 @@ RTDMD (like Flow-GRPO, whose reward server it uses) trains SD3 with a GenEval re
 gives partial credit per clause instead of GenEval's all-or-nothing image accuracy, on
 GenEval-style *training* prompts (same templates, disjoint from the 553 evaluation prompts).
 The detector, thresholds (0.3; 0.9 under tag "counting"), the 16-per-class cap, NMS off, the
-colour classifier and the position rule are GenEval's (reused from suites/geneval_rules.py
-and suites/geneval_detector.py: transformers Mask2Former instead of mmdet, see there).
+colour classifier and the position rule are GenEval's (rtdmd_bench/geneval/, shared with the
+`geneval` suite: transformers Mask2Former instead of mmdet, see there).
 
 Colour CLIP activation: RTDMD's scorer loads `("ViT-L-14", "openai")` with its pinned
 open_clip 3.3.0, which builds OpenAI's QuickGELU-trained weights with plain GELU. This reward
@@ -25,14 +25,13 @@ Two forms (config `form`):
   [0, 1]: per include clause its count (top-`count` detections exist), colour and position
   sub-clauses; per exclude clause (fewer than `count` found).
 
-Training prompts: `training_metadata` / `python -m rtdmd_bench.rewards.geneval_partial` draw
+Training prompts: `training_metadata` / `rtdmd-bench prepare geneval-train` draw
 GenEval-style rows from GenEval's templates, excluding the evaluation prompts. All 80
 single-object prompts are evaluation prompts, so a disjoint set has no single_object rows.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -45,17 +44,19 @@ from torch import Tensor
 
 from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.clip_based import check_inputs
-from rtdmd_bench.rewards.loading import cached_model
-from suites.geneval_rules import (
+from rtdmd_bench.geneval.models import ModelSource, build_colour_classifier, build_detector
+from rtdmd_bench.geneval.rules import (
     CLASSES, COLORS, OFFICIAL, RELATIONS, Detection, Rules, relative_position, select_detections,
 )
+from rtdmd_bench.rewards.clip_based import check_inputs
+from rtdmd_bench.rewards.loading import cached_model
+from rtdmd_bench.runs import atomic_write_text
 
 ColourFn = Any  # (image (3,H,W), detections of one class, class) -> list of colour names
 
 
 class Detector(Protocol):
-    """What the reward needs from a detector (suites.geneval_detector.Mask2FormerDetector)."""
+    """What the reward needs from a detector (rtdmd_bench.geneval.models.Mask2FormerDetector)."""
 
     def detect(self, images: Tensor) -> list[list[Detection]]:  # (B,3,H,W) in [0,1]
         ...
@@ -207,6 +208,20 @@ def training_metadata(n: int, seed: int, exclude: set[str], tags: Sequence[str] 
     return rows
 
 
+def write_training_metadata(out: Path | None, n: int, seed: int, exclude: Path | None) -> int:
+    """Write `n` GenEval-style training rows (`training_metadata`) to `out` as jsonl, none of
+    whose prompts is in the metadata file `exclude` (GenEval's evaluation_metadata.jsonl), for
+    `rtdmd-bench prepare geneval-train`. Returns the number of rows written."""
+    if out is None:
+        raise UserError("prepare geneval-train needs --out FILE (the metadata jsonl to write)")
+    if exclude is not None and not exclude.is_file():
+        raise UserError(f"--exclude {exclude} is not a file (give GenEval's evaluation_metadata.jsonl)")
+    excluded = set(load_metadata(exclude)) if exclude is not None else set()
+    rows = training_metadata(n, seed, excluded)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
 class GenevalPartial:
     """GenEval partial-credit reward (RTDMD's GRPO reward), non-differentiable."""
 
@@ -220,7 +235,7 @@ class GenevalPartial:
         """Optional path to GenEval's evaluation_metadata.jsonl: error if any training prompt is in it."""
         form: Literal["rtdmd", "clauses"] = "rtdmd"
         """"rtdmd": RTDMD's partial credit (official training reward); "clauses": fraction of clauses met."""
-        models: Literal["official", "stand-in"] = "official"
+        models: ModelSource = "official"
         """Detector + colour CLIP: "official" (Mask2Former Swin-S COCO, CLIP ViT-L/14) or tiny stand-ins."""
         detector_path: str = ""
         """Local Mask2Former folder (empty = hub facebook/mask2former-swin-small-coco-instance)."""
@@ -264,7 +279,7 @@ class GenevalPartial:
                 f"exclude/prompt per line; e.g. Flow-GRPO's dataset/geneval/train_metadata.jsonl): "
                 f"pass --set reward.{self.name.split('[')[0]}.metadata_path=FILE or set "
                 f"RTDMD_BENCH_GENEVAL_TRAIN_METADATA=FILE "
-                f"(write one with `python -m rtdmd_bench.rewards.geneval_partial --out FILE --exclude "
+                f"(write one with `rtdmd-bench prepare geneval-train --out FILE --exclude "
                 f"EVALUATION_METADATA.jsonl`)"
                 + (f" ({path} is not a file)" if path else ""))
         rows = load_metadata(Path(path))
@@ -276,18 +291,21 @@ class GenevalPartial:
         return rows
 
     def _models(self) -> tuple[Detector, ColourFn]:
-        """Built by the GenEval suite's own loader (same models and settings as the suite, but
-        the colour CLIP's activation of `colour_clip_activation`)."""
+        """Built by the GenEval suite's builders (rtdmd_bench/geneval/models.py: same models and
+        settings as the suite, but the colour CLIP's activation of `colour_clip_activation`),
+        once per process and settings."""
         if self._detector is None or self._colour_fn is None:
-            from suites.geneval import GenEval
-
             c = self.cfg
-            suite_cfg = GenEval.Config(models=c.models, detector_path=c.detector_path,
-                                       clip_path=c.clip_path, allow_download=c.allow_download,
-                                       batch_size=c.batch_size, stand_in_seed=c.stand_in_seed)
-            activation = c.colour_clip_activation
-            detector, colour_fn = cached_model("geneval-models", (suite_cfg, activation),
-                                               lambda: GenEval(suite_cfg).models(colour_activation=activation))
+            # batch_size is no part of the key: it changes no score, so rewards share the models.
+            settings = (c.models, c.detector_path, c.clip_path, c.allow_download, c.stand_in_seed,
+                        c.colour_clip_activation)
+
+            def build() -> tuple[Detector, ColourFn]:
+                return (build_detector(c.models, c.detector_path, c.allow_download, c.batch_size, c.stand_in_seed),
+                        build_colour_classifier(c.models, c.clip_path, c.allow_download, c.stand_in_seed,
+                                                c.colour_clip_activation))
+
+            detector, colour_fn = cached_model("geneval-models", settings, build)
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
@@ -314,22 +332,3 @@ class GenevalPartial:
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         scores = [s for s, _ in self.details(images, prompts)]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
-
-
-def main() -> None:
-    """Write GenEval-style training metadata disjoint from the evaluation prompts:
-    python -m rtdmd_bench.rewards.geneval_partial --out train.jsonl --n 5000 --exclude EVAL.jsonl"""
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude", default="", help="GenEval evaluation_metadata.jsonl to stay disjoint from")
-    args = parser.parse_args()
-    exclude = set(load_metadata(Path(args.exclude))) if args.exclude else set()
-    rows = training_metadata(args.n, args.seed, exclude)
-    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {len(rows)} GenEval-style training prompts to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """GenEval scoring rules as pure functions (djghosh13/geneval, evaluation/evaluate_images.py
 and evaluation/summary_scores.py; PROTOCOLS.md "GenEval").
 
-No model lives here: a detector turns an image into `Detection`s (suites/geneval_detector.py),
+No model lives here: a detector turns an image into `Detection`s (rtdmd_bench/geneval/models.py),
 a colour classifier names the colour of a detection, and these functions apply the official
 rules: confidence thresholds (0.3; 0.9 for every class when tag == "counting", compared in
 float32 like the official numpy code), at most 16 objects per class, NMS off, include clauses
@@ -66,7 +66,7 @@ OFFICIAL = Rules()
 
 @dataclass
 class Detection:
-    """One detected instance (shared with rtdmd_bench.rewards.geneval_partial)."""
+    """One detected instance (the `geneval` suite and the `geneval-partial` reward use it)."""
 
     cls: str  # GenEval class name
     score: float  # confidence in [0, 1]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
-from suites.geneval_rules import CLASSES, COLORS, Detection, clip_preprocess, masked_crop
+from rtdmd_bench.geneval.rules import CLASSES, COLORS, Detection, clip_preprocess, masked_crop
 
 DETECTOR_HUB_ID = "facebook/mask2former-swin-small-coco-instance"
 CLIP_HUB_NOTE = "open_clip ViT-L-14 'openai' (hub timm/vit_large_patch14_clip_224.openai)"
@@ -305,3 +305,34 @@ def tiny_clip(seed: int, activation: ClipActivation, precision: ClipPrecision = 
         torch.manual_seed(seed)
         model = open_clip_vit_l14("", activation, **TINY_CLIP_ARCH)
     return ClipColourClassifier(model, open_clip.get_tokenizer("ViT-L-14"), image_size=32, precision=precision)
+
+
+ModelSource = Literal["official", "stand-in"]
+"""Which models score: "official" (Mask2Former Swin-S COCO + OpenAI CLIP ViT-L/14, from a local
+path or the hub) or "stand-in" (the tiny random ones above; results must say so)."""
+
+
+def build_detector(models: ModelSource, detector_path: str, allow_download: bool, batch_size: int,
+                   stand_in_seed: int) -> Mask2FormerDetector:
+    """GenEval's detector as the suite and the reward configure it: `detector_path` (a local
+    folder, never downloaded) or the hub id (only when `allow_download`); the stand-in runs at a
+    64-pixel short side, which its 64-pixel Swin was built for."""
+    if models == "stand-in":
+        settings = DetectorSettings(short_side=64, max_side=107)
+        return Mask2FormerDetector(tiny_mask2former(stand_in_seed), settings, batch_size)
+    source = detector_path or DETECTOR_HUB_ID
+    local_only = bool(detector_path) or not allow_download
+    return Mask2FormerDetector(load_mask2former(source, local_only), batch_size=batch_size)
+
+
+def build_colour_classifier(models: ModelSource, clip_path: str, allow_download: bool, stand_in_seed: int,
+                            activation: ClipActivation, precision: ClipPrecision = "auto") -> ClipColourClassifier:
+    """GenEval's colour classifier with the given MLP activation (the suite: QuickGELU; the
+    reward: RTDMD's GELU unless switched): `clip_path` (a local checkpoint file) or open_clip's
+    "openai" weights from the hub (only when `allow_download`)."""
+    if models == "stand-in":
+        return tiny_clip(stand_in_seed, activation, precision)
+    if not clip_path and not allow_download:
+        raise UserError("GenEval's colour classifier needs OpenAI CLIP ViT-L/14: set "
+                        "--set suite.clip_path=FILE or allow downloads (suite.allow_download=true)")
+    return load_clip(clip_path or "openai", activation, precision)
