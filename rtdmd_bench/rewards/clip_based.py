@@ -21,13 +21,13 @@ from torch import Tensor, nn
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
-    torch_dtype,
 )
 from rtdmd_bench.rewards.pixels import (  # noqa: F401  (OPENAI_CLIP_*: re-exported)
     AESTHETIC_PIPELINES, HF_CLIP_PIPELINES, HPS_PIPELINES, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
     AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, Pipeline, PixelSpec, TowerPixels,
     check_choices, choose, model_pixels,
 )
+from rtdmd_bench.weights import torch_dtype
 
 # ---------------------------------------------------------------------------------------
 # Dual encoders: the loaded CLIP towers behind one small interface.
