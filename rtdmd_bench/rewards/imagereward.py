@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed, preference_mlp
+from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed
+from rtdmd_bench.rewards.clip_models import preference_mlp
 from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
 )

@@ -15,7 +15,8 @@ from typing import Any, Callable, Literal, TypeVar
 import torch
 from torch import nn
 
-from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HFClip, HPSv2, OpenClip, PickScore, preference_mlp
+from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, PickScore
+from rtdmd_bench.rewards.clip_models import HFClip, OpenClip, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
 from rtdmd_bench.rewards.imagereward import ImageReward, blip_tokenizer, build_model
 from rtdmd_bench.rewards.loading import cached_model, frozen
