@@ -31,6 +31,7 @@ from rtdmd_bench import registry
 from rtdmd_bench.core import sampling
 from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.files import atomic_path
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
@@ -215,9 +216,8 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
             images = generate_prompt(base, spec, prompt, i, images_per_prompt, seed, batch_size)
             stats.generated += images.shape[0]
             if path is not None:
-                tmp = path.with_suffix(".tmp")
-                save_file({"images": images.contiguous()}, str(tmp))
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    save_file({"images": images.contiguous()}, str(tmp))
         out.append(images)
         if progress is not None:
             progress(i + 1, len(prompts))
@@ -234,9 +234,8 @@ def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], i
             continue
         images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
         stats.generated += images.shape[0]
-        tmp = path.with_suffix(f".tmp{i}")
-        save_file({"images": images.contiguous()}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"images": images.contiguous()}, str(tmp))
 
 
 def build_suite(name: str, overrides: dict[str, Any] | None = None) -> Any:

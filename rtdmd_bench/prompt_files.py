@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.files import atomic_path
 from rtdmd_bench.paths import cache_dir
 
 RTDMD_COMMIT = "6c3cb0309732b34313d296ca78d02b5f88a50ca0"
@@ -79,23 +78,18 @@ def download_verified(url: str, sha256: str, dest: Path, timeout: float = 30.0, 
         raise ValueError(f"{url}: no checksum to verify against")
     if dest.exists() and _verified(dest, sha256, git_blob):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
-            f.write(response.read())
-        if not _verified(Path(tmp), sha256, git_blob):
-            got = sha256_of(Path(tmp)) if sha256 else git_blob_of(Path(tmp))
-            raise UserError(f"the file downloaded from {url} has {'SHA-256' if sha256 else 'git blob id'} {got}, "
-                            f"expected {sha256 or git_blob}: the upstream file changed or the download is "
-                            f"corrupt; pass a verified copy with {option}")
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:  # moved into place only once verified
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                tmp.write_bytes(response.read())
+            if not _verified(tmp, sha256, git_blob):
+                got = sha256_of(tmp) if sha256 else git_blob_of(tmp)
+                raise UserError(f"the file downloaded from {url} has {'SHA-256' if sha256 else 'git blob id'} {got}, "
+                                f"expected {sha256 or git_blob}: the upstream file changed or the download is "
+                                f"corrupt; pass a verified copy with {option}")
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise UserError(f"could not download the prompt file {url} ({err}); download it yourself and pass "
                         f"{option}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 

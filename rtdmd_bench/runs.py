@@ -1,4 +1,4 @@
-"""Run folders, atomic writes and safetensors checkpoints (DESIGN.md "Runs and results").
+"""Run folders and safetensors checkpoints (DESIGN.md "Runs and results"); atomic writes: files.py.
 
 runs/<run-id>/
   config.yaml        full resolved config
@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,38 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rtdmd_bench.errors import UserError
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
+from rtdmd_bench.files import atomic_write_json, atomic_write_text, json_default
 
 
 # ---- nested state <-> (tensors, JSON skeleton) ---------------------------------------------
@@ -124,7 +92,7 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.write(json.dumps(row, default=json_default) + "\n")
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop lines logged after the checkpoint (they will be logged again)."""

@@ -15,9 +15,8 @@ exponentials of O(|a|^2 / beta^2) that lose digits in float32.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -25,21 +24,6 @@ from torch import Tensor
 from rtdmd_bench.errors import UserError
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run tiny tensor work (toy MLPs, 2-D estimators) on one intra-op thread.
-
-    On a shared CPU, thread synchronisation for (512, 128) matmuls costs ~20x more than the
-    maths (measured: 16 ms vs 250 ms per toy2d fit step under load), and one thread makes
-    results bitwise reproducible across machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- 2x2 linear algebra

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rtdmd_bench.digits_nets import (DIGIT_WORDS, NUM_CLASSES, ClassifierConfig, load_split, parse_prompt,
-                                     parse_prompts)
+from rtdmd_bench.digits.data import DIGIT_WORDS, NUM_CLASSES, load_split, parse_prompt, parse_prompts
+from rtdmd_bench.digits.nets import ClassifierConfig
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.files import atomic_path
 from rtdmd_bench.rewards.digits import DigitCorrect, DigitInk, to_classifier_input
 
 
@@ -198,9 +198,7 @@ def save_digit_grid(rows: dict[str, Tensor], prompts: Sequence[str], path: str |
                 ax.set_title(prompts[c], fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -31,9 +31,10 @@ from scipy.special import digamma
 from torch import Tensor
 
 from rtdmd_bench.compute import MeteredReward
+from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
-from rtdmd_bench.toy_mixture import GridTarget, Mixture, single_thread, tilt_mixture
+from rtdmd_bench.toy_mixture import GridTarget, Mixture, tilt_mixture
 
 
 # ---------------------------------------------------------------- estimators (pure functions)
@@ -184,7 +185,7 @@ class ToyTilt:
         distinct = _distinct_prompts(prompts, n, images.shape[0])
         gen = torch.Generator().manual_seed(int(ctx.seed))
         per_prompt, setup = {}, {}
-        with single_thread():  # small 2-D tensors: see toy_mixture.single_thread
+        with single_thread():  # small 2-D tensors: see core.threads.single_thread
             for i, prompt in enumerate(distinct):
                 x = images[i * n:(i + 1) * n].detach().to("cpu", torch.float64)
                 per_prompt[prompt], setup[prompt] = self.score_prompt(x, prompt, ctx, gen)

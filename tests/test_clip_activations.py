@@ -166,7 +166,8 @@ def save_openai_style_clip_folder(path, hidden_act: str):
 def test_clipscore_and_aesthetic_build_the_checkpoints_activation(tmp_path, hidden_act):
     """OpenAI's configs say quick_gelu; the loaders must keep what the config says (the gelu
     case shows the test would notice an override)."""
-    from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, preference_mlp
+    from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore
+    from rtdmd_bench.rewards.clip_models import preference_mlp
 
     clear_model_cache()
     folder = save_openai_style_clip_folder(tmp_path / "clip", hidden_act)

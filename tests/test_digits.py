@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdmd_bench import digits_nets
+from rtdmd_bench.digits import cache as digits_cache
 from rtdmd_bench.bases.digits import Digits, DigitsConfig, prepare_digits
 from rtdmd_bench.compute import ComputeMeter
-from rtdmd_bench.digits_nets import (ClassifierConfig, TeacherConfig, load_split, parse_prompt, parse_prompts,
-                                     train_teacher)
+from rtdmd_bench.core.threads import single_thread
+from rtdmd_bench.digits.data import load_split, parse_prompt, parse_prompts
+from rtdmd_bench.digits.nets import ClassifierConfig, TeacherConfig
+from rtdmd_bench.digits.training import train_classifier, train_teacher
 from rtdmd_bench.errors import UserError
 
 TINY_TEACHER = TeacherConfig(hidden=32, blocks=1, train_steps=20, batch_size=32)
@@ -27,7 +29,7 @@ def tiny_cfg() -> DigitsConfig:
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny networks on a shared 2-core machine: one intra-op thread is much faster."""
-    with digits_nets.single_thread():
+    with single_thread():
         yield
 
 
@@ -96,7 +98,7 @@ def test_split_is_fixed_stratified_and_scaled() -> None:
 
 def test_second_prepare_does_not_retrain(tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"teacher": 0, "classifier": 0}
-    real_teacher, real_clf = digits_nets.train_teacher, digits_nets.train_classifier
+    real_teacher, real_clf = train_teacher, train_classifier
 
     def spy_teacher(cfg, progress):
         calls["teacher"] += 1
@@ -106,8 +108,8 @@ def test_second_prepare_does_not_retrain(tmp_cache: Path, monkeypatch: pytest.Mo
         calls["classifier"] += 1
         return real_clf(cfg, progress)
 
-    monkeypatch.setattr(digits_nets, "train_teacher", spy_teacher)
-    monkeypatch.setattr(digits_nets, "train_classifier", spy_clf)
+    monkeypatch.setattr(digits_cache, "train_teacher", spy_teacher)
+    monkeypatch.setattr(digits_cache, "train_classifier", spy_clf)
     first = prepare_digits(tiny_cfg())
     assert calls == {"teacher": 1, "classifier": 1}
     mtime = Path(first["teacher"]).stat().st_mtime_ns
@@ -139,7 +141,7 @@ def test_training_leaves_the_callers_random_stream_untouched(tmp_cache: Path) ->
     expected = torch.rand(3)
     torch.manual_seed(5)
     train_teacher(TINY_TEACHER, progress=False)
-    digits_nets.train_classifier(TINY_CLASSIFIER, progress=False)
+    train_classifier(TINY_CLASSIFIER, progress=False)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -154,7 +156,7 @@ def test_corrupt_cache_file_gives_user_error(tmp_cache: Path) -> None:
     paths = prepare_digits(tiny_cfg())
     Path(paths["teacher"]).write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="prepare digits"):
-        digits_nets.load_teacher(TINY_TEACHER, progress=False)
+        digits_cache.load_teacher(TINY_TEACHER, progress=False)
 
 
 # ----------------------------------------------------------------------------- base

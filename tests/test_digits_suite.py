@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdmd_bench import digits_nets
-from rtdmd_bench.digits_nets import ClassifierConfig, load_split
+from rtdmd_bench.core.threads import single_thread
+from rtdmd_bench.digits.data import load_split
+from rtdmd_bench.digits.nets import ClassifierConfig
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.rewards.digits import DigitCorrect, DigitInk
@@ -20,7 +21,7 @@ SMALL_CLASSIFIER = ClassifierConfig(epochs=8)
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp, digits_nets.single_thread():
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("RTDMD_BENCH_CACHE", str(tmp_path_factory.mktemp("digits-cache")))
         yield
 

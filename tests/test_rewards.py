@@ -217,7 +217,7 @@ def test_every_reward_config_field_can_be_set_from_the_command_line():
 
 def test_repeated_prompts_share_text_features():
     """GRPO groups repeat prompts: the text tower runs once per distinct prompt, same scores."""
-    from rtdmd_bench.rewards.clip_based import unique_prompts
+    from rtdmd_bench.rewards.clip_models import unique_prompts
 
     unique, index = unique_prompts(["b", "a", "b", "c", "a"])
     assert unique == ["b", "a", "c"] and index.tolist() == [0, 1, 0, 2, 1]

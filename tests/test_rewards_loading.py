@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards import clip_based, imagereward, tiny
+from rtdmd_bench.rewards import clip_models, imagereward, tiny
 from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, HPSv21, PickScore, PixelSpec
 from rtdmd_bench.rewards.imagereward import ImageReward
 from rtdmd_bench.rewards.loading import clear_model_cache
@@ -78,11 +78,11 @@ def test_processor_json_gives_the_pixel_spec_and_refuses_another_resample(tmp_pa
     cfg = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 3}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
-    spec = clip_based.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
+    spec = clip_models.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
     assert spec == PixelSpec(size=224, crop=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**cfg, "resample": 2}))
     with pytest.raises(UserError, match="bicubic"):
-        clip_based.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
+        clip_models.pixel_spec_from_processor(tmp_path / "preprocessor_config.json")
 
 
 # ---- ImageReward ----------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_imagereward_constants_and_head_layout():
     assert imagereward.REWARD_MEAN == 0.16717362830052426
     assert imagereward.REWARD_STD == 1.0333394966054072
     assert imagereward.PROMPT_TOKENS == 35
-    head = clip_based.preference_mlp(768)
+    head = clip_models.preference_mlp(768)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items() if k.endswith("weight")}
     assert shapes == {"0.weight": (1024, 768), "2.weight": (128, 1024), "4.weight": (64, 128),
                       "6.weight": (16, 64), "7.weight": (1, 16)}

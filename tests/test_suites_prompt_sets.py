@@ -96,7 +96,7 @@ def test_verified_download_caches_and_checks(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="SHA-256"):
         prompt_sets.resolve("demo2", "")
     assert not (tmp_path / "cache" / "prompts" / "demo2.txt").exists()
-    assert not list((tmp_path / "cache" / "prompts").glob("*.part"))
+    assert [p.name for p in (tmp_path / "cache" / "prompts").iterdir()] == ["demo.txt"]  # no temporary file left
 
 
 def test_offline_error_names_the_url_and_the_path_option(tmp_path, monkeypatch):

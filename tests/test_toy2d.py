@@ -10,8 +10,9 @@ import torch
 from rtdmd_bench.bases.toy2d import Toy2D, Toy2DHard
 from rtdmd_bench.compute import ComputeMeter
 from rtdmd_bench.core.schedules import few_step_sigmas
+from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.toy_mixture import Mixture, mixture_velocity, single_thread
+from rtdmd_bench.toy_mixture import Mixture, mixture_velocity
 from suites.toy_tilt import kl_estimate
 
 

@@ -13,10 +13,11 @@ from torch import Tensor
 
 from rtdmd_bench.bases.toy2d import Toy2D
 from rtdmd_bench.compute import ComputeMeter, MeteredReward
+from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.rewards.toy import CappedLinearReward, QuadraticReward
-from rtdmd_bench.toy_mixture import GridTarget, Mixture, single_thread, tilt_mixture
+from rtdmd_bench.toy_mixture import GridTarget, Mixture, tilt_mixture
 from suites.toy_tilt import (ToyTilt, exact_target, knn_entropy,
                              plot_samples_over_target, two_sample_distances, unmetered)
 

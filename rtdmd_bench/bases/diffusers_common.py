@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,15 +21,15 @@ from torch import Tensor, nn
 
 from rtdmd_bench import prompt_files
 from rtdmd_bench.bases.diffusers_loading import (  # noqa: F401  (re-exported for the family modules)
-    check_local_weights, freeze, load_component, missing_weights_message, offline, pick_device,
+    check_local_weights, freeze, load_component, missing_weights_message, pick_device,
     weights_location, word_tokenizer,
 )
 from rtdmd_bench.bases.lora_adapters import (  # noqa: F401  (re-exported for the family modules)
     ATTN_TARGETS, AdapterSwitch, LoraSettings, _peft_config, lora_modules, lora_parameter_count,
 )
 from rtdmd_bench.errors import UserError
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rtdmd_bench.files import atomic_path
+from rtdmd_bench.weights import torch_dtype
 
 # A small prompt pool for the tiny bases (their text encoders are random, so any words do).
 TINY_PROMPTS: tuple[str, ...] = (
@@ -111,7 +110,7 @@ class DiffusersBase:
         if cfg.device == "auto" and self.device.type == "cpu" and not self.name.startswith("tiny-"):
             warnings.warn(f"base {self.name!r} found no GPU and runs on CPU (very slow); "
                           "--set base.device=cpu says that is intended", stacklevel=2)
-        self.dtype = DTYPES[cfg.weights_dtype]
+        self.dtype = torch_dtype(cfg.weights_dtype)
         self.nets: Networks | None = None
         self._switch: dict[str, AdapterSwitch] = {}
         self._negative: dict[str, Tensor] | None = None
@@ -289,12 +288,9 @@ class DiffusersBase:
         """The role's LoRA alone as safetensors (written atomically), LoRA settings as metadata."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"base": self.name, "role": role, **{k: str(v) for k, v in asdict(self.cfg.lora).items()}}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.state_dict(role).items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict(role).items()}, str(tmp), metadata=meta)
 
     def load_adapter(self, role: str, path: str | Path) -> None:
         from safetensors.torch import load_file

@@ -18,6 +18,7 @@ from torch import nn
 
 from rtdmd_bench.core.schedules import FlowMatchSchedulerConfig, scheduler_config_differences
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.weights import hub_offline
 
 
 def weights_location(cfg_path: str | None, env_var: str, hub_id: str) -> tuple[str, bool]:
@@ -41,11 +42,6 @@ def missing_weights_message(base: str, hub_id: str, env_var: str, subfolders: Se
     return "\n".join(lines)
 
 
-def offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def check_local_weights(path: str, subfolders: Sequence[str]) -> list[str]:
     """Subfolders of a local diffusers directory that lack a config file."""
     root = Path(path).expanduser()
@@ -58,7 +54,7 @@ def load_component(cls: Any, location: str, subfolder: str, local: bool, message
     try:
         with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or offline(), **kwargs)
+            return cls.from_pretrained(location, subfolder=subfolder, local_files_only=local or hub_offline(), **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors subclass OSError/ValueError
         raise UserError(message) from err
 
@@ -113,7 +109,7 @@ def check_scheduler_config(location: str, local: bool, recorded: FlowMatchSchedu
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(location, "scheduler_config.json", subfolder="scheduler",
-                                        local_files_only=offline()))
+                                        local_files_only=hub_offline()))
         except Exception:  # noqa: BLE001  (no network, gated repo, ...: the recorded config stands)
             path = None
     if path is None or not path.is_file():

@@ -4,7 +4,7 @@ Where `toy2d` proves the mathematics, `digits` shows the methods on images, wher
 (`digit-correct`, `digit-ink`) and fidelity to the teacher pull against each other.
 
 - Prompts are text ("a handwritten digit seven", "a handwritten 7", "digit 7"), parsed into
-  the class 0..9 (`rtdmd_bench.digits_nets.parse_prompt`); `encode` returns (B,) long labels.
+  the class 0..9 (`rtdmd_bench.digits.data.parse_prompt`); `encode` returns (B,) long labels.
 - Latents are the images themselves, (1, 8, 8) in [-1, 1]; `decode` maps them to grey
   images in [0, 1] repeated to (B, 3, 8, 8).
 - Teacher: a class-conditional flow-matching `FlowNet`, trained once and cached (see
@@ -24,11 +24,12 @@ from torch import Tensor, nn
 
 from rtdmd_bench.compute import measure_flops
 from rtdmd_bench.core.schedules import few_step_sigmas
-from rtdmd_bench.digits_nets import (DIGIT_WORDS, IMAGE_SHAPE, NUM_CLASSES, TEACHER_CHECK_THRESHOLD, ClassifierConfig,
-                                     FlowNet, TeacherConfig, cache_key, cache_paths, guided_velocity,
-                                     load_classifier, load_teacher, parse_prompts, teacher_check,
-                                     write_json_atomic)
+from rtdmd_bench.digits.cache import cache_key, cache_paths, load_classifier, load_teacher
+from rtdmd_bench.digits.data import DIGIT_WORDS, IMAGE_SHAPE, NUM_CLASSES, parse_prompts
+from rtdmd_bench.digits.nets import ClassifierConfig, FlowNet, TeacherConfig, guided_velocity
+from rtdmd_bench.digits.training import TEACHER_CHECK_THRESHOLD, teacher_check
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.files import atomic_write_json
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _build(cfg: DigitsConfig, force: bool) -> tuple[FlowNet, dict[str, Any]]:
     if check is None or force:
         check = teacher_check(teacher, clf, cfg.default_cfg, cfg.check_samples_per_class, cfg.check_steps)
         t_meta.setdefault("checks", {})[_check_key(cfg)] = check
-        write_json_atomic(t_meta_path, t_meta)
+        atomic_write_json(t_meta_path, t_meta)
     return teacher, {"teacher": str(t_path), "teacher_meta": str(t_meta_path), "classifier": str(c_path),
                      "classifier_meta": str(c_meta_path),
                      "classifier_held_out_accuracy": clf_meta["held_out_accuracy"], "teacher_check": check}

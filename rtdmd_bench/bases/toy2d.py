@@ -29,9 +29,11 @@ from torch import Tensor, nn
 
 from rtdmd_bench.compute import measure_flops
 from rtdmd_bench.core.schedules import few_step_sigmas
+from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.files import atomic_path
 from rtdmd_bench.paths import cache_dir, config_hash
-from rtdmd_bench.toy_mixture import Mixture, mixture_velocity, single_thread
+from rtdmd_bench.toy_mixture import Mixture, mixture_velocity
 
 FIT_FORMAT = 1  # bump when the fit procedure changes, so stale caches are not reused
 
@@ -294,10 +296,9 @@ class Toy2D:
                 torch.manual_seed(self.cfg.init_seed)
                 fit_net = self._new_net()  # deterministic init from the seed
             mse = fit_to_teacher(fit_net, self, self.cfg)
-            tmp = f"{path}.tmp{os.getpid()}"
-            save_file({k: v.contiguous() for k, v in fit_net.state_dict().items()}, tmp,
-                      metadata={"fit_mse": repr(mse), "config": repr(asdict(self.cfg))})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in fit_net.state_dict().items()}, str(tmp),
+                          metadata={"fit_mse": repr(mse), "config": repr(asdict(self.cfg))})
             self.init_info = {"loaded_from_cache": False, "path": str(path), "fit_mse": mse}
         for net in self.nets.values():
             net.load_state_dict(fit_net.state_dict())

@@ -3,15 +3,13 @@
 All four score images given as torch tensors in [0, 1], (B, 3, H, W). How the pixels reach the
 model is a named pipeline per reward (`pixels` for images without gradients, `pixels_grad` for
 images that carry them): the official scorer's exact PIL/uint8 path, a differentiable torch
-approximation of it, or RTDMD's tensor transforms; see rtdmd_bench.rewards.pixels.
-Protocols: ../shared/PROTOCOLS.md.
+approximation of it, or RTDMD's tensor transforms; see rtdmd_bench.rewards.pixels. The models and
+their weight loaders are in rtdmd_bench.rewards.clip_models. Protocols: ../shared/PROTOCOLS.md.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -19,83 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.loading import (
-    WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
-    torch_dtype,
+from rtdmd_bench.rewards.clip_models import (
+    HF_WEIGHTS, TOKENIZER_FILES, ClipKey, HFClip, OpenClip, clip_spec, load_aesthetic_mlp, load_hf_clip, load_hps,
 )
+from rtdmd_bench.rewards.loading import WeightSpec, cached_model, folder_of, resolve_files
 from rtdmd_bench.rewards.pixels import (  # noqa: F401  (OPENAI_CLIP_*: re-exported)
     AESTHETIC_PIPELINES, HF_CLIP_PIPELINES, HPS_PIPELINES, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
     AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, Pipeline, PixelSpec, TowerPixels,
     check_choices, choose, model_pixels,
 )
-
-# ---------------------------------------------------------------------------------------
-# Dual encoders: the loaded CLIP towers behind one small interface.
-
-def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], Tensor]:
-    """Distinct prompts and, per input, its row among them: GRPO groups repeat each prompt K
-    times, so the text tower runs once per distinct prompt (features are per prompt anyway)."""
-    rows: dict[str, int] = {}
-    index = [rows.setdefault(p, len(rows)) for p in prompts]
-    return list(rows), torch.tensor(index, dtype=torch.long)
-
-
-class HFClip(nn.Module):
-    """transformers `CLIPModel` + its tokenizer + the input geometry of its processor."""
-
-    def __init__(self, model: nn.Module, tokenizer: object, pixels: PixelSpec) -> None:
-        super().__init__()
-        self.model, self.tokenizer, self.pixels = model, tokenizer, pixels
-        self.max_length = int(model.config.text_config.max_position_embeddings)
-
-    def image_features(self, pixels: Tensor) -> Tensor:  # (B,3,crop,crop) normalised -> (B, D)
-        pixels = pixels.to(self.model.logit_scale.dtype)
-        return self.model.get_image_features(pixel_values=pixels).pooler_output
-
-    def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
-        # Padding to max_length keeps scores independent of what else is in the batch
-        # (causal text mask + EOS pooling make it equal to the official padding=True).
-        unique, index = unique_prompts(prompts)
-        tok = self.tokenizer(unique, padding="max_length", truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        device = self.model.logit_scale.device
-        feats = self.model.get_text_features(input_ids=tok.input_ids.to(device),
-                                             attention_mask=tok.attention_mask.to(device)).pooler_output
-        return feats[index.to(device)]
-
-    @property
-    def logit_scale(self) -> Tensor:
-        return self.model.logit_scale
-
-
-class OpenClip(nn.Module):
-    """open_clip `CLIP` + its `SimpleTokenizer` + its input geometry (HPSv2 runs on this)."""
-
-    def __init__(self, model: nn.Module, tokenizer: Callable, pixels: PixelSpec) -> None:
-        super().__init__()
-        self.model, self.tokenizer, self.pixels = model, tokenizer, pixels
-
-    def image_features(self, pixels: Tensor) -> Tensor:  # (B,3,crop,crop) normalised -> (B, D)
-        return self.model.encode_image(pixels.to(self.model.logit_scale.dtype))
-
-    def text_features(self, prompts: Sequence[str]) -> Tensor:  # -> (B, D)
-        unique, index = unique_prompts(prompts)
-        device = self.model.logit_scale.device
-        return self.model.encode_text(self.tokenizer(unique).to(device))[index.to(device)]
-
-    @property
-    def logit_scale(self) -> Tensor:
-        return self.model.logit_scale
-
-
-def preference_mlp(dim: int) -> nn.Sequential:
-    """The MLP head shared by LAION aesthetic v2 and ImageReward (their `MLP.layers`):
-    dim -> 1024 -> 128 -> 64 -> 16 -> 1, no activations (commented out in both originals),
-    dropout 0.2/0.2/0.1 (inactive in eval). Keys: layers.{0,2,4,6,7}.{weight,bias}."""
-    return nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
-                         nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1),
-                         nn.Linear(64, 16), nn.Linear(16, 1))
-
 
 # ---------------------------------------------------------------------------------------
 # Shared call path: validation, device/dtype, internal batching.
@@ -139,41 +69,7 @@ def pixels_for(table: dict[str, Pipeline], cfg: object, spec: PixelSpec, images:
 
 
 # ---------------------------------------------------------------------------------------
-# Weight specs and loaders of the real models.
-
-# tokenizer.json (transformers 5 saves only it) or the older vocab.json + merges.txt pair.
-_TOKENIZER_FILES = ("tokenizer.json|vocab.json", "tokenizer_config.json", "preprocessor_config.json")
-_HF_WEIGHTS = ("config.json", "model.safetensors|pytorch_model.bin")
-_PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as processor json files store it
-
-
-def clip_spec(reward: str, hub_id: str, env: str, field: str) -> WeightSpec:
-    return WeightSpec(reward, f"CLIP model + processor ({hub_id})", hub_id,
-                      _HF_WEIGHTS + _TOKENIZER_FILES, env, field)
-
-
-def pixel_spec_from_processor(path: Path) -> PixelSpec:
-    """Size, crop, mean and std from a HF `preprocessor_config.json`. Every pipeline here
-    resizes bicubic as the CLIP processors do; another resample is refused, not ignored."""
-    cfg = json.loads(Path(path).read_text())
-    if int(cfg.get("resample", _PIL_BICUBIC)) != _PIL_BICUBIC:
-        raise UserError(f"{path}: resample={cfg['resample']} but the CLIP rewards follow a bicubic "
-                        f"processor ({_PIL_BICUBIC}); is this the right processor?")
-    size, crop = cfg["size"], cfg.get("crop_size", cfg["size"])
-    size = size["shortest_edge"] if isinstance(size, dict) else int(size)
-    crop = crop["height"] if isinstance(crop, dict) else int(crop)
-    return PixelSpec(size=size, crop=crop, mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
-
-
-def load_hf_clip(model_dir: Path, processor_dir: Path, dtype: str) -> HFClip:
-    """transformers CLIP from local folders (already resolved: no hub access here)."""
-    from transformers import CLIPModel, CLIPTokenizer
-
-    model = CLIPModel.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
-    tokenizer = CLIPTokenizer.from_pretrained(str(processor_dir))
-    pixels = pixel_spec_from_processor(processor_dir / "preprocessor_config.json")
-    return frozen(HFClip(model, tokenizer, pixels), torch_dtype(dtype))
-
+# The rewards.
 
 class CLIPScore:
     """CLIPScore with CLIP ViT-L/14 (OpenAI). RTDMD trains/evaluates on the raw cosine
@@ -220,7 +116,7 @@ class CLIPScore:
             (files,) = resolve_files([(spec, c.local_path, c.model_id)])
             folder = folder_of(files)
             return load_hf_clip(folder, folder, c.dtype)
-        return cached_model("hf-clip", _ClipKey(c.model_id, c.local_path, c.dtype), build)
+        return cached_model("hf-clip", ClipKey(c.model_id, c.local_path, c.dtype), build)
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         enc, images = placed(self.encoder, images)
@@ -230,15 +126,6 @@ class CLIPScore:
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)
-
-
-@dataclass(frozen=True)
-class _ClipKey:
-    """Cache key of a shared CLIP (CLIPScore and the aesthetic predictor load the same one)."""
-
-    model_id: str
-    local_path: str
-    dtype: str
 
 
 class PickScore:
@@ -284,9 +171,9 @@ class PickScore:
 
     def _load(self) -> nn.Module:
         c = self.cfg
-        model_spec = WeightSpec(self.name, "PickScore CLIP weights", c.model_id, _HF_WEIGHTS,
+        model_spec = WeightSpec(self.name, "PickScore CLIP weights", c.model_id, HF_WEIGHTS,
                                 "RTDMD_BENCH_PICKSCORE_PATH", "local_path")
-        proc_spec = WeightSpec(self.name, "CLIP-H processor", c.processor_id, _TOKENIZER_FILES,
+        proc_spec = WeightSpec(self.name, "CLIP-H processor", c.processor_id, TOKENIZER_FILES,
                                "RTDMD_BENCH_PICKSCORE_PROCESSOR_PATH", "processor_path")
 
         def build() -> HFClip:
@@ -349,17 +236,8 @@ class HPSv2:
                           "RTDMD_BENCH_HPSV2_PATH", "local_path")
 
         def build() -> OpenClip:
-            import open_clip
-
             (files,) = resolve_files([(spec, c.local_path, c.hub_id)])
-            arch = open_clip.get_model_config(c.arch)
-            if arch is None:
-                raise ValueError(f"open_clip has no architecture {c.arch!r}")
-            model = open_clip.CLIP(**arch)
-            load_strict(model, load_torch_state(files[c.checkpoint]), f"{c.checkpoint} (open_clip {c.arch})")
-            size = arch["vision_cfg"]["image_size"]
-            tok = open_clip.SimpleTokenizer(context_length=arch["text_cfg"]["context_length"])
-            return frozen(OpenClip(model, tok, PixelSpec(size=size, crop=size)), torch_dtype(c.dtype))
+            return load_hps(files[c.checkpoint], c.checkpoint, c.arch, c.dtype)
         return cached_model("hpsv2", c, build)
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
@@ -430,7 +308,7 @@ class Aesthetic:
             clip_files, mlp_files = resolve_files([(clip, c.clip_path, c.clip_model_id),
                                                    (mlp_spec, c.local_path, c.mlp_hub_id)])
             folder = folder_of(clip_files)
-            encoder = cached_model("hf-clip", _ClipKey(c.clip_model_id, c.clip_path, c.dtype),
+            encoder = cached_model("hf-clip", ClipKey(c.clip_model_id, c.clip_path, c.dtype),
                                    lambda: load_hf_clip(folder, folder, c.dtype))
             return encoder, load_aesthetic_mlp(mlp_files[c.mlp_file], c.dtype)
         return cached_model("aesthetic", c, build)
@@ -447,15 +325,3 @@ class Aesthetic:
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)
-
-
-def load_aesthetic_mlp(path: Path, dtype: str) -> nn.Module:
-    """The MLP from its checkpoint; accepts `layers.N.*` (original) or `N.*` (bare Sequential).
-    The input width comes from the file (768 for ViT-L/14)."""
-    state = load_torch_state(path)
-    state = {k.removeprefix("layers."): v for k, v in state.items()}
-    if "0.weight" not in state:
-        raise UserError(f"{path} is not the aesthetic MLP (no layers.0.weight); keys: {sorted(state)[:5]}")
-    mlp = preference_mlp(state["0.weight"].shape[1])
-    load_strict(mlp, state, f"aesthetic MLP {path}")
-    return frozen(mlp, torch_dtype(dtype))

@@ -16,7 +16,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rtdmd_bench.digits_nets import ClassifierConfig, DigitClassifier, load_classifier, parse_prompts
+from rtdmd_bench.digits.cache import load_classifier
+from rtdmd_bench.digits.data import parse_prompts
+from rtdmd_bench.digits.nets import ClassifierConfig, DigitClassifier
 from rtdmd_bench.errors import UserError
 
 

@@ -25,12 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed, preference_mlp
+from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed
+from rtdmd_bench.rewards.clip_models import preference_mlp
 from rtdmd_bench.rewards.loading import (
     WeightSpec, cached_model, folder_of, frozen, load_strict, load_torch_state, resolve_files,
-    torch_dtype,
 )
 from rtdmd_bench.rewards.pixels import IMAGEREWARD_PIPELINES, GradPixels, PixelSpec, TowerPixels, check_choices
+from rtdmd_bench.weights import torch_dtype
 
 REWARD_MEAN = 0.16717362830052426  # ImageReward.mean: subtracted from the MLP output
 REWARD_STD = 1.0333394966054072  # ImageReward.std: divides it

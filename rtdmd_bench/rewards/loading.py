@@ -24,10 +24,9 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.weights import hub_offline
 
 T = TypeVar("T")
-
-_TRUE = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,6 @@ class WeightSpec:
     files: tuple[str, ...]  # file names; "a|b" means either a or b (first found wins)
     env_var: str  # environment variable pointing at a local folder or file
     field: str  # the reward Config field that points at a local folder or file
-
-
-def hub_offline() -> bool:
-    """True when the hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(v, "").strip().lower() in _TRUE
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _alternatives(group: str) -> list[str]:
@@ -207,14 +200,6 @@ def cached_model(kind: str, cfg: Any, build: Callable[[], T]) -> T:
 def clear_model_cache() -> None:
     """Forget every cached model (tests; freeing memory between suites)."""
     _MODELS.clear()
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' -> torch dtype, with a clear error otherwise."""
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise UserError(f"unknown dtype {name!r}; valid: {', '.join(table)}")
-    return table[name]
 
 
 def frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

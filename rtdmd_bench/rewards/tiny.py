@@ -15,13 +15,15 @@ from typing import Any, Callable, Literal, TypeVar
 import torch
 from torch import nn
 
-from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HFClip, HPSv2, OpenClip, PickScore, preference_mlp
+from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, PickScore
+from rtdmd_bench.rewards.clip_models import HFClip, OpenClip, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
 from rtdmd_bench.rewards.imagereward import ImageReward, blip_tokenizer, build_model
-from rtdmd_bench.rewards.loading import cached_model, frozen, torch_dtype
+from rtdmd_bench.rewards.loading import cached_model, frozen
 from rtdmd_bench.rewards.pixels import (
     AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, PixelSpec, TowerPixels,
 )
+from rtdmd_bench.weights import torch_dtype
 
 T = TypeVar("T")
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
