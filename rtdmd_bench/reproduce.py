@@ -117,41 +117,22 @@ def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) ->
     return {"label": label, "eval": str(path)}
 
 
-def _metric(metrics: dict[str, Any], key: str) -> Any:
-    cur: Any = metrics
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
-    from rtdmd_bench.report import Table
+    """The bench's table (report.grid_table): teacher rows from their suite results, then every row
+    of the grid with one cell set per seed."""
+    from rtdmd_bench.report import RESOURCES, grid_table, run_cells, suite_cells
 
     spec = BENCHES[bench]
-    cols = [title for _, title in spec.columns] + ["FLOPs used", "wall time (s)"]
-    table = Table(cols)
-    hib: dict[str, bool] = {}
+    rows, hib = [], {}
     for label, path in teacher_evals.items():
-        data = json.loads(Path(path).read_text())
-        table.add(label, {title: [_metric(data["metrics"], key)] for key, title in spec.columns} | {"FLOPs used": "–"})
+        cells, h = suite_cells(json.loads(Path(path).read_text()))
+        rows.append((label, [cells]))
+        hib |= h
     for label, _, _ in spec.rows():
-        cells: dict[str, list] = {c: [] for c in cols}
-        for seed in range(seeds):
-            run_dir = runs_dir / bench / f"{_slug(label)}-s{seed}"
-            data = json.loads((run_dir / "eval" / f"{spec.suite}.json").read_text())
-            result = json.loads((run_dir / "result.json").read_text())
-            for key, title in spec.columns:
-                cells[title].append(_metric(data["metrics"], key))
-                top = key.split(".")[0]
-                if top in data["higher_is_better"]:
-                    hib[title] = data["higher_is_better"][top]
-            cells["FLOPs used"].append(result["compute"]["used_flops"])
-            cells["wall time (s)"].append(result["wall_time_s"])
-        table.add(label, cells)
-    table.higher_is_better = hib
-    return table
+        per_seed = [run_cells(runs_dir / bench / f"{_slug(label)}-s{seed}", spec.suite) for seed in range(seeds)]
+        rows.append((label, [cells for cells, _ in per_seed]))
+        hib |= {k: v for _, h in per_seed for k, v in h.items()}
+    return grid_table(rows, list(spec.columns) + [(r, r) for r in RESOURCES], hib)
 
 
 def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str) -> None:
