@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from rtdmd_bench import registry
+from rtdmd_bench.compute import unmetered
 from rtdmd_bench.core import sampling
 from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
-from rtdmd_bench.runs import atomic_write_json, git_commit, versions
+from rtdmd_bench.runs import atomic_write_bytes, atomic_write_json, git_commit, versions
 
 
 SamplerKind = Literal["cps", "euler", "euler-pipeline", "euler-few-step"]
@@ -179,12 +180,31 @@ def barrier() -> None:
 
 
 def cache_folder(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int,
-                 seed: int) -> Path:
-    """<cache>/<sampler key>/<prompt-set hash>-n<images>-seed<seed>/, created."""
+                 seed: int, create: bool = True) -> Path:
+    """<cache>/<sampler key>/<prompt-set hash>-n<images>-seed<seed>/ (created unless `create` is False)."""
     set_folder = f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
     folder = Path(cache_dir) / spec.key(spec.sigmas(base)) / set_folder
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def cache_file(folder: Path, prompt_index: int) -> Path:
+    """Where a `cache_folder` holds the samples of prompt `prompt_index`."""
+    return folder / f"{prompt_index:05d}.safetensors"
+
+
+def cached_samples(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int,
+                   seed: int, prompt_index: int) -> Tensor | None:
+    """(images_per_prompt, ...) samples of prompt `prompt_index` if `generate` cached them under
+    `cache_dir` with these arguments, else None."""
+    path = cache_file(cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed, create=False), prompt_index)
+    return load_file(str(path))["images"] if path.exists() else None
+
+
+def _store(path: Path, images: Tensor) -> None:
+    """Write one prompt's samples atomically: a reader never sees half a file."""
+    atomic_write_bytes(path, save({"images": images.contiguous()}))
 
 
 def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int, seed: int,
@@ -204,7 +224,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
         folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     out = []
     for i, prompt in enumerate(prompts):
-        path = folder / f"{i:05d}.safetensors" if folder else None
+        path = cache_file(folder, i) if folder else None
         if world > 1 and path is not None and path.exists():
             out.append(load_file(str(path))["images"])  # made by another rank or earlier: no count
             continue
@@ -215,9 +235,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
             images = generate_prompt(base, spec, prompt, i, images_per_prompt, seed, batch_size)
             stats.generated += images.shape[0]
             if path is not None:
-                tmp = path.with_suffix(".tmp")
-                save_file({"images": images.contiguous()}, str(tmp))
-                tmp.replace(path)
+                _store(path, images)
         out.append(images)
         if progress is not None:
             progress(i + 1, len(prompts))
@@ -228,15 +246,13 @@ def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], i
                          images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats) -> None:
     folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     for i in indices:
-        path = folder / f"{i:05d}.safetensors"
+        path = cache_file(folder, i)
         if path.exists():
             stats.cached += images_per_prompt
             continue
         images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
         stats.generated += images.shape[0]
-        tmp = path.with_suffix(f".tmp{i}")
-        save_file({"images": images.contiguous()}, str(tmp))
-        tmp.replace(path)
+        _store(path, images)
 
 
 def build_suite(name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -279,8 +295,7 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
         teacher_used.append(ts)
         return generate(base, ts, prompts, n, seed, cache_dir, batch_size, stats)
 
-    # Suites score with the unmetered rewards: evaluation never spends a run's training budget.
-    rewards = RewardSet({n: getattr(r, "raw", r) for n, r in rewards.rewards.items()}, dict(rewards.weights), rewards.beta)
+    rewards = unmetered(rewards)  # evaluation never spends a run's training budget
     ctx = EvalContext(base=base, rewards=rewards, run_config=run_config, teacher_samples=teacher_samples, seed=seed)
     metrics = suite.score(images, prompts, ctx)
     result = {
