@@ -77,7 +77,8 @@ def test_csv_numeric_columns_hold_numbers_or_nothing(tmp_path):
         for text in row[1:]:
             assert text == "" or math.isfinite(float(text)), (row[0], text)
     assert rows[1][1:] == ["7.5", "0", "1", "", "", "", "", "", ""]
-    assert rows[2][1:4] == ["1.5", f"{12.706204736174698 * math.sqrt(0.5) / math.sqrt(2):.6g}", "2"]  # t_{0.975, 1} sd / sqrt(n), sd = sqrt(1/2)
+    half_width = 12.706204736174698 * math.sqrt(0.5) / math.sqrt(2)  # t_{0.975, 1} sd / sqrt(n), sd = sqrt(1/2)
+    assert rows[2][1:4] == ["1.5", f"{half_width:.6g}", "2"]
     md = table.markdown().splitlines()
     assert md[0] == "| row | KL ↓ | FLOPs used | wall time (s) |"
     assert md[2] == "| teacher (4-step CPS) | 7.500 | – | – |"
