@@ -66,6 +66,7 @@ BENCHES: dict[str, BenchSpec] = {
         teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50))),
 }
 GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
+TEACHER_CONFIG = "teacher_config.yaml"  # in a teacher row's folder: the config its evaluation resolved
 
 
 def _slug(label: str) -> str:
@@ -104,10 +105,12 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
-    """'' if `folder` is absent or holds a run of config `cfg` (sections `ignore` aside); otherwise
-    move it to <folder>.stale-<n> (nothing is deleted) and return a sentence saying so and why."""
-    found = folder / "config.yaml"
+def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...] = (),
+                       config_file: str = "config.yaml") -> str:
+    """'' if `folder` is absent or was made with config `cfg` (its `config_file`; sections `ignore`
+    aside); otherwise move it to <folder>.stale-<n> (nothing is deleted) and return a sentence
+    saying so and why."""
+    found = folder / config_file
     if not folder.exists():
         return ""
     if found.exists():
@@ -116,7 +119,7 @@ def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...
             return ""
         why = "; ".join(diff[:4]) + (f" (and {len(diff) - 4} more)" if len(diff) > 4 else "")
     else:
-        why = "it has no config.yaml"
+        why = f"it has no {config_file}"
     n = 1
     while folder.with_name(f"{folder.name}.stale-{n}").exists():
         n += 1
@@ -177,19 +180,20 @@ def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) ->
 
     torch.set_num_threads(1)
     from rtdmd_bench.evaluate import build_suite, build_teacher, evaluate_teacher, teacher_config
-    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.runs import atomic_write_text
 
     spec = BENCHES[bench]
     out = Path(runs_dir) / bench / f"teacher-{kind}{steps}"
     path = out / "eval" / f"{spec.suite}.json"
     cfg = teacher_config(spec.base)
-    # The teacher depends on the base, its rewards and beta, not on the method the config is resolved for.
-    note = set_aside_if_stale(out, cfg.to_dict(), ignore=("method", "train"))
+    # The teacher depends on the base, its rewards and beta, not on the method the config is resolved
+    # for; the file is not named config.yaml, which would make the folder look like a run.
+    note = set_aside_if_stale(out, cfg.to_dict(), ignore=("method", "train"), config_file=TEACHER_CONFIG)
     if not path.exists():
         b = build_teacher(spec.base)
         evaluate_teacher(build_suite(spec.suite), b, teacher_spec(bench, kind, steps),
                          samples_dir(Path(runs_dir), bench, cfg), path)
-        RunDir(out).write_config(cfg.to_dict())  # what the reuse check compares next time
+        atomic_write_text(out / TEACHER_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # for the next reuse check
     return {"label": label, "eval": str(path), "note": note}
 
 
