@@ -117,14 +117,14 @@ def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...
         diff = differences(_comparable(yaml.safe_load(found.read_text()), ignore), _comparable(cfg, ignore))
         if not diff:
             return ""
-        why = "; ".join(diff[:4]) + (f" (and {len(diff) - 4} more)" if len(diff) > 4 else "")
+        why = "config changed (" + "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more)" if len(diff) > 4 else ")")
     else:
-        why = f"it has no {config_file}"
+        why = f"no {config_file} to compare"
     n = 1
     while folder.with_name(f"{folder.name}.stale-{n}").exists():
         n += 1
     aside = folder.rename(folder.with_name(f"{folder.name}.stale-{n}"))
-    return f"{folder}: config changed ({why}); rerunning it, the old one is now {aside}"
+    return f"{folder}: {why}; rerunning it, the old one is now {aside}"
 
 
 def samples_dir(runs_dir: Path, bench: str, cfg: Any) -> Path:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rtdmd_bench import config, registry, reproduce
-from rtdmd_bench.reproduce import BenchSpec, differences, run_one, run_teacher
+from rtdmd_bench.reproduce import BenchSpec, differences, run_one, run_teacher, set_aside_if_stale
 
 # A small bench on toy2d: a few training steps and a small evaluation.
 TINY = BenchSpec("toy2d", "toy-tilt", (("kl_target", "KL"),))
@@ -77,3 +77,15 @@ def test_a_teacher_evaluation_is_reused_only_while_the_base_config_is_the_grids(
     note = run_teacher(*args)["note"]
     assert note.startswith(f"{folder}: config changed (run.beta: 1.0 -> 0.5)")
     assert json.loads((folder / "eval" / "toy-tilt.json").read_text())["metrics"] != json.loads(evaluated)["metrics"]
+
+
+def test_a_folder_that_cannot_be_compared_is_set_aside_never_deleted(tmp_path):
+    folder = tmp_path / "teacher-cps4"
+    for n in (1, 2):  # made by an older reproduce, which wrote no config file
+        (folder / "eval").mkdir(parents=True)
+        (folder / "eval" / "toy-tilt.json").write_text(f"run {n}")
+        note = set_aside_if_stale(folder, {"run": {"seed": 0}}, config_file="teacher_config.yaml")
+        aside = tmp_path / f"teacher-cps4.stale-{n}"
+        assert note == f"{folder}: no teacher_config.yaml to compare; rerunning it, the old one is now {aside}"
+        assert (aside / "eval" / "toy-tilt.json").read_text() == f"run {n}" and not folder.exists()
+    assert set_aside_if_stale(folder, {"run": {"seed": 0}}) == ""  # nothing there: nothing to do
