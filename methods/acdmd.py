@@ -39,6 +39,9 @@ class ACDMD:
               "as summarised in METHODS.md section 3; RTDMD paper abstract")
     stages = ("acdmd",)
     micro_batching = True  # train.micro_batches: each optimiser step accumulates the micro-batches
+    # The suite's smoke, resume and two-process tests run every registered method for a few steps on
+    # batches of 4 to 16 samples with these overrides (tests/test_every_method.py).
+    smoke_test_overrides = ("method.num_fake_per_gen=2",)  # a generator step within two steps
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         self.cfg, self.base, self.meter = cfg, base, meter

@@ -85,6 +85,9 @@ class DMDRL:
               "arXiv 2511.13649) / ReFL / DRaFT; composition per METHODS.md section 5 (suite's own); "
               "DMDR's dynamic real-score LoRA scale not implemented")
     stages = ("dmd-rl",)
+    # The suite's smoke, resume and two-process tests run every registered method for a few steps on
+    # batches of 4 to 16 samples with these overrides (tests/test_every_method.py).
+    smoke_test_overrides = ("method.group_size=2",)  # rl_form=grpo: whole groups on each of two processes
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         if not rewards:

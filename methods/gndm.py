@@ -88,6 +88,9 @@ class GNDM:
     source = ("suite definition: the GNDM paper's method section could not be read; reconstructed from "
               "the abstract, METHODS.md section 7")
     stages = ("gndm",)
+    # The suite's smoke, resume and two-process tests run every registered method for a few steps on
+    # batches of 4 to 16 samples with these overrides (tests/test_every_method.py).
+    smoke_test_overrides = ("method.group_size=2",)  # whole groups on each of two processes
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         if cfg.external_rewards and not rewards:

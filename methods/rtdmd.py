@@ -55,6 +55,10 @@ class RTDMD:
               "sections 3-4; RTDMD paper abstract; stage1_fraction is a suite choice")
     stages = ("acdmd", "reward-tilted")
     micro_batching = True  # train.micro_batches: each optimiser step accumulates the micro-batches
+    # The suite's smoke, resume and two-process tests run every registered method for a few steps on
+    # batches of 4 to 16 samples with these overrides (tests/test_every_method.py): stage 2 within
+    # a few steps, whole groups on each of two processes, a stage-1 generator step within two steps.
+    smoke_test_overrides = ("method.stage1_fraction=0.3", "method.group_size=2", "method.stage1.num_fake_per_gen=2")
 
     def __init__(self, cfg: Config, base: Any, rewards: RewardSet, meter: Any) -> None:
         self.cfg, self.base, self.rewards, self.meter = cfg, base, rewards, meter

@@ -164,8 +164,11 @@ def train(
         console.print(f"[green]done[/green]: {run_dir}  steps {result['steps']}  "
                       f"FLOPs {format_flops(result['compute']['used_flops'])}  wall {result['wall_time_s']:.1f}s"
                       + (f"  processes {result['processes']}" if result["processes"] > 1 else ""))
-    for suite in eval_:
-        _eval_run(suite, run_dir, {}, None, None)
+    if eval_:
+        from rtdmd_bench.evaluate import evaluate_suites
+
+        for res in evaluate_suites(eval_, run=run_dir):
+            _print_metrics(res)
 
 
 def _parse_suite_sets(items: list[str]) -> dict[str, str]:
@@ -178,40 +181,6 @@ def _parse_suite_sets(items: list[str]) -> dict[str, str]:
             raise UserError(f"eval --set {item!r}: keys start with 'suite.' (e.g. suite.images_per_prompt=100)")
         out[key[len("suite."):]] = value
     return out
-
-
-def _eval_run(suite_name: str, run_dir: Path, suite_sets: dict[str, str], seed: Optional[int],
-              batch_size: Optional[int]) -> dict[str, Any]:
-    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-    from rtdmd_bench.runs import RunDir
-    from rtdmd_bench.train import load_for_eval
-
-    run = RunDir.open(run_dir)
-    suite = build_suite(suite_name, suite_sets)
-    b = load_for_eval(run.path)
-    ckpt = run.latest_checkpoint()
-    spec = SamplerSpec.student(b.cfg.method, tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
-    with b.method.generator():
-        res = evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), _seed(seed, suite), run.path / "samples",
-                             run.path / "eval" / f"{suite.name}.json", batch_size=batch_size or 256)
-    _print_metrics(res)
-    return res
-
-
-def _seed(seed: Optional[int], suite: Any) -> int:
-    """The user's seed, else the suite's protocol seed (DrawBench: 42), else 0."""
-    return int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)
-
-
-def _init_distributed() -> None:
-    """Under `accelerate launch` (WORLD_SIZE > 1) join the process group: evaluation shards
-    generation across ranks (gloo on CPU, nccl on GPUs, as accelerate chooses)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState()
 
 
 def _print_metrics(res: dict[str, Any]) -> None:
@@ -258,27 +227,16 @@ def eval_cmd(
 ) -> None:
     """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
     and generated images are cached so a second suite on the same prompts generates nothing new."""
-    _init_distributed()
+    from rtdmd_bench.evaluate import SamplerSpec, evaluate_suites
+
     sets = _parse_suite_sets(set_)
     if prompts is not None:
         sets["prompts"] = str(prompts)
-    if (run is None) == (base is None):
-        raise UserError("give exactly one of --run RUN or --base BASE")
-    if run is not None:
-        for s in suite:
-            _eval_run(s, run, sets, seed, batch_size)
-        return
-    from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-    from rtdmd_bench.train import build
-
-    cfg = resolve_config("dmd2", base, base_set)
-    b = build(cfg)
-    spec = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
-    for s in suite:
-        st = build_suite(s, sets)
-        res = evaluate_suite(st, b.base, spec, b.rewards, cfg.to_dict(), _seed(seed, st), out / "samples",
-                             out / "eval" / f"{st.name}.json", batch_size=batch_size)
+    teacher = None
+    if base is not None:
+        teacher = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
+    for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, suite_overrides=sets,
+                               base_overrides=base_set, out=out, seed=seed, batch_size=batch_size):
         _print_metrics(res)
 
 

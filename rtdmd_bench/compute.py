@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.interfaces import RewardSet
 
 def _register_cpu_attention_flops() -> None:
     """torch's FLOP counter has no formula for the CPU flash-attention kernel, so attention on CPU
@@ -274,3 +275,10 @@ class MeteredReward:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reward, name)
+
+
+def unmetered(rewards: RewardSet) -> RewardSet:
+    """The same rewards without `MeteredReward` wrappers: evaluation (also the metric-vs-FLOPs
+    curve taken during training) must not spend the training budget."""
+    inner = {n: (r.raw if isinstance(r, MeteredReward) else r) for n, r in rewards.rewards.items()}
+    return RewardSet(inner, dict(rewards.weights), rewards.beta)

@@ -11,28 +11,30 @@ the prompt-set hash; prompt index; seed), one file per prompt, so that
 - generation shards across processes (`accelerate launch -m rtdmd_bench eval ...`): rank r
   generates the prompts i with i % world == r into the shared cache, then rank 0 gathers them
   from the cache and scores (the cache is the gather; results equal a single-process run).
+`evaluate_suites` is what `rtdmd-bench eval` runs: a run's generator or a base's teacher, suite by suite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Sequence, get_args
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from rtdmd_bench import registry
+from rtdmd_bench.compute import unmetered
 from rtdmd_bench.core import sampling
 from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.files import atomic_path
 from rtdmd_bench.interfaces import EvalContext, RewardSet
+from rtdmd_bench.files import atomic_write_bytes
 from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
 
@@ -180,12 +182,31 @@ def barrier() -> None:
 
 
 def cache_folder(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int,
-                 seed: int) -> Path:
-    """<cache>/<sampler key>/<prompt-set hash>-n<images>-seed<seed>/, created."""
+                 seed: int, create: bool = True) -> Path:
+    """<cache>/<sampler key>/<prompt-set hash>-n<images>-seed<seed>/ (created unless `create` is False)."""
     set_folder = f"{prompt_set_hash(list(prompts))}-n{images_per_prompt}-seed{seed}"
     folder = Path(cache_dir) / spec.key(spec.sigmas(base)) / set_folder
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def cache_file(folder: Path, prompt_index: int) -> Path:
+    """Where a `cache_folder` holds the samples of prompt `prompt_index`."""
+    return folder / f"{prompt_index:05d}.safetensors"
+
+
+def cached_samples(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int,
+                   seed: int, prompt_index: int) -> Tensor | None:
+    """(images_per_prompt, ...) samples of prompt `prompt_index` if `generate` cached them under
+    `cache_dir` with these arguments, else None."""
+    path = cache_file(cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed, create=False), prompt_index)
+    return load_file(str(path))["images"] if path.exists() else None
+
+
+def _store(path: Path, images: Tensor) -> None:
+    """Write one prompt's samples atomically: a reader never sees half a file."""
+    atomic_write_bytes(path, save({"images": images.contiguous()}))
 
 
 def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int, seed: int,
@@ -205,7 +226,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
         folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     out = []
     for i, prompt in enumerate(prompts):
-        path = folder / f"{i:05d}.safetensors" if folder else None
+        path = cache_file(folder, i) if folder else None
         if world > 1 and path is not None and path.exists():
             out.append(load_file(str(path))["images"])  # made by another rank or earlier: no count
             continue
@@ -216,8 +237,7 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
             images = generate_prompt(base, spec, prompt, i, images_per_prompt, seed, batch_size)
             stats.generated += images.shape[0]
             if path is not None:
-                with atomic_path(path) as tmp:
-                    save_file({"images": images.contiguous()}, str(tmp))
+                _store(path, images)
         out.append(images)
         if progress is not None:
             progress(i + 1, len(prompts))
@@ -228,14 +248,13 @@ def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], i
                          images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats) -> None:
     folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
     for i in indices:
-        path = folder / f"{i:05d}.safetensors"
+        path = cache_file(folder, i)
         if path.exists():
             stats.cached += images_per_prompt
             continue
         images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
         stats.generated += images.shape[0]
-        with atomic_path(path) as tmp:
-            save_file({"images": images.contiguous()}, str(tmp))
+        _store(path, images)
 
 
 def build_suite(name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -278,8 +297,7 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
         teacher_used.append(ts)
         return generate(base, ts, prompts, n, seed, cache_dir, batch_size, stats)
 
-    # Suites score with the unmetered rewards: evaluation never spends a run's training budget.
-    rewards = RewardSet({n: getattr(r, "raw", r) for n, r in rewards.rewards.items()}, dict(rewards.weights), rewards.beta)
+    rewards = unmetered(rewards)  # evaluation never spends a run's training budget
     ctx = EvalContext(base=base, rewards=rewards, run_config=run_config, teacher_samples=teacher_samples, seed=seed)
     metrics = suite.score(images, prompts, ctx)
     result = {
@@ -296,5 +314,87 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
     return result
 
 
-def read_eval(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+# ---------------------------------------------------------------- what `rtdmd-bench eval` runs
+TEACHER_CONFIG_METHOD = "dmd2"
+"""A teacher evaluation resolves its config (the base's config, its recipe's rewards and beta) as a
+run of this method would; any method gives the same teacher, and the result records the config."""
+
+
+def teacher_config(base: str, base_overrides: Sequence[str] = ()) -> Any:
+    """The resolved config of a teacher evaluation on `base` (what its results record)."""
+    from rtdmd_bench.config import resolve_config
+
+    return resolve_config(TEACHER_CONFIG_METHOD, base, list(base_overrides))
+
+
+def build_teacher(base: str, base_overrides: Sequence[str] = ()) -> Any:
+    """`train.Built` of a teacher evaluation: the base prepared (its cached helper networks built
+    on first use) and its recipe's rewards."""
+    from rtdmd_bench.train import build
+
+    return build(teacher_config(base, base_overrides))
+
+
+def evaluate_teacher(suite: Any, built: Any, spec: SamplerSpec, cache_dir: Path, out_path: Path, seed: int = 0,
+                     batch_size: int = 256) -> dict[str, Any]:
+    """`evaluate_suite` of the teacher's own sampler `spec` on a `build_teacher` base."""
+    return evaluate_suite(suite, built.base, spec, built.rewards, built.cfg.to_dict(), seed, cache_dir, out_path,
+                          batch_size=batch_size)
+
+
+def evaluate_run(suite: Any, run_dir: Path, seed: int, cache_dir: Path | None = None, tag: str | None = None,
+                 batch_size: int = 256, built: Any = None) -> dict[str, Any]:
+    """`evaluate_suite` of a run's generator (its EMA weights, latest checkpoint) with the method's own
+    sampler; samples cached under `cache_dir` (default RUN/samples) with `tag` in their key (default
+    the run's name and checkpoint); the result goes to RUN/eval/<suite>.json."""
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import load_for_eval
+
+    run = RunDir.open(run_dir)
+    b = built or load_for_eval(run.path)
+    if tag is None:
+        ckpt = run.latest_checkpoint()
+        tag = f"{run.path.name}-{ckpt.name if ckpt else 'none'}"
+    with b.method.generator():
+        return evaluate_suite(suite, b.base, SamplerSpec.student(b.cfg.method, tag=tag), b.rewards, b.cfg.to_dict(),
+                              seed, cache_dir or run.path / "samples", run.path / "eval" / f"{suite.name}.json",
+                              batch_size=batch_size)
+
+
+def protocol_seed(seed: int | None, suite: Any) -> int:
+    """The user's seed, else the suite's protocol seed (DrawBench: 42), else 0."""
+    return int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)
+
+
+def evaluate_suites(suites: Sequence[str], run: Path | None = None, base: str | None = None,
+                    teacher: SamplerSpec | None = None, suite_overrides: dict[str, Any] | None = None,
+                    base_overrides: Sequence[str] = (), out: Path = Path("runs/teacher-eval"), seed: int | None = None,
+                    batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """`rtdmd-bench eval`: a run's generator (`run`) or a base's teacher (`base`, sampled by `teacher`,
+    its samples and results under `out`) with each suite in turn; yields each suite's result once it
+    is written ({} on ranks other than 0 of a process group, which only generate their share)."""
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import load_for_eval
+
+    if (run is None) == (base is None):
+        raise UserError("give exactly one of --run RUN or --base BASE")
+    _join_process_group()
+    run = RunDir.open(run).path if run is not None else None  # not a run folder: the first error
+    built_suites = [build_suite(s, suite_overrides) for s in suites]  # bad names or fields fail before any work
+    built = load_for_eval(run) if run is not None else build_teacher(base, base_overrides)
+    spec = teacher or SamplerSpec(role="teacher", num_steps=4, tag=base)
+    for suite in built_suites:
+        if run is not None:
+            yield evaluate_run(suite, run, protocol_seed(seed, suite), batch_size=batch_size, built=built)
+        else:
+            yield evaluate_teacher(suite, built, spec, out / "samples", out / "eval" / f"{suite.name}.json",
+                                   protocol_seed(seed, suite), batch_size)
+
+
+def _join_process_group() -> None:
+    """Under `accelerate launch` or torchrun join the process group (unless training has): ranks
+    share the generation (gloo on CPU, nccl on GPUs, as accelerate chooses)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()

@@ -229,6 +229,9 @@ class Method(Protocol):
     """A training method. Construction: `MethodClass(cfg, base, rewards, meter)`.
 
     `stages` names the stages in order; `stage_of(flops_fraction)` tells which is active.
+    Optional `smoke_test_overrides`: the `--set` overrides under which the method runs a few steps
+    on batches of 4 to 16 samples (e.g. a group size of 2); every registered method gets the
+    smoke, resume and two-process tests with them (tests/test_every_method.py).
     """
 
     name: str

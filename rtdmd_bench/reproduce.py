@@ -1,13 +1,21 @@
 """`rtdmd-bench reproduce toy`: every method on the CPU bases at one matched FLOP budget, 3 seeds.
 
 Writes under results/<base>/: the table (Markdown, CSV, LaTeX; mean ± 95% CI over seeds), plots,
-and metadata.json (budget, seeds, versions, git commit, wall time, how to rerun). Runs go to
-runs/reproduce/<base>/<method>-s<seed>/ and are reused: an interrupted reproduce resumes.
+and metadata.json (budget, seeds, versions, git commit, wall time, how to rerun). The rows are
+every registered method with its recipe, then the bench's ablations.
+
+Runs go to runs/reproduce/<base>/<row>-s<seed>/ (the teacher rows to teacher-<sampler><steps>/).
+A folder is reused (an interrupted run resumes) only when its config.yaml is the resolved config
+the grid asks for now; after a default or recipe change it is moved aside to <folder>.stale-<n>
+and run again, and reproduce says which values differed. Evaluation samples are cached per bench
+under samples/<digest of the base config>/, a run's with a digest of its config in their key, so
+a rerun never reads the samples of the run it replaces.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -16,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtdmd_bench.errors import UserError
+import yaml
 
-METHODS = ("dmd2", "acdmd", "rtdmd", "dmd-rl", "gdmd", "gndm", "gndmr")
+from rtdmd_bench import registry
+from rtdmd_bench.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,8 @@ class BenchSpec:
     ablations: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (row label, method, overrides)
 
     def rows(self) -> list[tuple[str, str, tuple[str, ...]]]:
-        """(row label, method, extra overrides): every method with its recipe, then ablations."""
-        return [(m, m, ()) for m in METHODS] + list(self.ablations)
+        """(row label, method, extra overrides): every registered method with its recipe, then ablations."""
+        return [(m, m, ()) for m in registry.table("methods")] + list(self.ablations)
 
 
 BENCHES: dict[str, BenchSpec] = {
@@ -57,43 +66,112 @@ BENCHES: dict[str, BenchSpec] = {
         teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50))),
 }
 GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
-
-
-def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: int, runs_dir: str) -> dict[str, Any]:
-    """Train (or resume, or reuse) one run and evaluate its suite; returns paths and timings."""
-    import torch
-
-    torch.set_num_threads(1)
-    from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-    from rtdmd_bench.runs import RunDir
-    from rtdmd_bench.train import load_for_eval, train
-
-    spec = BENCHES[bench]
-    run_dir = Path(runs_dir) / bench / f"{_slug(label)}-s{seed}"
-    eval_path = run_dir / "eval" / f"{spec.suite}.json"
-    if eval_path.exists() and (run_dir / "result.json").exists():
-        return {"run": str(run_dir), "reused": True}
-    sets = list(extra) + [f"run.seed={seed}", f"run.run_id={bench}/{_slug(label)}-s{seed}", "train.threads=1"]
-    if spec.curve_points:
-        sets += [f"train.curve_points={spec.curve_points}", f"train.curve_suite={spec.suite}",
-                 "train.curve_images_per_prompt=500"]
-    cfg = resolve_config(method, spec.base, sets)
-    if not (run_dir / "result.json").exists():
-        resume = RunDir(run_dir).latest_checkpoint() is not None
-        train(cfg, run_dir, resume=resume)
-    b = load_for_eval(run_dir)
-    suite = build_suite(spec.suite)
-    sampler = SamplerSpec.student(b.cfg.method, tag=f"{bench}-{_slug(label)}-s{seed}")
-    # One sample cache per bench: student samples are keyed by run, the teacher's (for FID-T) are
-    # shared by every run of the bench.
-    with b.method.generator():
-        evaluate_suite(suite, b.base, sampler, b.rewards, b.cfg.to_dict(), 0, Path(runs_dir) / bench / "samples", eval_path)
-    return {"run": str(run_dir), "reused": False}
+TEACHER_CONFIG = "teacher_config.yaml"  # in a teacher row's folder: the config its evaluation resolved
 
 
 def _slug(label: str) -> str:
     return label.replace(" ", "").replace("+", "_")
+
+
+def run_folder(runs_dir: Path, bench: str, label: str, seed: int) -> Path:
+    return Path(runs_dir) / bench / f"{_slug(label)}-s{seed}"
+
+
+def grid_config(bench: str, method: str, extra: tuple[str, ...], label: str, seed: int) -> Any:
+    """The resolved config the grid asks for: the method's recipe on the bench's base, the row's
+    overrides, the seed, and the bench's curve settings."""
+    from rtdmd_bench.config import resolve_config
+
+    spec = BENCHES[bench]
+    sets = list(extra) + [f"run.seed={seed}", f"run.run_id={bench}/{_slug(label)}-s{seed}", "train.threads=1"]
+    if spec.curve_points:
+        sets += [f"train.curve_points={spec.curve_points}", f"train.curve_suite={spec.suite}",
+                 "train.curve_images_per_prompt=500"]
+    return resolve_config(method, spec.base, sets)
+
+
+def _comparable(cfg: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config as config.yaml holds it (YAML types), without the override list (provenance: the
+    same values can be reached by other overrides) and the sections `ignore`."""
+    return {k: v for k, v in yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False)).items()
+            if k not in ("overrides", *ignore)}
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [d for k in keys for d in differences(old.get(k, "(absent)"), new.get(k, "(absent)"), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...] = (),
+                       config_file: str = "config.yaml") -> str:
+    """'' if `folder` is absent or was made with config `cfg` (its `config_file`; sections `ignore`
+    aside); otherwise move it to <folder>.stale-<n> (nothing is deleted) and return a sentence
+    saying so and why."""
+    found = folder / config_file
+    if not folder.exists():
+        return ""
+    if found.exists():
+        diff = differences(_comparable(yaml.safe_load(found.read_text()), ignore), _comparable(cfg, ignore))
+        if not diff:
+            return ""
+        why = "config changed (" + "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more)" if len(diff) > 4 else ")")
+    else:
+        why = f"no {config_file} to compare"
+    n = 1
+    while folder.with_name(f"{folder.name}.stale-{n}").exists():
+        n += 1
+    aside = folder.rename(folder.with_name(f"{folder.name}.stale-{n}"))
+    return f"{folder}: {why}; rerunning it, the old one is now {aside}"
+
+
+def samples_dir(runs_dir: Path, bench: str, cfg: Any) -> Path:
+    """The bench's sample cache for runs on this base config: teacher samples (teacher rows and
+    FID-T references) depend on the base alone and are shared by every run of it."""
+    from rtdmd_bench.paths import config_hash
+
+    return Path(runs_dir) / bench / "samples" / config_hash([cfg.run.base, cfg.to_dict()["base"]])
+
+
+def student_spec(bench: str, label: str, seed: int, cfg: Any) -> Any:
+    """The run's sampler; its cache key names the row, the seed and a digest of the run's config."""
+    from rtdmd_bench.evaluate import SamplerSpec
+    from rtdmd_bench.paths import config_hash
+
+    digest = config_hash(_comparable(cfg.to_dict()), 8)
+    return SamplerSpec.student(cfg.method, tag=f"{bench}-{_slug(label)}-s{seed}-{digest}")
+
+
+def teacher_spec(bench: str, kind: str, steps: int) -> Any:
+    from rtdmd_bench.evaluate import SamplerSpec
+
+    return SamplerSpec(role="teacher", num_steps=steps, kind=kind, tag=f"{bench}-teacher")
+
+
+def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: int, runs_dir: str) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run and evaluate its suite; returns its folder and a note
+    when a stale folder was set aside."""
+    import torch
+
+    torch.set_num_threads(1)
+    from rtdmd_bench.evaluate import build_suite, evaluate_run
+    from rtdmd_bench.runs import RunDir
+    from rtdmd_bench.train import train
+
+    spec = BENCHES[bench]
+    run_dir = run_folder(Path(runs_dir), bench, label, seed)
+    cfg = grid_config(bench, method, extra, label, seed)
+    note = set_aside_if_stale(run_dir, cfg.to_dict())
+    if (run_dir / "eval" / f"{spec.suite}.json").exists() and (run_dir / "result.json").exists():
+        return {"run": str(run_dir), "reused": True, "note": note}
+    if not (run_dir / "result.json").exists():
+        train(cfg, run_dir, resume=RunDir(run_dir).latest_checkpoint() is not None)
+    # Student samples are keyed by run; the teacher's (for FID-T) are shared by the bench's runs.
+    evaluate_run(build_suite(spec.suite), run_dir, 0, samples_dir(Path(runs_dir), bench, cfg),
+                 student_spec(bench, label, seed, cfg).tag)
+    return {"run": str(run_dir), "reused": False, "note": note}
 
 
 def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) -> dict[str, Any]:
@@ -101,57 +179,22 @@ def run_teacher(bench: str, label: str, kind: str, steps: int, runs_dir: str) ->
     import torch
 
     torch.set_num_threads(1)
-    from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-    from rtdmd_bench.train import build
+    from rtdmd_bench.evaluate import build_suite, build_teacher, evaluate_teacher, teacher_config
+    from rtdmd_bench.runs import atomic_write_text
 
     spec = BENCHES[bench]
     out = Path(runs_dir) / bench / f"teacher-{kind}{steps}"
     path = out / "eval" / f"{spec.suite}.json"
+    cfg = teacher_config(spec.base)
+    # The teacher depends on the base, its rewards and beta, not on the method the config is resolved
+    # for; the file is not named config.yaml, which would make the folder look like a run.
+    note = set_aside_if_stale(out, cfg.to_dict(), ignore=("method", "train"), config_file=TEACHER_CONFIG)
     if not path.exists():
-        cfg = resolve_config("dmd2", spec.base, [])
-        b = build(cfg)
-        sampler = SamplerSpec(role="teacher", num_steps=steps, kind=kind, tag=f"{bench}-teacher")
-        evaluate_suite(build_suite(spec.suite), b.base, sampler, b.rewards, cfg.to_dict(), 0,
-                       Path(runs_dir) / bench / "samples", path)
-    return {"label": label, "eval": str(path)}
-
-
-def _metric(metrics: dict[str, Any], key: str) -> Any:
-    cur: Any = metrics
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
-    from rtdmd_bench.report import Table
-
-    spec = BENCHES[bench]
-    cols = [title for _, title in spec.columns] + ["FLOPs used", "wall time (s)"]
-    table = Table(cols)
-    hib: dict[str, bool] = {}
-    for label, path in teacher_evals.items():
-        data = json.loads(Path(path).read_text())
-        table.add(label, {title: [_metric(data["metrics"], key)] for key, title in spec.columns} | {"FLOPs used": "–"})
-    for label, _, _ in spec.rows():
-        cells: dict[str, list] = {c: [] for c in cols}
-        for seed in range(seeds):
-            run_dir = runs_dir / bench / f"{_slug(label)}-s{seed}"
-            data = json.loads((run_dir / "eval" / f"{spec.suite}.json").read_text())
-            result = json.loads((run_dir / "result.json").read_text())
-            for key, title in spec.columns:
-                cells[title].append(_metric(data["metrics"], key))
-                top = key.split(".")[0]
-                if top in data["higher_is_better"]:
-                    hib[title] = data["higher_is_better"][top]
-            cells["FLOPs used"].append(result["compute"]["used_flops"])
-            cells["wall time (s)"].append(result["wall_time_s"])
-        table.add(label, cells)
-    table.higher_is_better = hib
-    return table
+        b = build_teacher(spec.base)
+        evaluate_teacher(build_suite(spec.suite), b, teacher_spec(bench, kind, steps),
+                         samples_dir(Path(runs_dir), bench, cfg), path)
+        atomic_write_text(out / TEACHER_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # for the next reuse check
+    return {"label": label, "eval": str(path), "note": note}
 
 
 def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str) -> None:
@@ -165,7 +208,7 @@ def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str)
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for i, (label, _, _) in enumerate(BENCHES[bench].rows()):
         for seed in range(seeds):
-            rows = [r for r in RunDir(runs_dir / bench / f"{_slug(label)}-s{seed}").metrics() if "curve" in r]
+            rows = [r for r in RunDir(run_folder(runs_dir, bench, label, seed)).metrics() if "curve" in r]
             if rows:
                 ax.plot([r["flops"] for r in rows], [r["curve"][metric] for r in rows], lw=1.2, marker=".",
                         color=f"C{i}", alpha=0.8, ls="--" if "+" in label else "-", label=label if seed == 0 else None)
@@ -178,6 +221,24 @@ def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
+    """The bench's table (report.grid_table): teacher rows from their suite results, then every row
+    of the grid with one cell set per seed."""
+    from rtdmd_bench.report import RESOURCES, grid_table, run_cells, suite_cells
+
+    spec = BENCHES[bench]
+    rows, hib = [], {}
+    for label, path in teacher_evals.items():
+        cells, h = suite_cells(json.loads(Path(path).read_text()))
+        rows.append((label, [cells]))
+        hib |= h
+    for label, _, _ in spec.rows():
+        per_seed = [run_cells(run_folder(runs_dir, bench, label, seed), spec.suite) for seed in range(seeds)]
+        rows.append((label, [cells for cells, _ in per_seed]))
+        hib |= {k: v for _, h in per_seed for k, v in h.items()}
+    return grid_table(rows, list(spec.columns) + [(r, r) for r in RESOURCES], hib)
 
 
 def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, console: Any) -> None:
@@ -204,74 +265,89 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
             for fut in cf.as_completed(futures):
                 args = futures[fut]
                 res = fut.result()
+                if res["note"]:
+                    prog.console.print(res["note"], markup=False, highlight=False)
                 if "label" in res:
                     teacher[args[0]][res["label"]] = Path(res["eval"])
                 prog.update(task, advance=1, last=" ".join(map(str, args[:2])))
     for b in benches:
         folder = out / b
+        rows = BENCHES[b].rows()
         table = build_table(b, runs_dir, seeds, teacher[b])
         table.write(folder, "table")
-        console.print(table.rich(title=f"{b}: {len(BENCHES[b].rows())} rows x {seeds} seeds, matched budget"))
+        console.print(table.rich(title=f"{b}: {len(rows)} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
-        cfg0 = json.loads((runs_dir / b / f"{METHODS[0]}-s0" / "result.json").read_text())
+        cfg0 = json.loads((run_folder(runs_dir, b, rows[0][0], 0) / "result.json").read_text())
         atomic_write_json(folder / "metadata.json", {
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
-            "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in BENCHES[b].rows()],
+            "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in rows],
             "seeds": list(range(seeds)), "budget": cfg0["budget"],
             "budget_flops": cfg0["compute"]["budget_flops"], "recipe": f"rtdmd_bench/recipes/{b}.yaml",
             "rtdmd_bench": __version__, "git_commit": git_commit(), "versions": versions(),
             "wall_time_total_s": time.perf_counter() - t0, "workers": workers,
-            "runs": {label: [str(runs_dir / b / f"{_slug(label)}-s{s}") for s in range(seeds)]
-                     for label, _, _ in BENCHES[b].rows()},
+            "runs": {label: [str(run_folder(runs_dir, b, label, s)) for s in range(seeds)] for label, _, _ in rows},
         })
     console.print(f"[green]done[/green] in {time.perf_counter() - t0:.0f}s; tables and plots under {out}/")
 
 
 def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:
     """Build shared caches once, before workers start (so two workers never train the same net)."""
-    from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.train import build
+    from rtdmd_bench.evaluate import build_teacher
 
     for b in benches:
         console.print(f"preparing {b} (cached after the first time)")
-        build(resolve_config("dmd2", BENCHES[b].base, []))
+        build_teacher(BENCHES[b].base)
 
 
-def _cached(runs_dir: Path, bench: str, key_glob: str, prompt_index: int) -> Any:
-    """Cached evaluation samples of one prompt (see evaluate.generate's layout), or None."""
-    from safetensors.torch import load_file
+def _row_samples(runs_dir: Path, bench: str, label: str, teacher: Any, suite: Any, indices: list[int]) -> list[Any]:
+    """Seed-0 samples of a row for the suite prompts `indices`, as its evaluation made them: from
+    the sample cache (`evaluate.cached_samples`), else made again from the same noise (runs
+    evaluated before their cache key named their config)."""
+    from rtdmd_bench.config import from_dict
+    from rtdmd_bench.evaluate import cached_samples, generate_prompt, suite_prompts
+    from rtdmd_bench.runs import RunDir
 
-    files = sorted((runs_dir / bench / "samples").glob(f"{key_glob}/*/{prompt_index:05d}.safetensors"))
-    return load_file(str(files[0]))["images"] if files else None
+    prompts, n = suite_prompts(suite, teacher.base), suite.images_per_prompt
+    kinds = {lab: (kind, steps) for lab, kind, steps in BENCHES[bench].teacher_rows}
+    if label in kinds:
+        spec, cfg = teacher_spec(bench, *kinds[label]), teacher.cfg
+    else:
+        cfg = from_dict(RunDir.open(run_folder(runs_dir, bench, label, 0)).read_config())
+        spec = student_spec(bench, label, 0, cfg)
+    cache = samples_dir(runs_dir, bench, cfg)
+    out = [cached_samples(cache, teacher.base, spec, prompts, n, 0, i) for i in indices]
+    if any(x is None for x in out):
+        from rtdmd_bench.train import load_for_eval
+
+        b = teacher if label in kinds else load_for_eval(run_folder(runs_dir, bench, label, 0))
+        with b.method.generator() if label not in kinds else contextlib.nullcontext():
+            out = [x if x is not None else generate_prompt(b.base, spec, prompts[i], i, n, 0, 256)
+                   for x, i in zip(out, indices)]
+    return out
 
 
 def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
     """toy2d: samples over the exact target (seed 0, first prompt) and KL vs FLOPs;
     digits: a grid of samples (rows: teacher and methods, columns: prompts)."""
-    from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.evaluate import build_suite
-    from rtdmd_bench.train import build
+    from rtdmd_bench.evaluate import build_suite, build_teacher, suite_prompts
 
-    sources = {"teacher (4-step CPS)": "teacher-cps4-*"}
-    sources |= {label: f"student-*-{bench}-{_slug(label)}-s0" for label, _, _ in BENCHES[bench].rows()}
+    labels = ["teacher (4-step CPS)"] + [label for label, _, _ in BENCHES[bench].rows()]
+    b = build_teacher(BENCHES[bench].base)
+    suite = build_suite(BENCHES[bench].suite)
     if bench == "toy2d":
         from suites.toy_tilt import plot_samples_over_target
 
         plot_curves(bench, runs_dir, seeds, folder / "kl_vs_flops.png", BENCHES[bench].curve_metric)
-        b = build(resolve_config("dmd2", "toy2d", []))
-        panels = {label: x for label, g in sources.items() if (x := _cached(runs_dir, bench, g, 0)) is not None}
-        plot_samples_over_target(panels, b.base, b.rewards, b.base.train_prompts()[0], folder / "samples_over_target.png")
+        panels = {label: _row_samples(runs_dir, bench, label, b, suite, [0])[0] for label in labels}
+        plot_samples_over_target(panels, b.base, b.rewards, b.base.train_prompts()[0],
+                                 folder / "samples_over_target.png")
     elif bench == "digits":
         import torch
 
         from suites.digits import save_digit_grid
 
-        suite = build_suite("digits")
-        prompts = suite.prompts()
+        prompts = suite_prompts(suite, b.base)
         picks = list(range(0, len(prompts), max(1, len(prompts) // 10)))[:10]
-        rows = {}
-        for label, g in sources.items():
-            images = [_cached(runs_dir, bench, g, i) for i in picks]
-            if all(x is not None for x in images):
-                rows[label] = torch.stack([x[0] for x in images])
+        rows = {label: torch.stack([x[0] for x in _row_samples(runs_dir, bench, label, b, suite, picks)])
+                for label in labels}
         save_digit_grid(rows, [prompts[i] for i in picks], folder / "samples_grid.png")

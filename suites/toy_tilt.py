@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from torch import Tensor
 
-from rtdmd_bench.compute import MeteredReward
+from rtdmd_bench.compute import unmetered
 from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
@@ -116,13 +116,6 @@ def exact_target(base: Any, rewards: RewardSet, prompt: str, grid_resolution: in
     lo = teacher.means.min(0).values - spread
     hi = teacher.means.max(0).values + spread
     return GridTarget(teacher, log_tilt, lo, hi, grid_resolution)
-
-
-def unmetered(rewards: RewardSet) -> RewardSet:
-    """The same rewards without `compute.MeteredReward` wrappers: evaluation (also the
-    metric-vs-FLOPs curve run during training) must not spend the training budget."""
-    inner = {n: (r.raw if isinstance(r, MeteredReward) else r) for n, r in rewards.rewards.items()}
-    return RewardSet(inner, dict(rewards.weights), rewards.beta)
 
 
 def _config_of(obj: Any) -> Any:

@@ -17,25 +17,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rtdmd_bench import registry
 from rtdmd_bench.config import resolve_config
 from rtdmd_bench.core.parallel import BatchRandom, Shard
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch
 from rtdmd_bench.runs import RunDir
 from rtdmd_bench.train import train
+from test_every_method import TOY_BUDGET, smoke_overrides
 
 FAST = ["base.fit_steps=200", "train.batch_size=16", "train.threads=1", "train.log_every=1"]
-GROUPS = ["method.group_size=4"]
-# Every method, budgets of a few steps; rtdmd crosses from stage 1 into stage 2.
-CASES = {
-    "dmd2": ("dmd2", ["train.budget=1.2e8"]),
-    "acdmd": ("acdmd", ["train.budget=1.2e8", "method.num_fake_per_gen=2"]),
-    "rtdmd": ("rtdmd", ["train.budget=3e8", "method.stage1_fraction=0.3", "method.stage1.num_fake_per_gen=2",
-                        *GROUPS]),
-    "dmd-rl-grpo": ("dmd-rl", ["train.budget=1.2e8", "method.rl_form=grpo", "method.num_fake_per_gen=2", *GROUPS]),
-    "gdmd": ("gdmd", ["train.budget=1.2e8", "method.num_fake_per_gen=2"]),
-    "gndmr": ("gndmr", ["train.budget=2e8", "method.num_fake_per_gen=2", *GROUPS]),
-}
+# Every registered method with the overrides it declares for tiny batches and a budget of a few steps
+# (rtdmd crosses from stage 1 into stage 2), and variants whose cross-rank statistics differ.
+CASES = {m: (m, [TOY_BUDGET, *smoke_overrides(m)]) for m in registry.names("methods")}
+CASES["dmd-rl-grpo"] = ("dmd-rl", [TOY_BUDGET, *smoke_overrides("dmd-rl"), "method.rl_form=grpo"])
 
 
 # The real diffusers path: student and fake score are LoRA adapters of ONE frozen transformer
@@ -49,7 +44,10 @@ SD3_CASES = {
 # FSDP2 (train.parallel=fsdp): weights, EMA and optimiser state are shards; checkpoints gather
 # them and a resumed run cuts them again ("-resume": killed after 4 steps, then resumed).
 FSDP = ["train.parallel=fsdp", "train.checkpoint_every=2"]
-FSDP_CASES = {"dmd2": CASES["dmd2"], "dmd2-resume": CASES["dmd2"], "rtdmd": CASES["rtdmd"]}
+# rtdmd with the budget of its former case: its stage switch then follows a stage-1 generator step.
+# After a fake-only step (the switch at step 3 under TOY_BUDGET) the two FSDP2 processes get no
+# student gradients in stage 2 (reported with the change that found it; not fixed here).
+FSDP_CASES = {"dmd2": CASES["dmd2"], "dmd2-resume": CASES["dmd2"], "rtdmd": ("rtdmd", CASES["rtdmd"][1] + ["train.budget=3e8"])}
 SD3_FSDP_CASES = {"rtdmd": ("rtdmd", ["train.budget=10G", "method.group_size=2", "method.stage1_fraction=0.4",
                                       "method.stage1.num_fake_per_gen=2"])}
 BASES = {"toy2d": ("toy2d", FAST, CASES), "tiny-sd3": ("tiny-sd3", SD3, SD3_CASES),

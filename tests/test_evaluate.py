@@ -1,10 +1,12 @@
-"""Evaluation engine: on-disk sample cache, resume, batch-size independence (toy2d, fast)."""
+"""Evaluation engine: on-disk sample cache, resume, batch-size independence, unmetered rewards (toy2d, fast)."""
 
 import pytest
 import torch
 
 from rtdmd_bench.config import resolve_config
-from rtdmd_bench.evaluate import GenStats, SamplerSpec, build_suite, evaluate_suite, generate
+from rtdmd_bench.evaluate import (
+    GenStats, SamplerSpec, build_suite, cached_samples, evaluate_suite, generate, generate_prompt,
+)
 from rtdmd_bench.train import build
 
 SMALL = ["base.fit_steps=200", "train.threads=1"]
@@ -48,6 +50,46 @@ def test_second_suite_on_same_prompts_generates_nothing_and_interrupted_eval_res
                          tmp_path / "eval" / "toy-tilt.json", stats=stats)
     assert stats.generated == 0 and stats.cached == 100 * len(prompts)  # everything came from the cache
     assert (tmp_path / "eval" / "toy-tilt.json").exists() and res["metrics"]["kl_teacher"] > 0
+
+
+def test_cached_samples_are_the_ones_generate_cached_for_exactly_those_arguments(built, tmp_path):
+    spec = SamplerSpec("student", 4, tag="c")
+    prompts = built.base.train_prompts()[:3]
+    generate(built.base, spec, prompts, 20, 5, tmp_path)
+    folders = sorted(p for p in tmp_path.rglob("*") if p.is_dir())
+    got = cached_samples(tmp_path, built.base, spec, prompts, 20, 5, 1)
+    assert torch.equal(got, generate_prompt(built.base, spec, prompts[1], 1, 20, 5, batch_size=20))
+    assert cached_samples(tmp_path, built.base, spec, prompts, 20, 6, 1) is None  # another seed
+    assert cached_samples(tmp_path, built.base, spec, prompts, 10, 5, 1) is None  # another count
+    assert cached_samples(tmp_path, built.base, spec, prompts[:2], 20, 5, 1) is None  # another prompt set
+    assert cached_samples(tmp_path, built.base, SamplerSpec("student", 4, tag="d"), prompts, 20, 5, 1) is None
+    assert cached_samples(tmp_path, built.base, spec, prompts, 20, 5, 3) is None  # no such prompt
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_dir()) == folders  # asking creates no folder
+
+
+def test_evaluation_spends_nothing_of_the_training_budget(built):
+    from rtdmd_bench.compute import MeteredReward, unmetered
+    from rtdmd_bench.rewards.toy import QuadraticReward
+
+    class RewardMean:  # a suite that scores with the rewards it is given, as they are
+        name, version, images_per_prompt, higher_is_better = "reward-mean", "1", 10, {"reward": True}
+
+        def prompts(self):
+            return built.base.train_prompts()[:2]
+
+        def score(self, images, prompts, ctx):
+            return {"reward": float(ctx.rewards.total(images, prompts).mean())}
+
+    assert all(isinstance(r, MeteredReward) for r in built.rewards.rewards.values())
+    used = built.meter.used
+    res = evaluate_suite(RewardMean(), built.base, SamplerSpec("student", 4), built.rewards, built.cfg.to_dict(), 0,
+                         None, None)
+    assert built.meter.used == used and res["metrics"]["reward"] < 0
+    built.rewards.total(torch.zeros(2, 2), ["a", "b"])  # the same rewards, metered, do charge the meter
+    assert built.meter.used > used
+    plain = unmetered(built.rewards)
+    assert type(plain.rewards["toy-quadratic"]) is QuadraticReward
+    assert (plain.weights, plain.beta) == (built.rewards.weights, built.rewards.beta)
 
 
 def _shard_worker(rank, world, port, cache, out):

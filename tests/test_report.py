@@ -1,11 +1,13 @@
 """compare: grouping by config over seeds, mean ± 95% CI, Markdown/CSV/LaTeX output."""
 
+import csv
+import io
 import json
 import math
 
 import pytest
 
-from rtdmd_bench.report import Table, compare_runs, mean_ci
+from rtdmd_bench.report import Table, compare_runs, grid_table, mean_ci
 from rtdmd_bench.runs import RunDir, atomic_write_json
 
 
@@ -43,3 +45,40 @@ def test_compare_groups_seeds_and_writes_tables(tmp_path):
     assert csv[0].startswith("row,kl_target_mean,kl_target_ci95,kl_target_n")
     assert r"\pm" in (tmp_path / "out" / "cmp.tex").read_text()
     assert len(paths) == 3
+
+
+def test_latex_escapes_every_special_character():
+    table = Table(["KL_target", "50% & #1"], higher_is_better={"KL_target": False})
+    table.add(r"a\b {c} $d ~e ^f <g>", {"KL_target": [1.0, 2.0, 3.0], "50% & #1": None})
+    expected = (
+        "\\begin{tabular}{lrr}\n"
+        "\\toprule\n"
+        "row & KL\\_target $\\downarrow$ & 50\\% \\& \\#1 \\\\\n"
+        "\\midrule\n"
+        "a\\textbackslash{}b \\{c\\} \\$d \\textasciitilde{}e \\textasciicircum{}f \\textless{}g\\textgreater{}"
+        " & 2.000 $\\pm$ 2.484 & – \\\\\n"
+        "\\bottomrule\n"
+        "\\end{tabular}\n"
+    )
+    assert table.latex() == expected
+
+
+def test_csv_numeric_columns_hold_numbers_or_nothing(tmp_path):
+    # A teacher row has no FLOPs and no wall time: empty cells, not a dash.
+    table = grid_table(
+        [("teacher (4-step CPS)", [{"kl": 7.5}]),
+         ("dmd2", [{"kl": 1.0, "FLOPs used": 1e9, "wall time (s)": 2.0},
+                   {"kl": 2.0, "FLOPs used": 1e9, "wall time (s)": 3.0}])],
+        [("kl", "KL"), ("FLOPs used", "FLOPs used"), ("wall time (s)", "wall time (s)")], {"kl": False})
+    rows = list(csv.reader(io.StringIO(table.csv())))
+    assert rows[0] == ["row", "KL_mean", "KL_ci95", "KL_n", "FLOPs used_mean", "FLOPs used_ci95", "FLOPs used_n",
+                       "wall time (s)_mean", "wall time (s)_ci95", "wall time (s)_n"]
+    for row in rows[1:]:
+        for text in row[1:]:
+            assert text == "" or math.isfinite(float(text)), (row[0], text)
+    assert rows[1][1:] == ["7.5", "0", "1", "", "", "", "", "", ""]
+    half_width = 12.706204736174698 * math.sqrt(0.5) / math.sqrt(2)  # t_{0.975, 1} sd / sqrt(n), sd = sqrt(1/2)
+    assert rows[2][1:4] == ["1.5", f"{half_width:.6g}", "2"]
+    md = table.markdown().splitlines()
+    assert md[0] == "| row | KL ↓ | FLOPs used | wall time (s) |"
+    assert md[2] == "| teacher (4-step CPS) | 7.500 | – | – |"

@@ -1,40 +1,29 @@
-"""Every method on the real SD3 code path (tiny random diffusers config): train a few steps,
-checkpoint, resume, sample and evaluate with a stand-in reward (issue 5's integration test)."""
+"""Every registered method on the real SD3 code path (tiny random diffusers config), with the
+overrides it declares for tiny batches: train a few steps, checkpoint, resume, sample and evaluate
+with a stand-in reward (issue 5's integration test)."""
 
 import json
 
 import pytest
 import torch
 
+from rtdmd_bench import registry
 from rtdmd_bench.config import resolve_config
 from rtdmd_bench.evaluate import SamplerSpec, build_suite, evaluate_suite
-from rtdmd_bench.reproduce import METHODS
 from rtdmd_bench.runs import RunDir
 from rtdmd_bench.train import load_for_eval, train
+from test_every_method import smoke_overrides
 
-# Small enough for CPU: 4 samples per step, groups of 2, a budget of a handful of steps.
+# Small enough for CPU: 4 samples per step (each method's smoke-test overrides make that work, e.g.
+# groups of 2), checkpoints every step, a budget of a few steps of every method.
 COMMON = ["run.rewards=tiny-clipscore=1.0", "train.batch_size=4", "train.checkpoint_every=1", "train.threads=1",
-          "train.log_every=1"]
-PER_METHOD = {
-    "dmd2": ["method.lr_generator=1e-4", "method.num_fake_per_gen=2"],
-    "acdmd": ["method.lr_generator=1e-4", "method.num_fake_per_gen=2"],
-    "rtdmd": ["method.group_size=2", "method.stage1_fraction=0.4", "method.stage1.num_fake_per_gen=2"],
-    "dmd-rl": ["method.group_size=2", "method.num_fake_per_gen=2"],
-    "gdmd": ["method.num_targets=2", "method.num_fake_per_gen=2"],
-    "gndm": ["method.group_size=2", "method.num_dm_draws=1", "method.num_inner_epochs=1"],
-    "gndmr": ["method.group_size=2", "method.num_dm_draws=1", "method.num_inner_epochs=1"],
-}
-
-
-def _budget(method: str) -> str:
-    # Measured per-step costs on tiny-sd3 differ by method; a budget of a few steps each.
-    return {"rtdmd": "60G", "gndm": "20G", "gndmr": "20G", "dmd-rl": "20G"}.get(method, "8G")
+          "train.log_every=1", "train.budget=2G"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", registry.names("methods"))
 def test_method_trains_resumes_samples_and_evaluates_on_tiny_sd3(method, tmp_path, shared_data):
-    sets = COMMON + PER_METHOD[method] + [f"train.budget={_budget(method)}"]
+    sets = COMMON + smoke_overrides(method)
     cfg = resolve_config(method, "tiny-sd3", sets)
     run_dir = tmp_path / "run"
     assert train(cfg, run_dir, stop_after_steps=2) == {}  # "crash" after two steps
