@@ -98,10 +98,11 @@ class RTDMD:
         with torch.no_grad():
             for p, s in zip(st.student, st.ema.shadow):
                 p.copy_(s)
-        if cfg.stage2_adapters == "restart":
-            for role in ("student", "fake"):
-                self.base.restart_adapter(role)
-        student, fake = self.base.trainable("student"), self.base.trainable("fake")
+        restarted = cfg.stage2_adapters == "restart" and all(
+            [self.base.restart_adapter(role) for role in ("student", "fake")])
+        # Only a restart changes what trains; otherwise keep the stage-1 parameter lists.
+        student, fake = ((self.base.trainable("student"), self.base.trainable("fake")) if restarted
+                         else (st.student, st.fake))
         self.state = ac.TrainState(student, fake, optim.adamw(student, cfg.lr, cfg.betas, cfg.weight_decay),
                                    optim.adamw(fake, cfg.lr_fake, cfg.stage1.betas, cfg.stage1.weight_decay),
                                    EMA(student, cfg.ema_decay))

@@ -44,10 +44,11 @@ SD3_CASES = {
 # FSDP2 (train.parallel=fsdp): weights, EMA and optimiser state are shards; checkpoints gather
 # them and a resumed run cuts them again ("-resume": killed after 4 steps, then resumed).
 FSDP = ["train.parallel=fsdp", "train.checkpoint_every=2"]
-# rtdmd with the budget of its former case: its stage switch then follows a stage-1 generator step.
-# After a fake-only step (the switch at step 3 under TOY_BUDGET) the two FSDP2 processes get no
-# student gradients in stage 2 (reported with the change that found it; not fixed here).
-FSDP_CASES = {"dmd2": CASES["dmd2"], "dmd2-resume": CASES["dmd2"], "rtdmd": ("rtdmd", CASES["rtdmd"][1] + ["train.budget=3e8"])}
+# rtdmd twice: its stage switch after a stage-1 generator step, and (the default budget, switch at
+# step 3) after a fake-only step, when FSDP2 leaves the root modules unsharded: the stage-2
+# optimiser must still train the shards (it once got the temporary unsharded tensors, no gradient).
+FSDP_CASES = {"dmd2": CASES["dmd2"], "dmd2-resume": CASES["dmd2"],
+              "rtdmd": ("rtdmd", CASES["rtdmd"][1] + ["train.budget=3e8"]), "rtdmd-after-fake-step": CASES["rtdmd"]}
 SD3_FSDP_CASES = {"rtdmd": ("rtdmd", ["train.budget=10G", "method.group_size=2", "method.stage1_fraction=0.4",
                                       "method.stage1.num_fake_per_gen=2"])}
 BASES = {"toy2d": ("toy2d", FAST, CASES), "tiny-sd3": ("tiny-sd3", SD3, SD3_CASES),

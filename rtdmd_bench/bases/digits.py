@@ -184,6 +184,8 @@ class Digits:
     def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Call the student and fake score through `wrap(net)` (the frozen teacher stays bare)."""
         self.runners = {role: wrap(self._net(role)) for role in ("student", "fake")}
+        # The parameters as the wrapper holds them now (FSDP2 shards; see Toy2D.parallelize).
+        self.params = {role: list(self._net(role).parameters()) for role in ("student", "fake")}
 
     def _trainable_net(self, role: str) -> nn.Module:
         if role == "teacher":
@@ -191,7 +193,8 @@ class Digits:
         return self._net(role)
 
     def trainable(self, role: str) -> list[nn.Parameter]:
-        return list(self._trainable_net(role).parameters())
+        params = getattr(self, "params", {})
+        return list(params[role]) if role in params else list(self._trainable_net(role).parameters())
 
     def state_dict(self, role: str) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self._trainable_net(role).state_dict().items()}

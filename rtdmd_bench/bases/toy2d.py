@@ -229,6 +229,10 @@ class Toy2D:
     def parallelize(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Call the student and fake score through `wrap(net)` (data-parallel wrappers)."""
         self.runners = {role: wrap(net) for role, net in self.nets.items()}
+        # The parameters as the wrapper holds them now (FSDP2: the shards). FSDP2 leaves a root
+        # module unsharded after a forward, so asking the module again later could hand out the
+        # temporary unsharded tensors, which never receive gradients.
+        self.params = {role: list(net.parameters()) for role, net in self.nets.items()}
 
     def _slots(self, step: Tensor | None, batch: int) -> Tensor:
         """Step one-hot slots: step index k -> slot k; None -> the last ("no step") slot."""
@@ -254,7 +258,8 @@ class Toy2D:
         return self.sigmas(num_steps)
 
     def trainable(self, role: str) -> list[nn.Parameter]:
-        return list(self._net(role).parameters())
+        params = getattr(self, "params", {})
+        return list(params[role]) if role in params else list(self._net(role).parameters())
 
     def state_dict(self, role: str) -> dict[str, Tensor]:
         """A copy (so callers can swap weights, e.g. for EMA, and restore them)."""

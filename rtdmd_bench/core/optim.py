@@ -66,7 +66,10 @@ def accumulated_step(opt: torch.optim.Optimizer, losses: Iterable[Tensor], count
         seen += 1
     if seen != count:
         raise RuntimeError(f"{name}: {seen} micro-batch losses for {count} micro-batches")
-    params = [p for p in params if p.grad is not None]
+    with_grad = [p for p in params if p.grad is not None]
+    if params and not with_grad:  # a wiring bug (e.g. an optimiser over stale tensors), never a data case
+        raise RuntimeError(f"{name}: no gradient reached any of the {len(params)} parameters it optimises")
+    params = with_grad
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the global norm
     check_finite(step, **{f"{name}.grad_norm": norm})
