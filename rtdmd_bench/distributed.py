@@ -85,7 +85,13 @@ def fsdp_shard(module: nn.Module) -> nn.Module:
     """FSDP2 over `module`: every item of the `nn.ModuleList`s directly under it (the transformer
     blocks of a diffusers model) is a unit, all-gathered for its own forward and resharded after,
     then the root (FSDP2 wants children before parents). Frozen low-precision weights with fp32 LoRA
-    weights in one block are all-gathered in the low precision; gradients reduce in fp32."""
+    weights in one block are all-gathered in the low precision; gradients reduce in fp32.
+
+    The root reshards after its forward too (FSDP2's default keeps it unsharded until a backward):
+    outside a forward/backward every parameter is then its shard, so edits of the shards made
+    outside the optimiser (the EMA swap for sampling, rtdmd's switch to the stage-1 EMA, a loaded
+    checkpoint) reach the next forward. A root left unsharded by a no-grad forward kept computing
+    with the old gathered weights."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dtypes = {p.dtype for p in module.parameters()}
@@ -94,7 +100,7 @@ def fsdp_shard(module: nn.Module) -> nn.Module:
     blocks = [b for child in module.children() if isinstance(child, nn.ModuleList) for b in child]
     for block in blocks:
         fully_shard(block, mp_policy=policy)
-    fully_shard(module, mp_policy=policy)
+    fully_shard(module, mp_policy=policy, reshard_after_forward=True)
     return module
 
 
