@@ -65,6 +65,7 @@ SUITES: dict[str, Entry] = {
     "pickscore": Entry("suites.preference:PickScoreSuite", "PickScore v1 mean on RTDMD's PickScore test prompts"),
     "aesthetic": Entry("suites.preference:AestheticSuite", "LAION aesthetic v2 mean on DrawBench"),
     "clipscore": Entry("suites.preference:ClipScoreSuite", "CLIPScore mean on DrawBench (convention recorded)"),
+    "geneval2": Entry("suites.geneval2:GenEval2Suite", "GenEval2 800 prompts x1: Soft-TIFA GM, Qwen3-VL-8B judge; official (bf16, x100) or RTDMD's form (fp16, fraction)"),
     "drawbench": Entry("suites.preference:DrawBench", "RTDMD DrawBench protocol: CLIP, Aesthetic, PickScore, HPSv2.1, ImageReward at once"),
     "fid": Entry("suites.fid:FID", "clean-fid FID against a reference image folder"),
     "fid-t": Entry("suites.fid:FIDT", "clean-fid FID against the teacher's samples on the same prompts and seeds"),
