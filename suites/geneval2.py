@@ -37,6 +37,7 @@ import numpy as np
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.progress import progress_bar
 from rtdmd_bench.rewards.geneval2 import (
     EMPTY, JUDGE_HUB_ID, Form, GenEval2, ModelSource, image_score, load_vqa_rows,
 )
@@ -118,6 +119,8 @@ class GenEval2Suite:
         """Sampling seed of the protocol (RTDMD: 42; GenEval2 fixes none)."""
         device: str = "auto"
         """Where the judge runs: auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
+        progress: bool = True
+        """Show a progress bar over the atoms (one judge call each at batch_size 1)."""
         release: bool = True
         """Free the judge after scoring (one heavy scorer in memory at a time); false keeps it cached."""
         stand_in_seed: int = 0
@@ -173,7 +176,10 @@ class GenEval2Suite:
             raise UserError(f"GenEval2 takes one image per line: got {images.shape[0]} for {len(prompts)} lines")
         scorer, device = self.scorer(), resolve_device(self.cfg.device)
         try:
-            atoms = scorer.atom_scores(images.to(device), [r["vqa_list"] for r in rows])
+            with progress_bar(counts=True, disable=not self.cfg.progress) as bar:
+                task = bar.add_task(f"{self.name} judge", total=sum(len(r["vqa_list"]) for r in rows), info="atoms")
+                atoms = scorer.atom_scores(images, [r["vqa_list"] for r in rows], device,
+                                           lambda n: bar.advance(task, n))
         finally:
             if self.cfg.release:
                 scorer.release()

@@ -99,7 +99,9 @@ def test_batched_atoms_equal_one_call_per_atom_and_release_reloads():
     vqa = [[YES_Q, COUNT_Q], [COUNT_Q, ["Is the pig pink?", "Yes"], ["Are there any pigs?", "Yes"]]]
     reward = stand_in(batch_size=1)
     one = reward.atom_scores(x, vqa)
-    four = stand_in(batch_size=4).atom_scores(x, vqa)
+    done: list[int] = []
+    four = stand_in(batch_size=4).atom_scores(x, vqa, advance=done.append)
+    assert done == [4, 1]  # progress per call: 5 atoms in calls of 4 and 1
     assert reward.release() and reward.judge is None
     assert reward.atom_scores(x, vqa) == one  # released: rebuilt from its seed on the next call
     assert [len(a) for a in four] == [2, 3]

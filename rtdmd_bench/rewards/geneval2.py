@@ -36,7 +36,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -304,25 +304,33 @@ class GenEval2:
         return vqa_lookup(load_vqa_rows(path), str(path))
 
     @torch.no_grad()
-    def atom_scores(self, images: Tensor, vqa_lists: Sequence[Sequence[Sequence[str]]]) -> list[list[float]]:
-        """Per image, the soft score of each of its atoms; images (B, 3, H, W) in [0, 1]."""
+    def atom_scores(self, images: Tensor, vqa_lists: Sequence[Sequence[Sequence[str]]],
+                    device: torch.device | None = None, advance: Callable[[int], None] | None = None
+                    ) -> list[list[float]]:
+        """Per image, the soft score of each of its atoms; images (B, 3, H, W) in [0, 1], judged on
+        `device` (default: the images'), one image at a time turned into uint8 PIL (800 images at
+        1024 px never sit on the GPU at once). `advance(n)` is told of every n atoms done."""
         if images.ndim != 4 or images.shape[1] != 3 or len(vqa_lists) != images.shape[0]:
             raise ValueError(f"geneval2 takes images (B, 3, H, W) and one vqa_list each; got "
                              f"{tuple(images.shape)} and {len(vqa_lists)} lists")
         if self.judge is None:  # released: load again
             self.judge = self._load()
         judge = self.judge
-        if next(judge.parameters()).device != images.device:
-            judge.to(images.device)
-        pil = [Image.fromarray(a) for a in to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()]
+        device = images.device if device is None else device
+        if next(judge.parameters()).device != device:
+            judge.to(device)
         atoms = [(i, q, a) for i, vqa in enumerate(vqa_lists) for q, a in vqa]
         found: list[float] = []
         for start in range(0, len(atoms), self.cfg.batch_size):
             chunk = atoms[start:start + self.cfg.batch_size]
+            pil = {i: Image.fromarray(to_uint8(images[i:i + 1])[0].permute(1, 2, 0).cpu().numpy())
+                   for i in sorted({i for i, _, _ in chunk})}
             scores = judge.next_token_scores([pil[i] for i, _, _ in chunk], [q + QUESTION_SUFFIX for _, q, _ in chunk])
             for row, (_, q, a) in zip(scores, chunk):
                 ids = [judge.first_token(v) for v in answer_variants(q, a, self.cfg.form)]
                 found.append(atom_probability(row, ids))
+            if advance is not None:
+                advance(len(chunk))
         out: list[list[float]] = [[] for _ in vqa_lists]
         for (i, _, _), p in zip(atoms, found):
             out[i].append(p)
