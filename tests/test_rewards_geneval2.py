@@ -27,7 +27,7 @@ def images(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
 
 
 def stand_in(**overrides) -> g2.TinyGenEval2:
-    cfg = g2.TinyGenEval2.Config(dtype="float32", **overrides)
+    cfg = g2.TinyGenEval2.Config(**{"dtype": "float32", **overrides})
     return g2.TinyGenEval2(cfg, lookup=False)
 
 
@@ -107,6 +107,15 @@ def test_batched_atoms_equal_one_call_per_atom_and_release_reloads():
     assert [len(a) for a in four] == [2, 3]
     for a, b in zip(one, four):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_non_finite_logits_are_an_error_not_a_nan_score():
+    reward = stand_in(dtype="float16", stand_in_seed=9)
+    with torch.no_grad():
+        reward.judge.model.lm_head.weight.fill_(float("inf"))  # as an overflow gives: inf / NaN logits
+    with pytest.raises(UserError, match="NaN/inf logits in float16"):
+        reward.atom_scores(images(1), [[YES_Q]])
+    reward.release()
 
 
 @pytest.fixture

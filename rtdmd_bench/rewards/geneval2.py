@@ -326,6 +326,9 @@ class GenEval2:
             pil = {i: Image.fromarray(to_uint8(images[i:i + 1])[0].permute(1, 2, 0).cpu().numpy())
                    for i in sorted({i for i, _, _ in chunk})}
             scores = judge.next_token_scores([pil[i] for i, _, _ in chunk], [q + QUESTION_SUFFIX for _, q, _ in chunk])
+            if torch.isnan(scores).any() or torch.isposinf(scores).any():  # float16 overflow: fail, never average NaN
+                raise UserError(f"the geneval2 judge produced NaN/inf logits in {self.cfg.dtype} (Qwen models can "
+                                f"overflow in float16, RTDMD's dtype); rerun with dtype=bfloat16 (GenEval2's)")
             for row, (_, q, a) in zip(scores, chunk):
                 ids = [judge.first_token(v) for v in answer_variants(q, a, self.cfg.form)]
                 found.append(atom_probability(row, ids))
