@@ -47,10 +47,15 @@ TRAINING: dict[str, OfficialFile] = {
     "rtdmd:geneval/train_metadata.jsonl": OfficialFile(
         RTDMD_RAW + "geneval/train_metadata.jsonl", "", "rtdmd_geneval_train_metadata.jsonl", 0,
         "0b97e8a6802c08fc7537cd00c76ae79c851bddcb"),
+    "rtdmd:geneval2/merged.jsonl": OfficialFile(
+        RTDMD_RAW + "geneval2/merged.jsonl", "", "rtdmd_geneval2_merged.jsonl", 0,
+        "a41371f7cb96230c7d4b0cc1fa0b124d8f596a10"),
 }
 """Official RTDMD training prompt sets: stage 1 (cold start) trains on the PickScore training
 prompts (configs/cold_start/*.yaml prompt_path dataset/pickscore), stage 2 on GenEval-style training
-metadata (configs/rtdmd/*.yaml prompt_path dataset/geneval), whose clauses the GenEval reward reads."""
+metadata (configs/rtdmd/*.yaml prompt_path dataset/geneval), whose clauses the GenEval reward reads.
+RTDMD's GenEval2 reward looks each prompt's VQA list up in geneval2/merged.jsonl (its 20,000 training
+lines + the 800 GenEval2 test lines; git blob read from the commit's tree, the file itself not)."""
 
 
 def sha256_of(path: Path) -> str:

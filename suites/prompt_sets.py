@@ -7,7 +7,8 @@ atomically; offline, the error names the URL and the path option.
 
 Formats: `.txt` one prompt per line (blank lines dropped); `.json` a list of strings (HPDv2
 benchmark style files); GenEval `.jsonl` metadata, one object per line with "tag",
-"include", optional "exclude" and "prompt".
+"include", optional "exclude" and "prompt"; GenEval2 `.jsonl`, one object per line with "prompt" and
+"vqa_list" (read and validated by rtdmd_bench.rewards.geneval2.load_vqa_rows).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ OFFICIAL: dict[str, OfficialFile] = {
     "pickscore": OfficialFile(
         RTDMD_RAW + "pickscore/test.txt",
         "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
+    # Byte-identical to facebookresearch/GenEval2's geneval2_data.jsonl (same git blob 823f4841...).
+    "geneval2": OfficialFile(
+        RTDMD_RAW + "geneval2/test.jsonl",
+        "09233adbc9f877fba205f1a20efa4a8640e7e62a91dfd55893562bed8a928e43", "rtdmd_geneval2_test.jsonl", 800),
 }
 
 

@@ -188,3 +188,24 @@ def test_imagereward_incomplete_checkpoint_is_a_clear_error():
     del state["blip.visual_encoder.blocks.0.attn.qkv.weight"]
     with pytest.raises(UserError, match=r"visual_encoder.*1 missing keys"):
         imagereward.load_into(model, state)
+
+
+def test_release_model_drops_only_that_entry():
+    from dataclasses import dataclass
+
+    from rtdmd_bench.rewards.loading import cached_model, release_model
+
+    @dataclass
+    class Cfg:
+        name: str
+        batch_size: int = 1
+
+    clear_model_cache()
+    built: list[str] = []
+    build = lambda n: lambda: built.append(n) or object()  # noqa: E731
+    a, b = cached_model("k", Cfg("a"), build("a")), cached_model("k", Cfg("b"), build("b"))
+    assert release_model("k", Cfg("a", batch_size=8))  # keyed as cached_model keys (batch size aside)
+    assert not release_model("k", Cfg("a")) and not release_model("other", Cfg("b"))
+    assert cached_model("k", Cfg("b"), build("b2")) is b  # the other entry stays
+    assert cached_model("k", Cfg("a"), build("a2")) is not a and built == ["a", "b", "a2"]  # rebuilt once
+    clear_model_cache()

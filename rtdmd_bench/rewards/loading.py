@@ -202,6 +202,21 @@ def clear_model_cache() -> None:
     _MODELS.clear()
 
 
+def release_model(kind: str, cfg: Any) -> bool:
+    """Drop the model cached under (kind, cfg), as `cached_model` keyed it, so that an evaluation
+    can load one heavy scorer at a time. Returns whether one was cached. The memory comes back
+    once nothing else holds the model (the reward object that uses it must drop it too); CUDA's
+    cached blocks are then returned with `torch.cuda.empty_cache()`."""
+    import gc
+
+    dropped = _MODELS.pop((kind, config_key(cfg)), None) is not None
+    if dropped:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return dropped
+
+
 def frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Eval mode, no parameter gradients (gradients still flow to the input image)."""
     module.eval().requires_grad_(False)
