@@ -34,6 +34,9 @@ OFFICIAL: dict[str, OfficialFile] = {
     "pickscore": OfficialFile(
         RTDMD_RAW + "pickscore/test.txt",
         "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
+    "ocr": OfficialFile(
+        RTDMD_RAW + "ocr/test.txt",
+        "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc", "rtdmd_ocr_test.txt", 1018),
 }
 
 
