@@ -49,11 +49,10 @@ ENV = {"python": "RTDMD_BENCH_OCR_PYTHON", "local_path": "RTDMD_BENCH_OCR_PATH"}
 RUNNER = Path(__file__).with_name("paddleocr_runner.py")
 # PaddleOCR 2.9.1 with lang="en": model folder under its BASE_DIR and the tar it downloads there.
 DOWNLOADS = "https://paddleocr.bj.bcebos.com"  # Baidu's object store, where PaddleOCR fetches its models
-MODEL_DIRS = {
-    "det": ("whl/det/en/en_PP-OCRv3_det_infer", "https://paddleocr.bj.bcebos.com/PP-OCRv3/english/en_PP-OCRv3_det_infer.tar"),
-    "rec": ("whl/rec/en/en_PP-OCRv4_rec_infer", "https://paddleocr.bj.bcebos.com/PP-OCRv4/english/en_PP-OCRv4_rec_infer.tar"),
-    "cls": ("whl/cls/ch_ppocr_mobile_v2.0_cls_infer",
-            "https://paddleocr.bj.bcebos.com/dygraph_v2.0/ch/ch_ppocr_mobile_v2.0_cls_infer.tar"),
+MODEL_DIRS = {  # the angle classifier is never used (use_angle_cls=False) but PaddleOCR requires its files
+    "det": ("whl/det/en/en_PP-OCRv3_det_infer", f"{DOWNLOADS}/PP-OCRv3/english/en_PP-OCRv3_det_infer.tar"),
+    "rec": ("whl/rec/en/en_PP-OCRv4_rec_infer", f"{DOWNLOADS}/PP-OCRv4/english/en_PP-OCRv4_rec_infer.tar"),
+    "cls": ("whl/cls/ch_ppocr_mobile_v2.0_cls_infer", f"{DOWNLOADS}/dygraph_v2.0/ch/ch_ppocr_mobile_v2.0_cls_infer.tar"),
 }
 MODEL_FILES = ("inference.pdmodel", "inference.pdiparams")
 TAIL_LINES = 20
@@ -66,6 +65,8 @@ ChannelOrder = Literal["rgb", "bgr"]
 
 @dataclass
 class EngineConfig:
+    """Where PaddleOCR runs and how it is fed (shared by the `ocr` reward and suite)."""
+
     python: str = ""
     """Python of the OCR environment (paddlepaddle 2.6.2 + paddleocr 2.9.1; it cannot share the project's
     numpy 2); empty = $RTDMD_BENCH_OCR_PYTHON. Set one up with: python3.11 -m venv ~/.venvs/paddleocr &&
@@ -80,7 +81,7 @@ class EngineConfig:
     order PaddleOCR gets when it reads the image file itself. Recorded in the version."""
     models: Literal["official", "stand-in"] = "official"
     """"official": the environment must run paddleocr 2.9.1; "stand-in": the test stand-in environment
-    (tests/ocr_stand_in.py), reported as a stand-in, never as OCR."""
+    (tests/ocr_stand_in.py), reported as a stand-in, never under the name ocr."""
 
 
 @dataclass

@@ -94,8 +94,7 @@ def read_image(path: str, channel_order: str):
 def read_texts(engine, path: str, channel_order: str) -> dict:
     """One image: {"lines": [[text, confidence], ...], "error": None} or the error it raised."""
     try:
-        result = engine.ocr(read_image(path, channel_order), cls=False)
-        found = result[0] if result else None
+        found = engine.ocr(read_image(path, channel_order), cls=False)[0]  # None: nothing kept
         lines = [[str(res[1][0]), float(res[1][1])] for res in found] if found else []
         return {"lines": lines, "error": None}
     except Exception as err:  # RTDMD catches everything here and scores the image 0
