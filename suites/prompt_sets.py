@@ -39,6 +39,9 @@ OFFICIAL: dict[str, OfficialFile] = {
     "geneval2": OfficialFile(
         RTDMD_RAW + "geneval2/test.jsonl",
         "09233adbc9f877fba205f1a20efa4a8640e7e62a91dfd55893562bed8a928e43", "rtdmd_geneval2_test.jsonl", 800),
+    "ocr": OfficialFile(
+        RTDMD_RAW + "ocr/test.txt",
+        "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc", "rtdmd_ocr_test.txt", 1018),
 }
 
 

@@ -20,6 +20,7 @@ from rtdmd_bench.rewards.clip_models import HFClip, OpenClip, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
 from rtdmd_bench.rewards.imagereward import ImageReward, blip_tokenizer, build_model
 from rtdmd_bench.rewards.loading import cached_model, frozen
+from rtdmd_bench.rewards.ocr import OCR
 from rtdmd_bench.rewards.pixels import (
     AestheticGradPixels, AestheticPixels, GradPixels, HFClipPixels, PixelSpec, TowerPixels,
 )
@@ -278,3 +279,16 @@ class TinyGenevalPartial(GenevalPartial):
         """Tiny random detector + colour CLIP (the point of this stand-in)."""
 
     name = "tiny-geneval-partial[stand-in]"
+
+
+class TinyOCR(OCR):
+    """Stand-in for `ocr`: expects the test stand-in OCR environment (tests/ocr_stand_in.py), whose
+    fake paddleocr reads text encoded in the pixels; the runner, the process boundary and the
+    scoring are the real ones."""
+
+    @dataclass
+    class Config(OCR.Config):
+        models: Literal["official", "stand-in"] = "stand-in"
+        """The stand-in environment (the point of this stand-in)."""
+
+    name = "tiny-ocr[stand-in]"
