@@ -66,6 +66,7 @@ SUITES: dict[str, Entry] = {
     "aesthetic": Entry("suites.preference:AestheticSuite", "LAION aesthetic v2 mean on DrawBench"),
     "clipscore": Entry("suites.preference:ClipScoreSuite", "CLIPScore mean on DrawBench (convention recorded)"),
     "drawbench": Entry("suites.preference:DrawBench", "RTDMD DrawBench protocol: CLIP, Aesthetic, PickScore, HPSv2.1, ImageReward at once"),
+    "hpsv3": Entry("suites.hpsv3:HPSv3Suite", "HPSv3 mean mu on RTDMD's hpsv3/test.txt (1 image/prompt, seed 42)"),
     "fid": Entry("suites.fid:FID", "clean-fid FID against a reference image folder"),
     "fid-t": Entry("suites.fid:FIDT", "clean-fid FID against the teacher's samples on the same prompts and seeds"),
 }
@@ -82,6 +83,7 @@ REWARDS: dict[str, Entry] = {
     "aesthetic": Entry("rtdmd_bench.rewards.clip_based:Aesthetic", "LAION aesthetic v2 MLP on normalised CLIP ViT-L/14 embeddings (~1-10)"),
     "imagereward": Entry("rtdmd_bench.rewards.imagereward:ImageReward", "ImageReward v1.0 (BLIP) in transformers' BLIP classes, official normalisation"),
     "geneval-partial": Entry("rtdmd_bench.rewards.geneval_partial:GenevalPartial", "GenEval partial credit per clause (RTDMD GRPO reward), non-differentiable"),
+    "hpsv3": Entry("rtdmd_bench.rewards.hpsv3:HPSv3", "HPSv3: Qwen2-VL-7B + HPSv3 head, score = mu (~10-16), transformers 5, non-differentiable"),
     "tiny-clipscore": Entry("rtdmd_bench.rewards.tiny:TinyCLIPScore", "STAND-IN for clipscore: tiny random CLIP (tests/CI only)"),
     "tiny-hpsv2": Entry("rtdmd_bench.rewards.tiny:TinyHPSv2", "STAND-IN for hpsv2: tiny random open_clip (tests/CI only)"),
     "tiny-hpsv21": Entry("rtdmd_bench.rewards.tiny:TinyHPSv21", "STAND-IN for hpsv21: tiny random open_clip (tests/CI only)"),
@@ -89,6 +91,7 @@ REWARDS: dict[str, Entry] = {
     "tiny-aesthetic": Entry("rtdmd_bench.rewards.tiny:TinyAesthetic", "STAND-IN for aesthetic: tiny random CLIP + MLP (tests/CI only)"),
     "tiny-imagereward": Entry("rtdmd_bench.rewards.tiny:TinyImageReward", "STAND-IN for imagereward: tiny random BLIP (tests/CI only)"),
     "tiny-geneval-partial": Entry("rtdmd_bench.rewards.tiny:TinyGenevalPartial", "STAND-IN for geneval-partial: tiny random detector + CLIP (tests/CI only)"),
+    "tiny-hpsv3": Entry("rtdmd_bench.rewards.tiny:TinyHPSv3", "STAND-IN for hpsv3: tiny random Qwen2-VL + HPSv3 head (tests/CI only)"),
 }
 
 _TABLES = {"methods": METHODS, "bases": BASES, "suites": SUITES, "rewards": REWARDS}

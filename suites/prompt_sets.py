@@ -34,6 +34,9 @@ OFFICIAL: dict[str, OfficialFile] = {
     "pickscore": OfficialFile(
         RTDMD_RAW + "pickscore/test.txt",
         "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "rtdmd_pickscore_test.txt", 2048),
+    "hpsv3": OfficialFile(
+        RTDMD_RAW + "hpsv3/test.txt",
+        "31592ea9af348610c0c840147bc5bc5eeac34d4dfd831c62a298c04e7ec4b65d", "rtdmd_hpsv3_test.txt", 1024),
 }
 
 
