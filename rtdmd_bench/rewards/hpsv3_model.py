@@ -58,7 +58,7 @@ Rotary = Literal["hpsv3", "float32"]
 CHECKPOINT_ENV, BASE_ENV, TEMPLATE_ENV = "RTDMD_BENCH_HPSV3_PATH", "RTDMD_BENCH_QWEN2VL_PATH", "RTDMD_BENCH_HPSV3_TEMPLATE_PATH"
 # The base repo's weights are not needed (HPSv3.safetensors holds every tensor): its config,
 # tokenizer and processor only; the chat template is in chat_template.json or tokenizer_config.json.
-BASE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
+BASE_FILES = ("config.json", "preprocessor_config.json|processor_config.json", "tokenizer_config.json", "tokenizer.json",
               "chat_template.json|chat_template.jinja|tokenizer_config.json")
 
 
