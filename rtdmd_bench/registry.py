@@ -68,6 +68,7 @@ SUITES: dict[str, Entry] = {
     "geneval2": Entry("suites.geneval2:GenEval2Suite", "GenEval2 800 prompts x1: Soft-TIFA GM, Qwen3-VL-8B judge; official (bf16, x100) or RTDMD's form (fp16, fraction)"),
     "drawbench": Entry("suites.preference:DrawBench", "RTDMD DrawBench protocol: CLIP, Aesthetic, PickScore, HPSv2.1, ImageReward at once"),
     "ocr": Entry("suites.ocr:OCRSuite", "RTDMD's OCR metric on its ocr/test.txt: PaddleOCR 2.9.1 in a user-named environment, 1 - edit distance"),
+    "hpsv3": Entry("suites.hpsv3:HPSv3Suite", "HPSv3 mean mu on RTDMD's hpsv3/test.txt (1 image/prompt, seed 42)"),
     "fid": Entry("suites.fid:FID", "clean-fid FID against a reference image folder"),
     "fid-t": Entry("suites.fid:FIDT", "clean-fid FID against the teacher's samples on the same prompts and seeds"),
 }
@@ -86,6 +87,7 @@ REWARDS: dict[str, Entry] = {
     "geneval-partial": Entry("rtdmd_bench.rewards.geneval_partial:GenevalPartial", "GenEval partial credit per clause (RTDMD GRPO reward), non-differentiable"),
     "geneval2": Entry("rtdmd_bench.rewards.geneval2:GenEval2", "GenEval2 Soft-TIFA GM per image, Qwen3-VL-8B-Instruct judge (RTDMD: fp16), non-differentiable"),
     "ocr": Entry("rtdmd_bench.rewards.ocr:OCR", "OCR (RTDMD): PaddleOCR 2.9.1 in a user-named environment, 1 - min(edit distance, len)/len, non-differentiable"),
+    "hpsv3": Entry("rtdmd_bench.rewards.hpsv3:HPSv3", "HPSv3: Qwen2-VL-7B + HPSv3 head, score = mu (~10-16), transformers 5, non-differentiable"),
     "tiny-clipscore": Entry("rtdmd_bench.rewards.tiny:TinyCLIPScore", "STAND-IN for clipscore: tiny random CLIP (tests/CI only)"),
     "tiny-hpsv2": Entry("rtdmd_bench.rewards.tiny:TinyHPSv2", "STAND-IN for hpsv2: tiny random open_clip (tests/CI only)"),
     "tiny-hpsv21": Entry("rtdmd_bench.rewards.tiny:TinyHPSv21", "STAND-IN for hpsv21: tiny random open_clip (tests/CI only)"),
@@ -95,6 +97,7 @@ REWARDS: dict[str, Entry] = {
     "tiny-geneval-partial": Entry("rtdmd_bench.rewards.tiny:TinyGenevalPartial", "STAND-IN for geneval-partial: tiny random detector + CLIP (tests/CI only)"),
     "tiny-geneval2": Entry("rtdmd_bench.rewards.geneval2:TinyGenEval2", "STAND-IN for geneval2: tiny random Qwen3-VL judge (tests/CI only)"),
     "tiny-ocr": Entry("rtdmd_bench.rewards.tiny:TinyOCR", "STAND-IN for ocr: the test stand-in OCR environment (tests/ocr_stand_in.py; tests/CI only)"),
+    "tiny-hpsv3": Entry("rtdmd_bench.rewards.tiny:TinyHPSv3", "STAND-IN for hpsv3: tiny random Qwen2-VL + HPSv3 head (tests/CI only)"),
 }
 
 _TABLES = {"methods": METHODS, "bases": BASES, "suites": SUITES, "rewards": REWARDS}

@@ -34,6 +34,7 @@ from suites import prompt_sets
 OFFICIAL_SCORERS: dict[str, tuple[str, ...]] = {
     "clipscore": ("clipscore",), "aesthetic": ("aesthetic",), "pickscore": ("pickscore",),
     "hpsv21": ("hpsv21",), "hpsv2": ("hpsv2", "hpsv21"), "imagereward": ("imagereward",),
+    "hpsv3": ("hpsv3",),
 }
 HPS_STYLES: tuple[str, ...] = ("anime", "concept-art", "paintings", "photo")
 HPS_SOURCE = ("the HPSv2 benchmark prompts (HF dataset zhwang/HPDv2, folder benchmark/, or the `hpsv2` "

@@ -42,6 +42,9 @@ OFFICIAL: dict[str, OfficialFile] = {
     "ocr": OfficialFile(
         RTDMD_RAW + "ocr/test.txt",
         "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc", "rtdmd_ocr_test.txt", 1018),
+    "hpsv3": OfficialFile(
+        RTDMD_RAW + "hpsv3/test.txt",
+        "31592ea9af348610c0c840147bc5bc5eeac34d4dfd831c62a298c04e7ec4b65d", "rtdmd_hpsv3_test.txt", 1024),
 }
 
 

@@ -190,10 +190,10 @@ def test_imagereward_incomplete_checkpoint_is_a_clear_error():
         imagereward.load_into(model, state)
 
 
-def test_release_model_drops_only_that_entry():
+def test_release_models_with_a_config_drops_only_that_entry():
     from dataclasses import dataclass
 
-    from rtdmd_bench.rewards.loading import cached_model, release_model
+    from rtdmd_bench.rewards.loading import cached_model, release_models
 
     @dataclass
     class Cfg:
@@ -204,8 +204,8 @@ def test_release_model_drops_only_that_entry():
     built: list[str] = []
     build = lambda n: lambda: built.append(n) or object()  # noqa: E731
     a, b = cached_model("k", Cfg("a"), build("a")), cached_model("k", Cfg("b"), build("b"))
-    assert release_model("k", Cfg("a", batch_size=8))  # keyed as cached_model keys (batch size aside)
-    assert not release_model("k", Cfg("a")) and not release_model("other", Cfg("b"))
+    assert release_models("k", Cfg("a", batch_size=8)) == 1  # keyed as cached_model keys (batch size aside)
+    assert release_models("k", Cfg("a")) == 0 and release_models("other", Cfg("b")) == 0
     assert cached_model("k", Cfg("b"), build("b2")) is b  # the other entry stays
     assert cached_model("k", Cfg("a"), build("a2")) is not a and built == ["a", "b", "a2"]  # rebuilt once
     clear_model_cache()

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.rewards.loading import WeightSpec, cached_model, folder_of, release_model, resolve_files
+from rtdmd_bench.rewards.loading import WeightSpec, cached_model, folder_of, release_models, resolve_files
 from rtdmd_bench.rewards.pixels import to_uint8
 from rtdmd_bench.weights import torch_dtype
 
@@ -292,7 +292,7 @@ class GenEval2:
     def release(self) -> bool:
         """Free the judge (this object and the process cache drop it); the next call reloads."""
         self.judge = None
-        return release_model(JUDGE_KIND, self.key())
+        return release_models(JUDGE_KIND, self.key()) > 0
 
     def _load_lookup(self) -> dict[str, list[list[str]]]:
         source = self.cfg.data_path or os.environ.get(DATA_ENV, "")

@@ -9,12 +9,15 @@ that downloads it. `HF_HUB_OFFLINE=1` is honoured by never leaving the local hub
 
 Loaded models are cached per process keyed by the scorer's config (batch size and pixel
 pipelines excluded: they change how calls are made, not the weights), so building the same reward twice, e.g.
-once for training and once inside an evaluation suite, loads the weights once.
+once for training and once inside an evaluation suite, loads the weights once. `release_models(kind)`
+drops one kind's cached models again (an evaluation that loads one heavy scorer at a time frees
+each before the next).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 from dataclasses import dataclass
@@ -155,8 +158,10 @@ def load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """`load_state_dict(strict=True)`, with a mismatch reported as a UserError naming keys."""
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, assign: bool = False) -> None:
+    """`load_state_dict(strict=True)`, with a mismatch reported as a UserError naming keys.
+    `assign=True` makes the module take the state's tensors instead of copying into its own
+    (no second copy of a large model in memory; the tensors keep the state's dtype)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -166,7 +171,7 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
             f"{what} does not match the expected architecture: {len(missing)} missing keys "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of another "
             f"shape {shapes[:3]}; check that the file is the right release for this reward")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,19 +207,19 @@ def clear_model_cache() -> None:
     _MODELS.clear()
 
 
-def release_model(kind: str, cfg: Any) -> bool:
-    """Drop the model cached under (kind, cfg), as `cached_model` keyed it, so that an evaluation
-    can load one heavy scorer at a time. Returns whether one was cached. The memory comes back
-    once nothing else holds the model (the reward object that uses it must drop it too); CUDA's
-    cached blocks are then returned with `torch.cuda.empty_cache()`."""
-    import gc
-
-    dropped = _MODELS.pop((kind, config_key(cfg)), None) is not None
-    if dropped:
+def release_models(kind: str, cfg: Any = None) -> int:
+    """Drop the cached models of `kind` (only the one built for `cfg` when given) and return the
+    memory they held: garbage collection, then CUDA's cached blocks. Returns how many were dropped.
+    The memory comes back only once no reward object still holds the model (rewards that fetch
+    it from this cache per call, like `hpsv3`, hold none)."""
+    keys = [k for k in _MODELS if k[0] == kind and (cfg is None or k[1] == config_key(cfg))]
+    for key in keys:
+        del _MODELS[key]
+    if keys:
         gc.collect()
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-    return dropped
+    return len(keys)
 
 
 def frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

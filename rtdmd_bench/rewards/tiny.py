@@ -18,6 +18,8 @@ from torch import nn
 from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, PickScore
 from rtdmd_bench.rewards.clip_models import HFClip, OpenClip, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
+from rtdmd_bench.rewards.hpsv3 import HPSv3
+from rtdmd_bench.rewards.hpsv3_model import HPSv3Model, PromptTemplate, Rotary, add_reward_token, finish, rank_head
 from rtdmd_bench.rewards.imagereward import ImageReward, blip_tokenizer, build_model
 from rtdmd_bench.rewards.loading import cached_model, frozen
 from rtdmd_bench.rewards.ocr import OCR
@@ -111,6 +113,52 @@ def tiny_open_clip(size: TinySize) -> OpenClip:
                       layers=size.layers)))
     pixels = PixelSpec(size=size.image_size, crop=size.image_size)
     return OpenClip(model, open_clip.SimpleTokenizer(context_length=77), pixels)
+
+
+# Qwen2-VL's special tokens (names as in its tokenizer) and a short chat template of the same shape
+# as Qwen2-VL-Instruct's for one user turn (no system turn: the stand-in's own, not a copy).
+_QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+TINY_QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TINY_HPSV3_TEMPLATE = PromptTemplate("Rate the image for the prompt: {text_prompt}\n", "Rating: <|Reward|>\nEND\n")
+"""The stand-in's own short prompt template (HPSv3's text is read from its package, never shipped)."""
+
+
+def tiny_qwen2_tokenizer() -> Any:
+    """A real `Qwen2Tokenizer` over the byte-level alphabet with no merges + Qwen2-VL's special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    tok = Qwen2Tokenizer(vocab={s: i for i, s in enumerate(_byte_symbols())}, merges=[], unk_token=None,
+                         bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIALS})
+    return tok
+
+
+def tiny_hpsv3(seed: int, dtype: str, rotary: Rotary) -> HPSv3Model:
+    """HPSv3's model on a tiny random `Qwen2VLModel` (2+2 layers, width 64; 14-px patches merged 2 x 2,
+    as Qwen2-VL, so HPSv3's 448^2 budget gives 256 visual tokens) with the real processor classes,
+    the real head layout (64 -> 1024 -> 16 -> 2) and `<|Reward|>` added as HPSv3 does."""
+    from transformers import Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLModel, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    tok = tiny_qwen2_tokenizer()
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(), chat_template=TINY_QWEN_CHAT_TEMPLATE)
+    reward_id = add_reward_token(tok)
+    ids = tok.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.pad_token_id,
+                         eos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3])),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    backbone = seeded(seed, lambda: Qwen2VLModel(config))
+    head = seeded(seed + 1, lambda: rank_head(64))
+    return finish(backbone, head, processor, TINY_HPSV3_TEMPLATE, reward_id, dtype, rotary)
 
 
 def tiny_imagereward(size: TinySize) -> nn.Module:
@@ -292,3 +340,14 @@ class TinyOCR(OCR):
         """The stand-in environment (the point of this stand-in)."""
 
     name = "tiny-ocr[stand-in]"
+
+
+class TinyHPSv3(HPSv3):
+    """Stand-in for `hpsv3`: tiny random Qwen2-VL + head of the same classes, same pipeline."""
+
+    @dataclass
+    class Config(HPSv3.Config):
+        models: Literal["official", "stand-in"] = "stand-in"
+        """The tiny random model (the point of this stand-in)."""
+
+    name = "tiny-hpsv3[stand-in]"
