@@ -302,7 +302,7 @@ class DrawBench(PreferenceSuite):
         """Sampling seed of the protocol (RTDMD: 42)."""
         scorer_inputs: Literal["rtdmd", "official"] = "rtdmd"
         """Pixels each scorer sees: rtdmd = as RTDMD's evaluation feeds them (clipscore through its
-        torchvision bilinear transform, aesthetic through CLIPImageProcessor; pickscore, hpsv21 and
+        torchvision bilinear transform on uint8-rounded images, aesthetic through CLIPImageProcessor; pickscore, hpsv21 and
         imagereward through their official pipelines); official = every reward's own default."""
         precision: Precision = "auto"
         """Scorer precision: auto = float32 (RTDMD runs every scorer in float32); float16 = CUDA fp16
@@ -315,7 +315,9 @@ class DrawBench(PreferenceSuite):
     higher_is_better = {s: True for s in slots}
     # RTDMD's MultiScorer (rtdmd/rewards/multi_scorer.py): ClipScorer's tensor transform, and
     # AestheticScorer's CLIPProcessor; the other three go through their official pipelines.
-    rtdmd_inputs: dict[str, dict[str, str]] = {"clipscore": {"pixels": "rtdmd_tensor"},
+    # Its evaluation rounds every image to uint8 before any scorer (multi_scorer.py), so CLIPScore's
+    # tensor transform sees uint8 levels ("rtdmd_tensor_uint8"; suite version 3).
+    rtdmd_inputs: dict[str, dict[str, str]] = {"clipscore": {"pixels": "rtdmd_tensor_uint8"},
                                                "aesthetic": {"pixels": "clip_processor"}}
 
     def scorer_overrides(self, slot: str) -> dict[str, Any]:
@@ -324,7 +326,7 @@ class DrawBench(PreferenceSuite):
     def version_string(self) -> str:
         if self.name != "drawbench":
             return super().version_string()
-        return "drawbench/rtdmd-2" if self.cfg.scorer_inputs == "rtdmd" else "drawbench/rtdmd-official-inputs-2"
+        return "drawbench/rtdmd-3" if self.cfg.scorer_inputs == "rtdmd" else "drawbench/rtdmd-official-inputs-2"
 
 
 class HPSv2Suite(PreferenceSuite):

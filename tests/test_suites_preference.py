@@ -119,7 +119,7 @@ def test_drawbench_five_metrics_at_once_on_the_real_prompts():
 
 def test_drawbench_official_defaults_and_bad_scorer_count():
     suite = DrawBench()
-    assert suite.name == "drawbench" and suite.version == "drawbench/rtdmd-2" and suite.seed == 42
+    assert suite.name == "drawbench" and suite.version == "drawbench/rtdmd-3" and suite.seed == 42
     with pytest.raises(UserError, match="5 scorer names"):
         DrawBench(DrawBench.Config(scorers=("clipscore",)))
 
@@ -264,7 +264,7 @@ def test_drawbench_feeds_the_scorers_as_rtdmds_evaluation():
     scorers = ("tiny-clipscore", "tiny-aesthetic", "tiny-pickscore", "tiny-hpsv21", "tiny-imagereward")
     rtdmd = DrawBench(DrawBench.Config(scorers=scorers)).rewards()
     assert {s: r.cfg.pixels for s, r in rtdmd.items()} == {
-        "clipscore": "rtdmd_tensor", "aesthetic": "clip_processor", "pickscore": "reference",
+        "clipscore": "rtdmd_tensor_uint8", "aesthetic": "clip_processor", "pickscore": "reference",
         "hpsv21": "reference", "imagereward": "reference"}
     official = DrawBench(DrawBench.Config(scorers=scorers, scorer_inputs="official")).rewards()
     assert {r.cfg.pixels for r in official.values()} == {"reference"}
