@@ -60,6 +60,7 @@ SUITES: dict[str, Entry] = {
     "toy-tilt": Entry("suites.toy_tilt:ToyTilt", "toy2d: KL/MMD/energy distance to the exact tilted target and teacher, reward, mode mass"),
     "digits": Entry("suites.digits:DigitsSuite", "digits: class accuracy, rewards, FID/FID-T on classifier features, diversity"),
     "geneval": Entry("suites.geneval:GenEval", "GenEval 553 prompts x4: official rules, transformers Mask2Former detector (versioned apart)"),
+    "geneval-rtdmd": Entry("suites.geneval_rtdmd:GenEvalRTDMD", "RTDMD's GenEval column: partial credit per line of its test_metadata.jsonl (2212 lines), GELU colour CLIP, swapped detector channels"),
     "hpsv2": Entry("suites.preference:HPSv2Suite", "HPSv2 benchmark: 4 styles, HPSv2.1 by default, x100"),
     "imagereward": Entry("suites.preference:ImageRewardSuite", "ImageReward mean on DrawBench (1 image/prompt, seed 42)"),
     "pickscore": Entry("suites.preference:PickScoreSuite", "PickScore v1 mean on RTDMD's PickScore test prompts"),

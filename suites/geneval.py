@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from torch import Tensor
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.geneval.models import (DETECTOR_HUB_ID, ClipActivation, ClipPrecision, ModelSource,
                                         build_colour_classifier, build_detector, resolve_clip_precision)
-from rtdmd_bench.geneval.rules import OFFICIAL, TAGS, ColourFn, aggregate, evaluate_image, select_detections
+from rtdmd_bench.geneval.rules import (OFFICIAL, TAGS, ColourFn, Detection, aggregate, evaluate_image,
+                                       select_detections)
 from suites import prompt_sets
 from suites.geneval_official import OfficialScorer, score_official
 
@@ -134,15 +135,9 @@ class GenEval:
     def judge(self, images: Tensor, rows: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
         """(correct, reason) per image; images (N, 3, H, W) in [0, 1] with rows aligned."""
         detector, colour_fn = self.models()
-        # The official pipeline reads 8-bit PNGs: quantise so scores match saved samples.
-        images = (images.float().clamp(0, 1) * 255).round().to(self.device()) / 255
-        out = []
-        for start in range(0, len(images), self.cfg.batch_size):
-            chunk = images[start:start + self.cfg.batch_size]
-            for image, dets, row in zip(chunk, detector.detect(chunk), rows[start:start + len(chunk)]):
-                detected = select_detections(dets, row["tag"], OFFICIAL)
-                out.append(evaluate_image(image, detected, row, colour_fn, OFFICIAL))
-        return out
+        return [evaluate_image(image, detected, row, colour_fn, OFFICIAL)
+                for image, detected, row in selected_detections(images, rows, detector, self.cfg.batch_size,
+                                                                self.device())]
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
         """summary_scores.py's figures (see `aggregate`): per-tag image accuracy, overall (their
@@ -178,6 +173,23 @@ class GenEval:
             "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}
                          for i, (ok, reason) in enumerate(judged) if not ok][:50],
         }
+
+
+def selected_detections(images: Tensor, rows: Sequence[dict[str, Any]], detector: Any, batch_size: int,
+                        device: torch.device, swap_channels: bool = False
+                        ) -> Iterator[tuple[Tensor, dict[str, list[Detection]], dict[str, Any]]]:
+    """Per image: (the image quantised to 8 bits on `device`, (3, H, W) RGB in [0, 1]; its
+    detections after GenEval's selection for its row's tag; its row). The detector sees
+    `batch_size` images at a time, with the channels in BGR order when `swap_channels` (what
+    mmdet's network sees when handed an RGB array, as RTDMD does: suites/geneval_rtdmd.py).
+    images: (N, 3, H, W) in [0, 1]; rows aligned with them."""
+    # The official pipeline reads 8-bit PNGs: quantise so scores match saved samples.
+    images = (images.float().clamp(0, 1) * 255).round().to(device) / 255
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]  # (B, 3, H, W)
+        seen = chunk.flip(1) if swap_channels else chunk  # RGB -> BGR along the channel axis
+        for image, dets, row in zip(chunk, detector.detect(seen), rows[start:start + len(chunk)]):
+            yield image, select_detections(dets, row["tag"], OFFICIAL), row
 
 
 def write_official_layout(images: Tensor, rows: Sequence[dict[str, Any]], folder: str | Path) -> Path:

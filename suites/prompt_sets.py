@@ -42,6 +42,10 @@ OFFICIAL: dict[str, OfficialFile] = {
     "ocr": OfficialFile(
         RTDMD_RAW + "ocr/test.txt",
         "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc", "rtdmd_ocr_test.txt", 1018),
+    # RTDMD's GenEval test set: the 553 rows of GenEval's evaluation_metadata.jsonl, each 4 times, shuffled.
+    "geneval-rtdmd": OfficialFile(
+        RTDMD_RAW + "geneval/test_metadata.jsonl",
+        "cec4b24b9fee7bac21c8f787054ecc8dc9ff831674037713a4cd35e0f0a74a28", "rtdmd_geneval_test_metadata.jsonl", 2212),
     "hpsv3": OfficialFile(
         RTDMD_RAW + "hpsv3/test.txt",
         "31592ea9af348610c0c840147bc5bc5eeac34d4dfd831c62a298c04e7ec4b65d", "rtdmd_hpsv3_test.txt", 1024),

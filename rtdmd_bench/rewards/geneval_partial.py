@@ -132,6 +132,31 @@ def clause_fraction(image: Tensor, detected: Mapping[str, list[Detection]],
 FORMS = {"rtdmd": rtdmd_partial_credit, "clauses": clause_fraction}
 
 
+MODELS_KIND = "geneval-models"
+"""rtdmd_bench.rewards.loading cache kind of the (detector, colour classifier) pairs."""
+
+
+def model_settings(cfg: Any) -> tuple[Any, ...]:
+    """What selects the models of a config with the fields models, detector_path, clip_path,
+    allow_download, stand_in_seed and colour_clip_activation (this reward's, the geneval-rtdmd
+    suite's): the cache key. batch_size is no part of it: it changes no score, so they share."""
+    return (cfg.models, cfg.detector_path, cfg.clip_path, cfg.allow_download, cfg.stand_in_seed,
+            cfg.colour_clip_activation)
+
+
+def shared_models(cfg: Any) -> tuple[Detector, ColourFn]:
+    """The detector and colour classifier of `cfg` (fields of `model_settings` and batch_size),
+    built by the GenEval suite's builders (rtdmd_bench/geneval/models.py: same models and settings
+    as the suite, but the colour CLIP's activation of `colour_clip_activation`), once per process
+    and settings; `release_models(MODELS_KIND, model_settings(cfg))` frees them."""
+    def build() -> tuple[Detector, ColourFn]:
+        return (build_detector(cfg.models, cfg.detector_path, cfg.allow_download, cfg.batch_size, cfg.stand_in_seed),
+                build_colour_classifier(cfg.models, cfg.clip_path, cfg.allow_download, cfg.stand_in_seed,
+                                        cfg.colour_clip_activation))
+
+    return cached_model(MODELS_KIND, model_settings(cfg), build)
+
+
 def load_metadata(path: Path) -> dict[str, dict[str, Any]]:
     """GenEval-style metadata jsonl (one {"tag", "include", "exclude"?, "prompt"} per line),
     indexed by prompt text."""
@@ -291,21 +316,9 @@ class GenevalPartial:
         return rows
 
     def _models(self) -> tuple[Detector, ColourFn]:
-        """Built by the GenEval suite's builders (rtdmd_bench/geneval/models.py: same models and
-        settings as the suite, but the colour CLIP's activation of `colour_clip_activation`),
-        once per process and settings."""
+        """The detector and colour CLIP (`shared_models`), unless injected."""
         if self._detector is None or self._colour_fn is None:
-            c = self.cfg
-            # batch_size is no part of the key: it changes no score, so rewards share the models.
-            settings = (c.models, c.detector_path, c.clip_path, c.allow_download, c.stand_in_seed,
-                        c.colour_clip_activation)
-
-            def build() -> tuple[Detector, ColourFn]:
-                return (build_detector(c.models, c.detector_path, c.allow_download, c.batch_size, c.stand_in_seed),
-                        build_colour_classifier(c.models, c.clip_path, c.allow_download, c.stand_in_seed,
-                                                c.colour_clip_activation))
-
-            detector, colour_fn = cached_model("geneval-models", settings, build)
+            detector, colour_fn = shared_models(self.cfg)
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
