@@ -46,6 +46,9 @@ def list_cmd(kind: Optional[str] = typer.Argument(None, help="methods | bases | 
         t.add_column("what")
         for name, entry in sorted(registry.table(k).items()):
             t.add_row(name, entry.summary)
+        if k == "suites":
+            for name, members in registry.SUITE_GROUPS.items():
+                t.add_row(name, "group: " + ", ".join(members))
         console.print(t)
 
 
@@ -172,14 +175,18 @@ def train(
 
 
 def _parse_suite_sets(items: list[str]) -> dict[str, str]:
+    """`suite.FIELD=V` (every suite) and `NAME.FIELD=V` (only suite NAME) -> {"FIELD": V, "NAME.FIELD": V}
+    as `evaluate.suite_overrides` reads them."""
     from rtdmd_bench.config import split_override
 
     out = {}
     for item in items:
         key, value = split_override(item)
-        if not key.startswith("suite."):
-            raise UserError(f"eval --set {item!r}: keys start with 'suite.' (e.g. suite.images_per_prompt=100)")
-        out[key[len("suite."):]] = value
+        head = key.split(".", 1)[0]
+        if "." not in key or (head != "suite" and head not in registry.table("suites")):
+            raise UserError(f"eval --set {item!r}: keys start with 'suite.' (every suite, e.g. suite.limit=64) or "
+                            "with a suite's name (that suite only, e.g. rtdmd-ocr.scoring.python=PATH)")
+        out[key[len("suite."):] if head == "suite" else key] = value
     return out
 
 
@@ -217,7 +224,8 @@ def eval_cmd(
         "diffusers pipeline sets (differs on FLUX); euler-few-step = Euler on the few-step formula."),
     teacher_cfg: Optional[float] = typer.Option(
         None, help="With --base: teacher guidance scale (default: the base's default_cfg; 1 = unguided)."),
-    set_: list[str] = typer.Option([], "--set", help="Suite config override suite.FIELD=VALUE (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Suite config override suite.FIELD=VALUE (every suite) or "
+                                   "NAME.FIELD=VALUE (suite NAME only; repeatable)."),
     base_set: list[str] = typer.Option([], "--base-set", help="With --base: base config override base.FIELD=VALUE."),
     out: Path = typer.Option(Path("runs/teacher-eval"), help="With --base: output folder."),
     seed: Optional[int] = typer.Option(None, help="Evaluation seed (image j of prompt i uses noise seeded by (seed, i, j)); "
@@ -235,7 +243,7 @@ def eval_cmd(
     teacher = None
     if base is not None:
         teacher = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
-    for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, suite_overrides=sets,
+    for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, overrides=sets,
                                base_overrides=base_set, out=out, seed=seed, batch_size=batch_size):
         _print_metrics(res)
 

@@ -70,6 +70,11 @@ SUITES: dict[str, Entry] = {
     "drawbench": Entry("suites.preference:DrawBench", "RTDMD DrawBench protocol: CLIP, Aesthetic, PickScore, HPSv2.1, ImageReward at once"),
     "ocr": Entry("suites.ocr:OCRSuite", "RTDMD's OCR metric on its ocr/test.txt: PaddleOCR 2.9.1 in a user-named environment, 1 - edit distance"),
     "hpsv3": Entry("suites.hpsv3:HPSv3Suite", "HPSv3 mean mu on RTDMD's hpsv3/test.txt (1 image/prompt, seed 42)"),
+    "rtdmd-drawbench": Entry("suites.rtdmd_protocol:RTDMDDrawBench", "RTDMD protocol (rtdmd-64 / rtdmd-full): CLIPScore, Aesthetic, PickScore (raw), HPSv2.1, ImageReward on its drawbench/test.txt"),
+    "rtdmd-geneval": Entry("suites.rtdmd_protocol:RTDMDGenEval", "RTDMD protocol: its GenEval column (partial credit, geneval-rtdmd) on its geneval/test_metadata.jsonl"),
+    "rtdmd-geneval2": Entry("suites.rtdmd_protocol:RTDMDGenEval2", "RTDMD protocol: its GenEval2 column (geneval2 in RTDMD's form: fp16 judge, a fraction)"),
+    "rtdmd-ocr": Entry("suites.rtdmd_protocol:RTDMDOCR", "RTDMD protocol: its OCR column (PaddleOCR 2.9.1) on its ocr/test.txt"),
+    "rtdmd-hpsv3": Entry("suites.rtdmd_protocol:RTDMDHPSv3", "RTDMD protocol: its HPSv3 column (mean mu) on its hpsv3/test.txt"),
     "fid": Entry("suites.fid:FID", "clean-fid FID against a reference image folder"),
     "fid-t": Entry("suites.fid:FIDT", "clean-fid FID against the teacher's samples on the same prompts and seeds"),
 }
@@ -99,6 +104,12 @@ REWARDS: dict[str, Entry] = {
     "tiny-geneval2": Entry("rtdmd_bench.rewards.geneval2:TinyGenEval2", "STAND-IN for geneval2: tiny random Qwen3-VL judge (tests/CI only)"),
     "tiny-ocr": Entry("rtdmd_bench.rewards.tiny:TinyOCR", "STAND-IN for ocr: the test stand-in OCR environment (tests/ocr_stand_in.py; tests/CI only)"),
     "tiny-hpsv3": Entry("rtdmd_bench.rewards.tiny:TinyHPSv3", "STAND-IN for hpsv3: tiny random Qwen2-VL + HPSv3 head (tests/CI only)"),
+}
+
+# Names that stand for several suites on the command line (`eval --suite rtdmd`).
+SUITE_GROUPS: dict[str, tuple[str, ...]] = {
+    # RTDMD's inference walks its datasets in this order (rtdmd/inference.py, reward_fn's order).
+    "rtdmd": ("rtdmd-drawbench", "rtdmd-geneval", "rtdmd-geneval2", "rtdmd-ocr", "rtdmd-hpsv3"),
 }
 
 _TABLES = {"methods": METHODS, "bases": BASES, "suites": SUITES, "rewards": REWARDS}

@@ -187,15 +187,18 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
 _last_built: dict[str, Built] = {}
 
 
-def load_for_eval(run_dir: Path) -> Built:
-    """Rebuild a run's objects and load its latest checkpoint (for evaluation)."""
+def load_for_eval(run_dir: Path, resolution: int | None = None) -> Built:
+    """Rebuild a run's objects and load its latest checkpoint (for evaluation); with `resolution`,
+    the base renders at that size (an evaluation protocol's; the weights do not depend on it)."""
     from rtdmd_bench.config import from_dict
 
     run = RunDir.open(run_dir)
     cached = _last_built.get(str(run.path))
-    if cached is not None and not (cached.par.mode == "fsdp" and cached.par.shard.world > 1):
+    if resolution is None and cached is not None and not (cached.par.mode == "fsdp" and cached.par.shard.world > 1):
         return cached  # (FSDP shards cannot generate different prompts per rank: rebuild whole)
     cfg = from_dict(run.read_config())
+    if resolution is not None:
+        cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, resolution=resolution))
     b = build(cfg)
     _, state = run.load_checkpoint()
     b.method.load_state_dict(state["method"])
