@@ -248,6 +248,32 @@ def eval_cmd(
         _print_metrics(res)
 
 
+@app.command()
+def sample(
+    run: Path = typer.Option(..., metavar="RUN",
+                             help="Run folder: its EMA generator (latest checkpoint) with its own sampler and steps."),
+    prompt: list[str] = typer.Option([], "--prompt", metavar="TEXT",
+                                     help="A prompt, repeatable (default: 4 of the base's training prompts)."),
+    prompts: Optional[Path] = typer.Option(None, metavar="FILE", help="Prompt file instead of --prompt: .txt one a "
+                                           "line, .json a list, .jsonl objects with \"prompt\"."),
+    n: int = typer.Option(4, "--n", "-n", metavar="N", help="Images per prompt."),
+    seed: int = typer.Option(0, help="Image j of prompt i uses noise seeded by (seed, i, j), as `eval` does."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Output folder (default "
+                                       "RUN/sampled/<checkpoint>-seed<S>-n<N>-<prompts hash>)."),
+    batch_size: int = typer.Option(64, help="Generation batch size (the images do not depend on it)."),
+) -> None:
+    """Write samples of a trained run: one PNG per image, a grid with a row per prompt and
+    manifest.json (file -> prompt, seed, index; run, checkpoint, sampler); for 2-D samples (toy2d)
+    points.csv and a scatter plot instead of images."""
+    from rtdmd_bench.sample import sample_run
+
+    manifest = sample_run(run, prompt, prompts, n, seed, out, batch_size, console=err)
+    shown = manifest.get("grid") or manifest.get("scatter")
+    files = f"{shown}, {manifest.get('points') or 'images/'}, manifest.json"
+    console.print(f"wrote {len(manifest['samples'])} samples of {len(manifest['prompts'])} prompts to "
+                  f"{manifest['out']} ({files})", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("geneval-agreement")
 def geneval_agreement_cmd(
     run: Optional[Path] = typer.Option(None, help="Run folder: its GenEval samples (cached by `eval`, else generated)."),
