@@ -90,6 +90,9 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Any]:
         if out.is_dir():
             out.rmdir()  # empty (check_out)
         os.replace(tmp, out)
+    except OSError as e:  # no space, no permission: one message, nothing left behind
+        raise UserError(f"could not write the export to {out} ({type(e).__name__}: {e}); free space or fix "
+                        "the folder's permissions, then export again (nothing was written)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import numpy as np
@@ -84,6 +85,14 @@ def test_the_recorded_call_walks_the_student_sigmas_on_every_real_base(name):
     assert call["guidance_scale"] == (1.0 if name != "flux1-dev" else base.cfg.plain_guidance)
 
 
+def test_cli_lists_the_export_formats_of_the_module():
+    import typing
+
+    from rtdmd_bench import cli, export
+
+    assert typing.get_args(cli.ExportFormat) == export.FORMATS == ("lora", "pipeline")
+
+
 def _cli(monkeypatch, capsys, *args):
     """`rtdmd-bench export ARGS` in this process: (exit status, stdout, stderr)."""
     from rtdmd_bench.cli import main
@@ -129,8 +138,11 @@ student's LoRA moves far from the base (a missing adapter would show)."""
 def _train(tmp_path, method, base, sets):
     from rtdmd_bench.train import train
 
+    from rtdmd_bench import train as train_module
+
     run = tmp_path / f"{method}-{base}"
     result = train(resolve_config(method, base, FAST_RUN + sets), run)
+    train_module._last_built.pop(str(run), None)  # what follows loads the run from disk, as a new process would
     return run, result
 
 
@@ -224,6 +236,20 @@ def test_rtdmd_on_tiny_sd3_two_adapters_export_to_lora_and_pipeline(tmp_path, mo
     images = _run_pipe(loaded, info["call"], latents=z0.clone(), output_type="pt", **inputs)
     torch.testing.assert_close(images, want_images, **TOL)
 
+    # A failed write (here: a full disk) is one message, and leaves no partial folder behind.
+    import errno
+
+    from rtdmd_bench import export
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(export, "save_lora", full_disk)
+    status, out, err = _cli(monkeypatch, capsys, "--run", str(run), "--format", "lora", "--out", str(tmp_path / "full"))
+    assert status == 2 and "could not write the export" in " ".join(err.split()) and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
 
 @pytest.mark.slow
 def test_dmd2_on_tiny_flux2_own_generator_exports_to_lora_and_pipeline(tmp_path):
@@ -236,6 +262,10 @@ def test_dmd2_on_tiny_flux2_own_generator_exports_to_lora_and_pipeline(tmp_path)
     b, z0, cond, want, want_images = _suite_samples(run, 4)
     base = b.base
     info = export_run(run, "lora", tmp_path / "lora")
+    umask = os.umask(0)
+    os.umask(umask)  # the folder and files get the modes mkdir / open give, not mkdtemp's owner-only ones
+    assert (tmp_path / "lora").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     keys, meta = _lora_metadata(tmp_path / "lora")
     assert meta["transformer.r"] == b.cfg.base.lora.rank and meta["transformer.lora_alpha"] == b.cfg.base.lora.alpha
     assert any(".single_transformer_blocks." in k for k in keys)  # FLUX.2's single-block targets too
