@@ -296,6 +296,25 @@ def geneval_agreement_cmd(
     console.print(f"wrote {path}", markup=False, highlight=False)
 
 
+ExportFormat = Literal["lora", "pipeline"]
+"""`export --format` choices (`rtdmd_bench.export.ExportFormat`, spelled here so --help needs no torch)."""
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., help="Run folder whose student (EMA generator, latest checkpoint) to export."),
+    format_: ExportFormat = typer.Option(..., "--format", help="lora = diffusers LoRA file for "
+                                         "pipe.load_lora_weights(DIR); pipeline = a whole diffusers pipeline, LoRA fused."),
+    out: Path = typer.Option(..., help="New (or empty) folder to write; export_info.json there gives the call."),
+) -> None:
+    """Export a run's student on a diffusers base to the diffusers format, with export_info.json naming
+    the pipeline call that reproduces the suite's deterministic few-step sampler."""
+    from rtdmd_bench.export import export_run
+
+    info = export_run(run, format_, out)
+    console.print(f"wrote {info['format']} export of {info['run_id']} ({info['checkpoint']}) to {out}", markup=False)
+
+
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (seeds of the same config are grouped)."),

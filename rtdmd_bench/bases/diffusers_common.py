@@ -311,6 +311,51 @@ class DiffusersBase:
         """`save_pretrained` (safetensors) of the merged student transformer."""
         self.merged_student().save_pretrained(str(directory), safe_serialization=True)
 
+    # ---- the student as diffusers users load it (`rtdmd-bench export`, rtdmd_bench/export.py) -----
+    pipeline_class_name = ""  # the family's stock diffusers pipeline, e.g. "StableDiffusion3Pipeline"
+
+    def pipeline_class(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class_name)
+
+    def student_lora(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The student's LoRA as it is now (under `method.generator()`: the EMA), every active adapter
+        concatenated into one: (peft state dict, LoraConfig dict) for the pipeline class's
+        `save_lora_weights(dir, transformer_lora_layers=..., transformer_lora_adapter_metadata=...)`."""
+        switch, key = self._role("student")
+        return switch.lora_layers(key)
+
+    def student_weights(self) -> str:
+        """Where the frozen weights under the student's LoRA come from (the LoRA applies to them)."""
+        if self.name.startswith("tiny-"):
+            return f"{self.name}: random weights of seed {self.cfg.seed}, built by rtdmd_bench (no repository)"
+        return weights_location(self.cfg.base_path, self.env_var, self.cfg.hub_id)[0]
+
+    def diffusers_pipeline(self) -> Any:
+        """The family's stock pipeline over this base's components, the student's frozen transformer
+        copied without any adapter (`load_lora_weights` adds the student) and the scheduler config the
+        base records (`scheduler_config`)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        switch, _ = self._role("student")
+        scheduler = FlowMatchEulerDiscreteScheduler(**asdict(self.scheduler_config))
+        return self._pipeline(switch.plain_copy(), scheduler)
+
+    def _pipeline(self, transformer: nn.Module, scheduler: Any) -> Any:
+        raise NotImplementedError
+
+    def pipeline_call(self, num_steps: int) -> dict[str, Any]:
+        """Keyword arguments of the stock pipeline's `__call__` that make it walk the student's
+        deterministic few-step sampler: the scheduler's `set_timesteps(sigmas=...)` shifts the sigmas
+        it is given (SD3: constant shift 3; FLUX: the pipeline's own mu, the one `sigmas(N)` uses), so
+        the unshifted few-step grid 1, 1 - 1/N, ..., 1/N becomes exactly `sigmas(N)`; and no CFG (the
+        student runs unguided; diffusers guides only when guidance_scale > 1)."""
+        grid = [float(v) for v in torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps]
+        return {"num_inference_steps": num_steps, "sigmas": grid, "guidance_scale": 1.0,
+                "height": self.cfg.resolution, "width": self.cfg.resolution,
+                "max_sequence_length": self.cfg.max_sequence_length}
+
     def weights_error(self, location: str, reason: str, subfolders: Sequence[str]) -> str:
         return missing_weights_message(self.name, self.cfg.hub_id, self.env_var, subfolders,
                                        location, reason, gated=self.gated)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ class Flux1Dev(DiffusersBase):
     latent_channels = 16
     vae_scale = 8
     scheduler_config = FLUX_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler
+    pipeline_class_name = "FluxPipeline"
 
     @dataclass
     class Config(DiffusersConfig):
@@ -125,6 +127,18 @@ class Flux1Dev(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, mu=flux_mu(self.side * self.side))
+
+    def _pipeline(self, transformer: nn.Module, scheduler: Any) -> Any:
+        from diffusers import FluxPipeline
+
+        t = self.nets.text
+        return FluxPipeline(scheduler=scheduler, vae=self.nets.vae, text_encoder=t["enc1"], tokenizer=t["tok1"],
+                            text_encoder_2=t["enc2"], tokenizer_2=t["tok2"], transformer=transformer)
+
+    def pipeline_call(self, num_steps: int) -> dict[str, Any]:
+        """FluxPipeline feeds guidance_scale to the guidance embedding (no CFG branch; true_cfg_scale
+        stays 1): the student's `plain_guidance`, as `velocity` gives it."""
+        return {**super().pipeline_call(num_steps), "guidance_scale": self.cfg.plain_guidance}
 
     def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
         """The scheduler's sigmas under FluxPipeline's `calculate_shift` mu, + the final 0: RTDMD's

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.bases.diffusers_common import (
     ATTN_TARGETS, TINY_PROMPTS, DiffusersBase, DiffusersConfig, LoraSettings, Networks, load_component,
-    word_tokenizer,
+    weights_location, word_tokenizer,
 )
 from rtdmd_bench.bases.diffusers_loading import check_scheduler_config
 from rtdmd_bench.bases.real_configs import FLUX_SCHEDULER
@@ -71,6 +71,7 @@ class Flux2Klein4B(DiffusersBase):
     latent_channels = 32
     vae_scale = 8
     scheduler_config = FLUX_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler (tiny-flux2 too)
+    pipeline_class_name = "Flux2KleinPipeline"
 
     @dataclass
     class Config(DiffusersConfig):
@@ -160,6 +161,24 @@ class Flux2Klein4B(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, mu=klein_mu(self.side * self.side, num_steps))
+
+    def student_weights(self) -> str:
+        """The generator's weights (the distilled -4B/-9B) when the student has its own transformer."""
+        if not self.cfg.separate_generator or self.name.startswith("tiny-"):
+            return super().student_weights()
+        env = f"RTDMD_BENCH_{self.env_name}_GENERATOR_PATH"
+        return weights_location(self.cfg.generator_path, env, self.cfg.generator_hub_id)[0]
+
+    def _pipeline(self, transformer: nn.Module, scheduler: Any) -> Any:
+        from diffusers import Flux2KleinPipeline
+
+        # is_distilled: a few-step student never takes CFG (the pipeline then ignores guidance_scale).
+        return Flux2KleinPipeline(scheduler=scheduler, vae=self.nets.vae, text_encoder=self.nets.text["enc"],
+                                  tokenizer=self.nets.text["tok"], transformer=transformer, is_distilled=True)
+
+    def pipeline_call(self, num_steps: int) -> dict[str, Any]:
+        """The shared call plus the Qwen3 layers the conditioning stacks (`text_layers`)."""
+        return {**super().pipeline_call(num_steps), "text_encoder_out_layers": list(self.cfg.text_layers)}
 
     def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
         """The scheduler's sigmas under the empirical mu for num_steps, + the final 0: RTDMD's normal

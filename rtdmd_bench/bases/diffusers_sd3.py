@@ -14,7 +14,7 @@ tokenizers built in memory: the real code path on CPU in seconds, no download ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ class SD3(DiffusersBase):
     scheduler_config = SD3_SCHEDULER  # the teacher's FlowMatchEulerDiscreteScheduler (tiny-sd3 too)
     latent_channels = 16
     vae_scale = 8
+    pipeline_class_name = "StableDiffusion3Pipeline"
 
     @dataclass
     class Config(DiffusersConfig):
@@ -113,6 +114,14 @@ class SD3(DiffusersBase):
 
     def sigmas(self, num_steps: int) -> Tensor:
         return few_step_sigmas(num_steps, shift=self.shift)
+
+    def _pipeline(self, transformer: nn.Module, scheduler: Any) -> Any:
+        from diffusers import StableDiffusion3Pipeline
+
+        t = self.nets.text
+        return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=self.nets.vae,
+                                        text_encoder=t["enc1"], tokenizer=t["tok1"], text_encoder_2=t["enc2"],
+                                        tokenizer_2=t["tok2"], text_encoder_3=t["enc3"], tokenizer_3=t["tok3"])
 
     def teacher_sigmas(self, num_steps: int, pipeline: bool = False) -> Tensor:
         """`FlowMatchEulerDiscreteScheduler(shift=3).set_timesteps(num_steps)` sigmas + the final 0, as

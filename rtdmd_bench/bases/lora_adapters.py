@@ -197,12 +197,46 @@ class AdapterSwitch:
 
         return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
+    def plain_state_dict(self) -> dict[str, Tensor]:
+        """Plain (peft-free) state dict of the frozen transformer under diffusers' own keys (cloned)."""
+        return {k.replace(".base_layer.", "."): v.detach().clone()
+                for k, v in self.net.state_dict().items() if "lora_" not in k}
+
+    def plain_copy(self) -> nn.Module:
+        """A peft-free copy of the frozen transformer (no adapter), built on the meta device and then
+        given the cloned weights, so it costs one copy of the weights and no random init."""
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            net = type(self.net).from_config(self.net.config)
+        net.load_state_dict(self.plain_state_dict(), assign=True)
+        return net.requires_grad_(False).eval()
+
+    def lora_layers(self, role: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The role's active adapters as ONE LoRA, as diffusers saves and loads it: the state dict
+        under peft's adapter-free keys (`<module>.lora_A.weight`, `get_peft_model_state_dict`) and the
+        `LoraConfig` as a dict (diffusers' `*_lora_adapter_metadata`). After RTDMD's restart the
+        frozen stage-1 adapter and the fresh one are concatenated (`concat_loras`): rank r1 + r2,
+        the same function."""
+        from peft.utils import get_peft_model_state_dict
+
+        names = self.stacks[role]
+        configs = [self.net.peft_config[n] for n in names]
+        for c in configs:  # scaling = alpha / r holds only without these
+            if c.use_rslora or c.rank_pattern or c.alpha_pattern:
+                raise NotImplementedError("export of rsLoRA or per-module rank/alpha patterns")
+        parts = [({k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(self.net, adapter_name=n).items()},
+                  c.lora_alpha / c.r) for n, c in zip(names, configs)]
+        rank, scale = sum(c.r for c in configs), parts[0][1]
+        meta = {**configs[-1].to_dict(), "r": rank, "lora_alpha": scale * rank,
+                "target_modules": sorted(configs[-1].target_modules)}
+        return concat_loras(parts, scale), meta
+
     def merged_state_dict(self, role: str) -> dict[str, Tensor]:
         """Plain (peft-free) state dict of the transformer with the role's adapters merged in."""
         from peft.tuners.lora import LoraLayer
 
-        sd = {k.replace(".base_layer.", "."): v.detach().clone()
-              for k, v in self.net.state_dict().items() if "lora_" not in k}
+        sd = self.plain_state_dict()
         for mod_name, module in self.net.named_modules():
             if isinstance(module, LoraLayer):
                 for name in self.stacks[role]:
@@ -212,3 +246,22 @@ class AdapterSwitch:
         return sd
 
 
+def concat_loras(parts: Sequence[tuple[dict[str, Tensor], float]], scale: float) -> dict[str, Tensor]:
+    """One LoRA with the summed function of several on the same modules (exact, rank r1 + r2 + ...).
+
+    parts: (state dict {"<m>.lora_A.weight": (r_i, in), "<m>.lora_B.weight": (out, r_i)}, scaling s_i).
+    The result, applied with scaling `scale`, has A = [A_1; A_2; ...] (sum r_i, in) and
+    B = [B_1 s_1/scale, B_2 s_2/scale, ...] (out, sum r_i), so that
+    scale B A = sum_i s_i B_i A_i: each delta kept, none rounded by a merge into frozen weights."""
+    keys = list(parts[0][0])
+    if any(sorted(sd) != sorted(keys) for sd, _ in parts):
+        raise ValueError("the LoRAs to concatenate target different modules")
+    out: dict[str, Tensor] = {}
+    for key in keys:
+        if ".lora_A." in key:
+            out[key] = torch.cat([sd[key] for sd, _ in parts], dim=0)  # (sum r_i, in)
+        elif ".lora_B." in key:
+            out[key] = torch.cat([sd[key] * (s / scale) for sd, s in parts], dim=1)  # (out, sum r_i)
+        else:
+            raise ValueError(f"unexpected LoRA key {key!r} (only lora_A / lora_B weights are exported)")
+    return out
