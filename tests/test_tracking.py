@@ -194,26 +194,52 @@ def test_tensorboard_event_files_hold_every_logged_scalar_and_the_grids(tmp_path
     assert [e.step for e in acc.Images("samples")] == list(range(8, result["steps"] + 1, 8))
 
 
+def test_a_resumed_run_continues_its_tensorboard_curves_without_the_steps_logged_twice(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'rtdmd-bench[track]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = resolve_config("dmd2", "toy2d", TOY + ["train.log_every=4", "train.checkpoint_every=7",
+                                                 "train.log_with=tensorboard"])
+    train(cfg, tmp_path / "run", stop_after_steps=17)  # lines at 4, 8, 12, 16; the checkpoint at 14
+    train(cfg, tmp_path / "run", resume=True)  # logs step 16 again
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "run"), size_guidance={"scalars": 0})
+    acc.Reload()
+    rows = _lines(tmp_path / "run")
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("loss_fake")] == \
+        [(r["step"], r["loss_fake"]) for r in rows]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed (pip install wandb)")
 def test_wandb_offline_run_is_written_in_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(resolve_config("dmd2", "toy2d", TOY + ["train.log_every=4", "train.log_with=wandb"]), tmp_path / "run")
+    result = train(resolve_config("dmd2", "toy2d", TOY + ["train.log_every=4", "train.log_with=wandb",
+                                                          "train.sample_every=4"]), tmp_path / "run")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    grids = list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
+    assert len(grids) == result["steps"] // 4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install mlflow)")
 def test_mlflow_run_gets_the_logged_terms(tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    train(resolve_config("dmd2", "toy2d", TOY + ["train.log_every=4", "train.log_with=mlflow",
-                                                 "train.tracker_project=t"]), tmp_path / "run")
+    store = f"file:{tmp_path / 'mlruns'}"  # a local store in the test's folder (mlflow-skinny has no sqlite store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(store)
+    result = train(resolve_config("dmd2", "toy2d", TOY + ["train.log_every=4", "train.log_with=mlflow", "train.sample_every=4",
+                                                          "train.tracker_project=t"]), tmp_path / "run")
     rows = _lines(tmp_path / "run")
-    run = mlflow.search_runs(experiment_names=["t"], output_format="list")[0]
-    assert run.data.metrics["loss_fake"] == pytest.approx(rows[-1]["loss_fake"], rel=1e-6)
+    [run] = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "loss_fake")
+    assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["loss_fake"], rel=1e-6)) for r in rows]
+    images = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
+    assert sum("samples" in p for p in images) == result["steps"] // 4, images
 
 
 # ---------------------------------------------------------------- sample grids
