@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -239,8 +240,6 @@ def scatter_image(points: list[Tensor], labels: list[str], size_px: int = 256) -
         ax.scatter(p[:, 0].numpy(), p[:, 1].numpy(), s=2, color=f"C{i}", label=label)
     ax.legend(fontsize=6, markerscale=3, loc="upper right")
     canvas.draw()
-    import numpy as np
-
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
