@@ -84,12 +84,11 @@ def config_cmd(method: str = typer.Argument(..., help="method name"), base: str 
 
 
 def _progress(description: str, disable: bool = False):
-    """A rich progress bar on stderr (`disable`: ranks other than 0 of a multi-process run)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar on stderr (`disable`: ranks other than 0 of a multi-process run), on the
+    console every bar shares, so bars opened inside (building the digits networks) nest below it."""
+    from rtdmd_bench.progress import progress_bar
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, transient=False, disable=disable)
+    return progress_bar(disable=disable)
 
 
 @app.command()
@@ -235,7 +234,10 @@ def eval_cmd(
 ) -> None:
     """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
     and generated images are cached so a second suite on the same prompts generates nothing new."""
-    from rtdmd_bench.evaluate import SamplerSpec, evaluate_suites
+    import os
+
+    from rtdmd_bench.evaluate import SamplerSpec, evaluate_suites, expand_suites
+    from rtdmd_bench.progress import EvalBars, progress_bar
 
     sets = _parse_suite_sets(set_)
     if prompts is not None:
@@ -243,9 +245,12 @@ def eval_cmd(
     teacher = None
     if base is not None:
         teacher = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
-    for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, overrides=sets,
-                               base_overrides=base_set, out=out, seed=seed, batch_size=batch_size):
-        _print_metrics(res)
+    main = int(os.environ.get("RANK", "0")) == 0  # the other processes of a process group show nothing
+    with progress_bar(counts=True, disable=not main) as bar:
+        bars = EvalBars(bar, len(expand_suites(suite)))
+        for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, overrides=sets, base_overrides=base_set,
+                                   out=out, seed=seed, batch_size=batch_size, progress=bars):
+            _print_metrics(res)
 
 
 @app.command()

@@ -56,7 +56,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     """Steps between checkpoints (a final one is always written)."""
     log_every: int = 50
-    """Steps between lines in metrics.jsonl."""
+    """Steps between lines in metrics.jsonl. A line holds each logged term's MEAN over the steps
+    since the previous line (`n_steps` of them), not the last step's value; a term logged on only
+    some of those steps (e.g. a generator term of a method that updates its generator every 5th
+    step) is the mean over those, and `term_steps` gives their number."""
     curve_points: int = 0
     """Quick evaluations of `curve_suite` during training, evenly spaced in FLOPs (0 = off):
     methods whose steps cost different FLOPs get their curve points at the same compute."""
@@ -72,6 +75,24 @@ class TrainConfig:
     gradients. The update does not depend on it (up to float summation order): raise it when a
     step does not fit in GPU memory, e.g. the official SD3-M recipe on one GPU instead of eight
     (`rtdmd-bench plan` gives the memory per micro-batch). Each process's rows must divide evenly."""
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    """Experiment tracker, as diffusers' `--report_to` (accelerate's tracker classes, rank 0 only):
+    each metrics.jsonl line (term means, gradient norms, FLOPs used), the evaluation curve
+    (`curve/<metric>`) and the sample grids (`train.sample_every`) go to it too, with the resolved
+    config as parameters. tensorboard: event files in RUN/tensorboard/<tracker_run_name>/ (pip
+    install tensorboard, or the `track` extra); wandb: project `tracker_project` (pip install
+    wandb; WANDB_MODE=offline needs no account); mlflow: experiment `tracker_project` in the store
+    MLFLOW_TRACKING_URI names (pip install mlflow). A resumed run continues its TensorBoard curves
+    (events after the checkpoint are dropped) and starts a new W&B/MLflow run of the same name."""
+    tracker_project: str = "rtdmd-bench"
+    """W&B project / MLflow experiment of `log_with` (TensorBoard has none: its run is a folder)."""
+    tracker_run_name: str = ""
+    """Run name in the tracker; empty = the run id (the run folder's name)."""
+    sample_every: int = 0
+    """Steps between grids of the EMA student's samples sent to the `log_with` tracker (0 = off):
+    4 training prompts evenly spaced in the prompt list, 4 images each with the student's own
+    sampler (toy2d: a scatter plot of 256 points per prompt), on the same noise every time. Made
+    outside the FLOP meter with the random state restored: the run trains exactly as without."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """With several processes (accelerate launch / torchrun): ddp = every process holds the whole
     base and gradients are averaged (accelerate's DDP); fsdp = torch FSDP2 shards the weights of

@@ -2,7 +2,7 @@
 
 runs/<run-id>/
   config.yaml        full resolved config
-  metrics.jsonl      training curve (one JSON object per logged step)
+  metrics.jsonl      training curve (one JSON object per line: term means since the previous line)
   checkpoints/       step_<N>/{tensors.safetensors, state.json}, `latest` (a file naming the dir)
   samples/           evaluation image cache
   eval/<suite>.json  one per suite, written as soon as the suite finishes

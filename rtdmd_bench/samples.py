@@ -211,12 +211,13 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
              progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Samples for every prompt, prompt-major; cached per prompt under cache_dir. In a process
     group, each rank first generates its share of the prompts into the cache, then every rank
-    reads the whole set back."""
+    reads the whole set back. `progress(done, total)` after each prompt (in a process group: of
+    this rank's share)."""
     stats = stats if stats is not None else GenStats()
     rank, world = shard()
     if world > 1 and cache_dir is not None:
         mine = [i for i in range(len(prompts)) if i % world == rank]
-        _generate_into_cache(base, spec, prompts, mine, images_per_prompt, seed, cache_dir, batch_size, stats)
+        _generate_into_cache(base, spec, prompts, mine, images_per_prompt, seed, cache_dir, batch_size, stats, progress)
         barrier()
     folder = None
     if cache_dir is not None:
@@ -242,13 +243,17 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
 
 
 def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], indices: list[int],
-                         images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats) -> None:
+                         images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats,
+                         progress: Callable[[int, int], None] | None = None) -> None:
+    """This process's share `indices` into the cache; `progress(done, len(indices))` after each."""
     folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
-    for i in indices:
+    for done, i in enumerate(indices, 1):
         path = cache_file(folder, i)
         if path.exists():
             stats.cached += images_per_prompt
-            continue
-        images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
-        stats.generated += images.shape[0]
-        _store(path, images)
+        else:
+            images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
+            stats.generated += images.shape[0]
+            _store(path, images)
+        if progress is not None:
+            progress(done, len(indices))

@@ -23,6 +23,7 @@ from rtdmd_bench.distributed import Parallel
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, PromptPools, RewardSet, draw_prompts
 from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
+from rtdmd_bench.tracking import TrainingLog, check_tracker, open_tracker, sample_grid
 
 
 @dataclass
@@ -92,8 +93,11 @@ def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int
     return curve
 
 
-def _checkpoint_state(b: Built, step: int, wall: float) -> dict[str, Any]:
-    return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall}
+def _checkpoint_state(b: Built, step: int, wall: float, log: TrainingLog) -> dict[str, Any]:
+    """`log_means`: the logged terms' sums since the last metrics line, so a resumed run writes the
+    same lines."""
+    return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall,
+            "log_means": log.means.state_dict()}
 
 
 def _save(run: RunDir, par: Parallel, state: dict[str, Any], step: int) -> None:
@@ -123,20 +127,29 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
                         "prompts and needs whole models): evaluate the checkpoints with `rtdmd-bench eval`")
     if cfg.train.micro_batches < 1:
         raise UserError(f"train.micro_batches={cfg.train.micro_batches} must be >= 1")
+    if cfg.train.sample_every and cfg.train.log_with == "none":
+        raise UserError("train.sample_every sends sample grids to a tracker: set train.log_with (e.g. tensorboard)")
+    if cfg.train.sample_every < 0:
+        raise UserError(f"train.sample_every={cfg.train.sample_every} must be >= 0 (0 = no sample grids)")
+    check_tracker(cfg.train.log_with)  # a missing package is named before anything is written
     par.shard.rows(cfg.train.batch_size)  # a batch the processes cannot share is an error before anything
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
         run.path.mkdir(parents=True, exist_ok=True)
     step, wall_before = 0, 0.0
+    log = TrainingLog(run if par.main else None, None)
     if resume:
         step, state = run.load_checkpoint()
         b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
         b.meter.load_state_dict(state["meter"])
+        log.means.load_state_dict(state.get("log_means"))
         wall_before = float(state["wall_time"])
         if par.main:
             run.truncate_metrics(step)
     elif par.main:
         run.write_config(cfg.to_dict())
+    if par.main:
+        log.tracker = open_tracker(cfg.train, run.path, cfg.to_dict(), step)
     t0 = time.perf_counter()
     steps_run = 0
     while not b.meter.exhausted:
@@ -145,11 +158,12 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
         logs = par.shard.mean(b.method.train_step(batch, step))  # global means
         b.meter.sync(meter_before, par.shard)  # FLOPs of every rank
         check_finite(step, **logs)
+        log.add(logs)
         step += 1
         steps_run += 1
         wall = wall_before + time.perf_counter() - t0
-        if par.main and (step % cfg.train.log_every == 0 or b.meter.exhausted):
-            run.append_metrics({"step": step, "flops": b.meter.used, "wall_time": wall, **logs})
+        if step % cfg.train.log_every == 0 or b.meter.exhausted:
+            log.line(step, b.meter.used, wall)  # the means since the previous line
         if curve is not None and cfg.train.curve_points:
             # Point k is taken at the first step whose FLOPs reach k/N of the budget (derived from
             # the meter alone, so a resumed run takes the same points).
@@ -158,15 +172,19 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
             if int(min(b.meter.used, total) * n // total) > before:
                 point = curve(b, step)  # every rank takes part (sharded generation); rank 0 scores
                 if par.main:
-                    run.append_metrics({"step": step, "flops": b.meter.used, "curve": point})
+                    log.curve(step, b.meter.used, point)
+        if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            log.image(step, sample_grid(b))  # every rank generates (collective forwards); rank 0 logs
         if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
-            _save(run, par, _checkpoint_state(b, step, wall), step)
+            _save(run, par, _checkpoint_state(b, step, wall, log), step)
         if on_progress is not None and par.main:
             on_progress(step, b.meter.used, b.meter.budget_flops)
         if stop_after_steps is not None and steps_run >= stop_after_steps:
+            log.close()
             return {}
     wall = wall_before + time.perf_counter() - t0
-    _save(run, par, _checkpoint_state(b, step, wall), step)
+    _save(run, par, _checkpoint_state(b, step, wall, log), step)
+    log.close()
     result = {
         "method": cfg.run.method, "base": cfg.run.base, "seed": cfg.run.seed,
         "method_source": getattr(b.method, "source", ""), "stages": list(getattr(b.method, "stages", ())),
