@@ -147,6 +147,10 @@ def test_provenance_is_pinned_and_dated(path):
     if table["level"] == "table":
         assert source["repository"] and source["file"] and len(source["commit"]) == 40 and len(source["blob"]) == 40
         assert source["commit"] in source["url"]
+        if source["repository"] == "Harahan/RTDMD":  # read where the protocol suites' prompt files are pinned
+            from rtdmd_bench.prompt_files import RTDMD_COMMIT
+
+            assert source["commit"] == RTDMD_COMMIT == script().PINNED
         for metric in table["metrics"].values():  # a table's columns say what computes them here
             assert metric["prompts"]["commit"] == source["commit"] and metric["computed_by"]
     else:
