@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.pictures import labelled_grid, scatter_pixels, to_pixels
 from rtdmd_bench.runs import RunDir
 
 TrackerKind = Literal["none", "tensorboard", "wandb", "mlflow"]
@@ -201,46 +202,9 @@ GRID_IMAGES = 4
 """Images per prompt (one row each) on image bases."""
 GRID_POINTS = 256
 """Points per prompt on a base whose samples are points (toy2d)."""
-GRID_MIN_SIDE = 64
-"""Smaller images (digits: 8 px) are enlarged by an integer factor (nearest) to at least this side."""
-
-
 def grid_prompt_indices(pool_size: int, k: int = GRID_PROMPTS) -> list[int]:
     """k indices evenly spaced over a prompt list of `pool_size` (all of them if fewer)."""
     return [i * pool_size // min(k, pool_size) for i in range(min(k, pool_size))]
-
-
-def image_grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
-    """(N, C, H, W) -> (C, rows (H + p) + p, nrow (W + p) + p): images left to right, `nrow` per row,
-    `padding` px of `pad_value` around each, as torchvision.utils.make_grid lays them out."""
-    n, c, h, w = images.shape
-    rows = -(-n // nrow)
-    out = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value,
-                     dtype=images.dtype)
-    for i in range(n):
-        y, x = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
-        out[:, y:y + h, x:x + w] = images[i]
-    return out
-
-
-def to_uint8_hwc(image: Tensor) -> Any:
-    """(C, H, W) in [0, 1] -> (H, W, C) uint8 numpy array."""
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def scatter_image(points: list[Tensor], labels: list[str], size_px: int = 256) -> Any:
-    """(H, W, 3) uint8 picture of each prompt's (n, 2) points in its own colour (tab10), labelled."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size_px / 64, size_px / 64), dpi=64)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, (p, label) in enumerate(zip(points, labels)):
-        ax.scatter(p[:, 0].numpy(), p[:, 1].numpy(), s=2, color=f"C{i}", label=label)
-    ax.legend(fontsize=6, markerscale=3, loc="upper right")
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def sample_grid(built: Any) -> Any:
@@ -259,10 +223,7 @@ def sample_grid(built: Any) -> Any:
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices), built.method.generator():
         samples = [generate_prompt(built.base, spec, pool[i], i, n, built.cfg.run.seed, n) for i in indices]
+    labels = [pool[i] for i in indices]
     if points:
-        return scatter_image(samples, [pool[i] for i in indices])
-    images = torch.cat(samples)  # (k n, 3, H, W), prompt-major: one row per prompt
-    factor = -(-GRID_MIN_SIDE // images.shape[-1])
-    if factor > 1:
-        images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return to_uint8_hwc(image_grid(images, nrow=n))
+        return scatter_pixels(samples, labels)
+    return np.asarray(labelled_grid([to_pixels(x) for x in samples], labels))  # one row per prompt, labelled
