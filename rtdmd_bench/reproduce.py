@@ -97,6 +97,17 @@ def _comparable(cfg: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, 
             if k not in ("overrides", *ignore)}
 
 
+def with_defaults(saved: Any) -> Any:
+    """A saved config with the fields added since it was written at their defaults (a new field
+    that keeps its default changes no run); as saved if it cannot be read as a config."""
+    from rtdmd_bench.config import from_dict
+
+    try:
+        return {**saved, **from_dict(saved).to_dict()}
+    except Exception:  # noqa: BLE001  (an unreadable old config is compared as it is: it differs)
+        return saved
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """'key: old -> new' for every dotted key whose value differs between two config dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -114,7 +125,7 @@ def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...
     if not folder.exists():
         return ""
     if found.exists():
-        diff = differences(_comparable(yaml.safe_load(found.read_text()), ignore), _comparable(cfg, ignore))
+        diff = differences(_comparable(with_defaults(yaml.safe_load(found.read_text())), ignore), _comparable(cfg, ignore))
         if not diff:
             return ""
         why = "config changed (" + "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more)" if len(diff) > 4 else ")")
