@@ -33,8 +33,8 @@ TRACKERS: tuple[str, ...] = get_args(TrackerKind)
 
 # The module each tracker imports, and what to install for it.
 _NEEDS = {"tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard  (or: pip install 'rtdmd-bench[track]')"),
-          "wandb": (("wandb",), "pip install wandb"),
-          "mlflow": (("mlflow",), "pip install mlflow")}
+          "wandb": (("wandb",), "pip install wandb  (or: pip install 'rtdmd-bench[wandb]')"),
+          "mlflow": (("mlflow",), "pip install mlflow  (or: pip install 'rtdmd-bench[mlflow]')")}
 
 
 # ---------------------------------------------------------------- means since the last line
