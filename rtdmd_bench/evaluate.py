@@ -23,6 +23,7 @@ from rtdmd_bench import registry
 from rtdmd_bench.compute import unmetered
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
+from rtdmd_bench.ranges import check_ranges
 from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 from rtdmd_bench.samples import (  # noqa: F401  (re-exported: the engine's names stay importable from here)
     FIDT_TEACHER, SAMPLER_KINDS, GenStats, SamplerKind, SamplerSpec, barrier, cache_file, cache_folder,
@@ -31,13 +32,35 @@ from rtdmd_bench.samples import (  # noqa: F401  (re-exported: the engine's name
 
 
 def build_suite(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Suite `name` with its config's fields set from `overrides` (strict; ranges checked)."""
     from rtdmd_bench.config import set_field
 
     cls = registry.resolve("suites", name)
     cfg = cls.Config()
     for k, v in (overrides or {}).items():
         cfg = set_field(cfg, k.split("."), v, f"suite.{k}")
+    check_ranges(cfg, name)
     return cls(cfg)
+
+
+def prepare_suite(suite: Any) -> None:
+    """What a suite needs before any image is generated: its prompts (unless they depend on the
+    base: toy-tilt's `bind`) and, on the process that scores, its `prepare()` (scorer models loaded,
+    or the heavy judges' files found), so a missing prompt file or missing weights fail in seconds,
+    before the base is built, not after the generation."""
+    if not hasattr(suite, "bind"):
+        suite.prompts()
+    if hasattr(suite, "prepare") and shard()[0] == 0:  # rank 0 alone scores
+        suite.prepare()
+
+
+def build_suites(names: Sequence[str], overrides: dict[str, Any] | None = None) -> list[Any]:
+    """The suites `names` (groups expanded), each built with its overrides and prepared."""
+    names = expand_suites(names)
+    suites = [build_suite(s, suite_overrides(s, overrides, names)) for s in names]  # bad names fail first
+    for suite in suites:
+        prepare_suite(suite)
+    return suites
 
 
 def suite_overrides(name: str, overrides: dict[str, Any] | None, names: Sequence[str]) -> dict[str, Any]:
@@ -205,12 +228,15 @@ def expand_suites(names: Sequence[str]) -> list[str]:
 def evaluate_suites(suites: Sequence[str], run: Path | None = None, base: str | None = None,
                     teacher: SamplerSpec | None = None, overrides: dict[str, Any] | None = None,
                     base_overrides: Sequence[str] = (), out: Path = Path("runs/teacher-eval"), seed: int | None = None,
-                    batch_size: int = 256, progress: Any = None) -> Iterator[dict[str, Any]]:
+                    batch_size: int = 256, progress: Any = None,
+                    built_suites: Sequence[Any] | None = None) -> Iterator[dict[str, Any]]:
     """`rtdmd-bench eval`: a run's generator (`run`) or a base's teacher (`base`, sampled by `teacher`,
     its samples and results under `out`) with each suite in turn; yields each suite's result once it
     is written ({} on ranks other than 0 of a process group, which only generate their share).
-    A suite with a protocol resolution gets the base rebuilt at that size (real bases only).
-    `progress`: see `evaluate_suite`."""
+    A suite with a protocol resolution gets the base rebuilt at that size (real bases only). Every
+    suite is built and prepared (`build_suites`: prompts and scorer models) before the base is built
+    and before any image is generated; `built_suites` are suites `build_suites` already gave (`train
+    --eval` checks them before training). `progress`: see `evaluate_suite`."""
     from rtdmd_bench.runs import RunDir
     from rtdmd_bench.train import load_for_eval
 
@@ -218,8 +244,8 @@ def evaluate_suites(suites: Sequence[str], run: Path | None = None, base: str | 
         raise UserError("give exactly one of --run RUN or --base BASE")
     _join_process_group()
     run = RunDir.open(run).path if run is not None else None  # not a run folder: the first error
-    names = expand_suites(suites)
-    built_suites = [build_suite(s, suite_overrides(s, overrides, names)) for s in names]  # bad names fail first
+    if built_suites is None:
+        built_suites = build_suites(suites, overrides)
     builds: dict[int | None, Any] = {}
 
     def built_for(suite: Any) -> Any:

@@ -78,11 +78,13 @@ class RunDir:
     def write_config(self, cfg: dict[str, Any]) -> None:
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self) -> Any:
+        """config.yaml as YAML data (config.from_dict checks it is a run config)."""
         try:
-            return yaml.safe_load((self.path / "config.yaml").read_text())
-        except yaml.YAMLError as e:
-            raise UserError(f"{self.path / 'config.yaml'} is not valid YAML ({e}); restore it or start a new run") from None
+            return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            raise UserError(f"{self.path / 'config.yaml'} cannot be read as YAML ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())}); restore it or start a new run") from None
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
@@ -135,11 +137,11 @@ class RunDir:
         try:
             tensors = load_file(str(path / "tensors.safetensors"))
             meta = json.loads((path / "state.json").read_text())
-        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+            return int(meta["step"]), _unflatten(meta["skeleton"], tensors)
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueError
             raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: {e}); "
                             "delete it and point checkpoints/latest at an earlier step_* folder, "
                             "or start the run again") from None
-        return int(meta["step"]), _unflatten(meta["skeleton"], tensors)
 
 
 def git_commit() -> str:

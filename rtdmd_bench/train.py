@@ -5,11 +5,12 @@ and noise derive from (seed, step), and the checkpoint holds all trainable and o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -140,10 +141,11 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     log = TrainingLog(run if par.main else None, None)
     if resume:
         step, state = run.load_checkpoint()
-        b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
-        b.meter.load_state_dict(state["meter"])
-        log.means.load_state_dict(state.get("log_means"))
-        wall_before = float(state["wall_time"])
+        with checkpoint_fits(run):
+            b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
+            b.meter.load_state_dict(state["meter"])
+            log.means.load_state_dict(state.get("log_means"))
+            wall_before = float(state["wall_time"])
         if par.main:
             run.truncate_metrics(step)
     elif par.main:
@@ -214,14 +216,31 @@ def load_for_eval(run_dir: Path, resolution: int | None = None) -> Built:
     cached = _last_built.get(str(run.path))
     if resolution is None and cached is not None and not (cached.par.mode == "fsdp" and cached.par.shard.world > 1):
         return cached  # (FSDP shards cannot generate different prompts per rank: rebuild whole)
-    cfg = from_dict(run.read_config())
+    cfg = from_dict(run.read_config(), str(run.path / "config.yaml"))
     if resolution is not None:
         cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, resolution=resolution))
     b = build(cfg)
     _, state = run.load_checkpoint()
-    b.method.load_state_dict(state["method"])
-    b.meter.load_state_dict(state["meter"])
+    with checkpoint_fits(run):
+        b.method.load_state_dict(state["method"])
+        b.meter.load_state_dict(state["meter"])
     return b
+
+
+@contextlib.contextmanager
+def checkpoint_fits(run: RunDir) -> Iterator[None]:
+    """Loading the latest checkpoint into the objects built from the run's config: a state that does
+    not fit them (config.yaml edited after training, a checkpoint of another run or version: torch's
+    size-mismatch RuntimeError, a missing entry) becomes a UserError naming the checkpoint."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        if isinstance(e, torch.OutOfMemoryError):  # not the checkpoint's fault
+            raise
+        detail = " ".join(str(e).split())
+        raise UserError(f"checkpoint {run.latest_checkpoint()} does not fit the run's config.yaml "
+                        f"({type(e).__name__}: {detail[:300]}); restore the config.yaml it was trained with, "
+                        "or start the run again") from None
 
 
 def describe_budget(b: Built) -> str:
