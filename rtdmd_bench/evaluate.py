@@ -7,10 +7,15 @@ sets the sampler (RTDMD: 4 CPS steps, eta 0.9, guidance 1), its `resolution` the
 base renders at (a real base is rebuilt at that size; tiny stand-in bases keep theirs, recorded),
 and its `release()` frees its heavy scorer once it has scored, so one evaluation holds one heavy
 scorer at a time.
+
+Evaluating a run claims its folder shared (rtdmd_bench/run_lock.py): evaluations of one run may
+run at once (each file they write is atomic and the same whoever writes it), but not while it
+trains, and no training starts into it while they run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -19,12 +24,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from rtdmd_bench import registry
+from rtdmd_bench import distributed, registry, run_lock
 from rtdmd_bench.compute import unmetered
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
 from rtdmd_bench.ranges import check_ranges
-from rtdmd_bench.runs import atomic_write_json, git_commit, versions
+from rtdmd_bench.runs import WRITE_ERRORS, RunDir, atomic_write_json, git_commit, versions, write_failure
 from rtdmd_bench.samples import (  # noqa: F401  (re-exported: the engine's names stay importable from here)
     FIDT_TEACHER, SAMPLER_KINDS, GenStats, SamplerKind, SamplerSpec, barrier, cache_file, cache_folder,
     cached_samples, generate, generate_prompt, prompt_set_hash, sample_latents, shard,
@@ -142,7 +147,12 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
     if out_path is None and out_dir is not None:
         out_path = Path(out_dir) / f"{suite.name}.json"
     if out_path is not None:
-        atomic_write_json(out_path, result)
+        try:
+            atomic_write_json(out_path, result)
+        except WRITE_ERRORS as e:
+            raise write_failure(out_path, e, "Results of the suites before it and the cached samples are kept; "
+                                "free space on that disk (or make the folder writable) and run the evaluation "
+                                "again: it generates only what is missing.") from None
     return result
 
 
@@ -195,23 +205,36 @@ def evaluate_teacher(suite: Any, built: Any, spec: SamplerSpec, cache_dir: Path,
                           batch_size=batch_size, out_dir=out_dir, progress=progress)
 
 
+def checkpoint_tag(run: RunDir, tag: str | None = None) -> str:
+    """The sample-cache tag of a run's latest checkpoint: `tag` (default: the run's name and checkpoint
+    folder) and the start of the checkpoint's content digest (`RunDir.checkpoint_digest`), so a run
+    trained again into the same folder, to the same step, never reads the old run's samples."""
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise UserError(run.no_checkpoint())
+    return f"{tag if tag is not None else f'{run.path.name}-{ckpt.name}'}-{run.checkpoint_digest(ckpt)[:12]}"
+
+
+def hold_run(run_dir: Path) -> Any:
+    """`run_lock.hold` of a run folder for evaluation: shared, claimed by rank 0 of a process group."""
+    return run_lock.hold(run_dir, "eval", shared=True, claimant=shard()[0] == 0, agree=distributed.agree)
+
+
 def evaluate_run(suite: Any, run_dir: Path, seed: int, cache_dir: Path | None = None, tag: str | None = None,
                  batch_size: int = 256, built: Any = None, progress: Any = None) -> dict[str, Any]:
     """`evaluate_suite` of a run's generator (its EMA weights, latest checkpoint) with the method's own
-    sampler; samples cached under `cache_dir` (default RUN/samples) with `tag` in their key (default
-    the run's name and checkpoint); the result goes to RUN/eval/<suite>.json."""
-    from rtdmd_bench.runs import RunDir
+    sampler; samples cached under `cache_dir` (default RUN/samples) keyed by `checkpoint_tag(run, tag)`;
+    the result goes to RUN/eval/<suite>.json. The run folder is held for evaluation (`hold_run`)."""
     from rtdmd_bench.train import load_for_eval
 
     run = RunDir.open(run_dir)
-    b = built or load_for_eval(run.path)
-    if tag is None:
-        ckpt = run.latest_checkpoint()
-        tag = f"{run.path.name}-{ckpt.name if ckpt else 'none'}"
-    with b.method.generator():
-        return evaluate_suite(suite, b.base, SamplerSpec.student(b.cfg.method, tag=tag), b.rewards, b.cfg.to_dict(),
-                              seed, cache_dir or run.path / "samples", None, batch_size=batch_size,
-                              out_dir=run.path / "eval", progress=progress)
+    with hold_run(run.path):
+        b = built or load_for_eval(run.path)
+        spec = SamplerSpec.student(b.cfg.method, tag=checkpoint_tag(run, tag))
+        with b.method.generator():
+            return evaluate_suite(suite, b.base, spec, b.rewards, b.cfg.to_dict(), seed,
+                                  cache_dir or run.path / "samples", None, batch_size=batch_size,
+                                  out_dir=run.path / "eval", progress=progress)
 
 
 def protocol_seed(seed: int | None, suite: Any) -> int:
@@ -236,8 +259,8 @@ def evaluate_suites(suites: Sequence[str], run: Path | None = None, base: str | 
     A suite with a protocol resolution gets the base rebuilt at that size (real bases only). Every
     suite is built and prepared (`build_suites`: prompts and scorer models) before the base is built
     and before any image is generated; `built_suites` are suites `build_suites` already gave (`train
-    --eval` checks them before training). `progress`: see `evaluate_suite`."""
-    from rtdmd_bench.runs import RunDir
+    --eval` checks them before training). `progress`: see `evaluate_suite`. A run's
+    folder is held for evaluation (`hold_run`) throughout."""
     from rtdmd_bench.train import load_for_eval
 
     if (run is None) == (base is None):
@@ -259,13 +282,14 @@ def evaluate_suites(suites: Sequence[str], run: Path | None = None, base: str | 
         return builds[r]
 
     spec = teacher or SamplerSpec(role="teacher", num_steps=4, tag=base)
-    for suite in built_suites:
-        b = built_for(suite)
-        if run is not None:
-            yield evaluate_run(suite, run, protocol_seed(seed, suite), batch_size=batch_size, built=b, progress=progress)
-        else:
-            yield evaluate_teacher(suite, b, spec, out / "samples", None, protocol_seed(seed, suite), batch_size,
-                                   out_dir=out / "eval", progress=progress)
+    with hold_run(run) if run is not None else contextlib.nullcontext():
+        for suite in built_suites:
+            b = built_for(suite)
+            if run is not None:
+                yield evaluate_run(suite, run, protocol_seed(seed, suite), batch_size=batch_size, built=b, progress=progress)
+            else:
+                yield evaluate_teacher(suite, b, spec, out / "samples", None, protocol_seed(seed, suite), batch_size,
+                                       out_dir=out / "eval", progress=progress)
 
 
 def _join_process_group() -> None:

@@ -1,6 +1,9 @@
 """The one training loop: build everything from the config, then step until the FLOP budget is
 spent. Checkpoints are atomic; a killed run resumes to the same result (every batch's prompts
-and noise derive from (seed, step), and the checkpoint holds all trainable and optimiser state).
+and noise derive from (seed, step), and the checkpoint holds all trainable and optimiser state;
+a run killed before its first checkpoint starts over from its saved config). The run folder is
+claimed for the whole run (rtdmd_bench/run_lock.py): a second process training or evaluating
+into it is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from rtdmd_bench import distributed, registry
+from rtdmd_bench import distributed, registry, run_lock
 from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward, format_flops, parse_budget
 from rtdmd_bench.config import ResolvedConfig
 from rtdmd_bench.core.optim import check_finite
@@ -116,7 +119,12 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
 
     `curve(built, step)` (optional) is called each time the FLOPs used cross another 1/N of the
     budget (N = `train.curve_points`) and its metrics are logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
-    (used by tests to simulate a crash between checkpoints)."""
+    (used by tests to simulate a crash between checkpoints).
+
+    `resume` continues from the latest checkpoint, or starts over if the run has none yet. The
+    folder is claimed (by rank 0 of a process group) before anything is written and until the run
+    returns; a folder another process holds, or (without `resume`) one that already holds a run,
+    is a UserError with nothing written."""
     if cfg.train.curve_points and not cfg.train.curve_suite:
         raise UserError("train.curve_points needs train.curve_suite (e.g. --set train.curve_suite=toy-tilt)")
     if curve is None and cfg.train.curve_points:
@@ -136,8 +144,26 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     par.shard.rows(cfg.train.batch_size)  # a batch the processes cannot share is an error before anything
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise run.failed_write(run.path, e) from None
+    with run_lock.hold(run.path, "train", claimant=par.main, agree=distributed.agree):
+        # Checked under the claim: two new runs started together both saw no config.yaml before.
+        taken = not resume and par.main and (run.path / "config.yaml").exists()
+        if distributed.agree(taken):
+            raise UserError(f"{run.path} already holds a run; pass --resume {run.path} or another --run-id")
+        return _loop(cfg, run, par, b, resume, on_progress, curve, stop_after_steps)
+
+
+def _loop(cfg: ResolvedConfig, run: RunDir, par: Parallel, b: Built, resume: bool,
+          on_progress: Callable[[int, float, float], None] | None,
+          curve: Callable[[Built, int], dict[str, Any]] | None, stop_after_steps: int | None) -> dict[str, Any]:
     step, wall_before = 0, 0.0
+    if resume and run.latest_checkpoint() is None:  # killed before its first checkpoint: start over
+        resume = False
+        if par.main:
+            run.truncate_metrics(0)
     log = TrainingLog(run if par.main else None, None)
     if resume:
         step, state = run.load_checkpoint()
@@ -196,7 +222,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
         "processes": par.shard.world,
     }
     if par.main:
-        atomic_write_json(run.path / "result.json", result)
+        run.write_result(result)
     par.barrier()  # the run folder is complete before any rank moves on (e.g. to --eval)
     _last_built[str(run.path)] = b
     return result
