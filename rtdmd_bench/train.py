@@ -26,7 +26,7 @@ from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.distributed import Parallel
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, PromptPools, RewardSet, draw_prompts
-from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
+from rtdmd_bench.runs import RunDir, git_commit, versions
 from rtdmd_bench.tracking import TrainingLog, check_tracker, open_tracker, sample_grid
 
 
