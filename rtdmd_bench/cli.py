@@ -365,19 +365,33 @@ def export(
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Run folders (seeds of the same config are grouped)."),
+    runs: list[Path] = typer.Argument(..., help="Run folders (seeds of the same config are grouped) or teacher evaluation folders."),
     suite: Optional[str] = typer.Option(None, help="Only this suite's metrics."),
-    out: Path = typer.Option(Path("results/compare"), help="Folder for the Markdown/CSV/LaTeX tables."),
+    reference: Optional[str] = typer.Option(None, help="A published table (id in results/paper, or a .json path) to show beside the runs."),
+    baseline: Optional[str] = typer.Option(None, help="Row the paired differences are taken against (a label or method; default: teacher, else dmd2, else the first)."),
+    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Show rows whose FLOP budgets (>2%) or evaluation settings differ, flagged, instead of refusing."),
+    resamples: int = typer.Option(10000, min=100, help="Paired bootstrap resamples over prompts."),
+    bootstrap_seed: int = typer.Option(0, help="Seed of the paired bootstrap."),
+    out: Path = typer.Option(Path("results/compare"), help="Folder for the Markdown/JSON/CSV/LaTeX tables."),
     name: str = typer.Option("compare", help="File stem of the written tables."),
 ) -> None:
-    """Print a table of runs with mean ± 95% CI over seeds and write it as Markdown, CSV and LaTeX."""
-    from rtdmd_bench.report import compare_runs
+    """Per base and suite: mean ± 95% seed CI, published rows beside them (--reference), and paired
+    bootstrap differences over prompts to a baseline row; refuses unmatched budgets or settings and
+    different metric definitions in one column."""
+    from rtdmd_bench import compare_tables
+    from rtdmd_bench.compare import build_sections
+    from rtdmd_bench.references import load_reference
 
     out = _folder(out, "--out")
-    table = compare_runs(runs, suite)
-    console.print(table.rich(title=f"{len(runs)} runs"))
-    for p in table.write(out, name):
-        console.print(f"wrote {p}")
+    ref = load_reference(reference) if reference else None
+    sections = build_sections(runs, suite, ref, baseline, allow_unmatched, resamples, bootstrap_seed)
+    for s in sections:
+        for kind, table in compare_tables.section_tables(s, ref):
+            console.print(table.rich(title=f"{s.base} / {s.suite}: {kind}"))
+        for line in compare_tables.legend(s, ref):
+            console.print(line, markup=False, soft_wrap=True)
+    for p in compare_tables.write(sections, ref, out, name):
+        console.print(f"wrote {p}", markup=False, soft_wrap=True)
 
 
 Benchmark = Literal["toy", "toy2d", "digits"]

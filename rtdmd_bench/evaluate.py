@@ -129,6 +129,7 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
     if progress is not None:
         progress.scoring(label, False)
     metrics = suite.score(images, prompts, ctx)
+    per_image = per_image_record(metrics, len(prompts), n)
     if progress is not None:
         progress.scoring(label, True)
     if hasattr(suite, "release"):
@@ -140,6 +141,7 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
         "seed": seed, "sampler": spec.record(base), "image_size": list(images.shape[-2:]),
         **({"resolution": resolution_record(requested, images, base)} if requested else {}),
         **({"teacher_sampler": teacher_used[0].record(base)} if teacher_used else {}),
+        **({"per_image": per_image} if per_image else {}),
         "run": {k: run_config.get("run", {}).get(k) for k in ("method", "base", "seed", "run_id")},
         "processes": shard()[1],
         "eval_wall_time_s": time.perf_counter() - t0, "versions": versions(), "git_commit": git_commit(),
@@ -154,6 +156,22 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
                                 "free space on that disk (or make the folder writable) and run the evaluation "
                                 "again: it generates only what is missing.") from None
     return result
+
+
+def per_image_record(metrics: dict[str, Any], num_prompts: int, images_per_prompt: int) -> dict[str, list[list[float]]]:
+    """The per-image scores a suite returned under `per_image` (metric -> scores of its images, prompt-
+    major), moved out of the metrics and listed [prompt index][image index], so `compare` can pair two
+    methods prompt by prompt (rtdmd_bench/paired.py). Results written before it have none."""
+    raw = metrics.pop("per_image", None) or {}
+    out = {}
+    for metric, scores in raw.items():
+        flat = [float(x) for x in (scores.reshape(-1).tolist() if isinstance(scores, Tensor) else scores)]
+        if len(flat) != num_prompts * images_per_prompt:
+            raise ValueError(f"suite per-image scores of {metric!r}: {len(flat)} for {num_prompts} prompts x "
+                             f"{images_per_prompt} images")
+        k = images_per_prompt
+        out[metric] = [flat[i * k:(i + 1) * k] for i in range(num_prompts)]
+    return out
 
 
 # ---------------------------------------------------------------- what `rtdmd-bench eval` runs

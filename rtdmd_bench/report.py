@@ -44,7 +44,8 @@ def latex_escape(text: str) -> str:
 @dataclass
 class Table:
     """Rows of named cells; each cell is a number, a list of per-seed values (None where a seed has
-    no value) or None (no value: "–" in the text tables, an empty cell in the CSV)."""
+    no value), a text already formatted (printed as is; in the CSV's mean column) or None (no value:
+    "–" in the text tables, an empty cell in the CSV)."""
 
     columns: list[str]
     rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -56,10 +57,14 @@ class Table:
     @staticmethod
     def values(value: Any) -> list[float]:
         """The finite numbers of a cell."""
+        if isinstance(value, str):
+            return []
         vals = [value] if isinstance(value, (int, float)) else list(value or [])
         return [float(v) for v in vals if v is not None and math.isfinite(float(v))]
 
     def cell_text(self, value: Any, digits: int = 3) -> str:
+        if isinstance(value, str):
+            return value
         vals = self.values(value)
         if not vals:
             return "–"
@@ -88,6 +93,9 @@ class Table:
             row = [label]
             for c in self.columns:
                 vals = self.values(cells.get(c))
+                if isinstance(cells.get(c), str):
+                    row += [cells[c], "", ""]
+                    continue
                 if not vals:
                     row += ["", "", ""]
                     continue

@@ -140,11 +140,15 @@ class DigitsSuite:
         feats = self.features(images)  # (N, d)
         pred = self.classifier.head(feats).argmax(1)  # (N,)
         d = feats.shape[1]
-        out: dict[str, Any] = {"accuracy": (pred == labels).float().mean().item()}
+        correct = (pred == labels).float()  # (N,)
+        out: dict[str, Any] = {"accuracy": correct.mean().item()}
         rewards = {"digit-correct": self.digit_correct, "digit-ink": self.digit_ink}
         run_rewards = getattr(getattr(ctx, "rewards", None), "rewards", None) or {}
         rewards.update(run_rewards)
-        out["reward"] = {name: reward(images, per_image).float().mean().item() for name, reward in rewards.items()}
+        scores = {name: reward(images, per_image).float().reshape(-1) for name, reward in rewards.items()}  # (N,) each
+        out["reward"] = {name: s.mean().item() for name, s in scores.items()}
+        # per-image scores, prompt-major (the engine stores them [prompt][image]): compare pairs methods by prompt
+        out["per_image"] = {"accuracy": correct.tolist(), **{f"reward.{k}": s.tolist() for k, s in scores.items()}}
         out["fid"] = frechet_distance(feats, self.held_out_features)
         notes = [f"FID on digits-classifier penultimate features (d={d}) against the "
                  f"{len(self.held_out_features)} held-out real digits; not comparable with Inception FID"]

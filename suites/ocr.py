@@ -100,6 +100,7 @@ class OCRSuite:
             "images_per_prompt": 1,
             "n_prompts": len(prompts),
             "n_images": len(scores),
+            "per_image": {"ocr": list(scores)},  # compare pairs two methods prompt by prompt
             "partial": len(prompts) < prompt_sets.OFFICIAL["ocr"].lines,
             "scoring": SCORING,
             "engine": self.engine.provenance(),

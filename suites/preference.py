@@ -200,9 +200,13 @@ class PreferenceSuite:
         return reward_scores(self.rewards()[slot], images, texts, self.cfg.batch_size, self.device(),
                              self.precisions()[slot])
 
-    def slot_means(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    def slot_scores_all(self, images: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """Slot -> (N,) scores on the suite's scale, prompt-major."""
         texts = per_image(prompts, self.images_per_prompt)
-        return {slot: self.scale * float(self.slot_scores(slot, images, texts).mean()) for slot in self.slots}
+        return {slot: self.scale * self.slot_scores(slot, images, texts) for slot in self.slots}
+
+    def slot_means(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        return {slot: float(s.mean()) for slot, s in self.slot_scores_all(images, prompts).items()}
 
     def describe(self, ctx: Any = None) -> dict[str, Any]:
         rewards = self.rewards()
@@ -221,8 +225,11 @@ class PreferenceSuite:
 
     def score(self, images: Tensor, prompts: Sequence[str], ctx: Any = None) -> dict[str, Any]:
         self.check(images, prompts)
-        metrics = self.slot_means(images, prompts)
-        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts)}
+        scores = self.slot_scores_all(images, prompts)
+        metrics = {slot: float(s.mean()) for slot, s in scores.items()}
+        # per-image scores (the engine stores them [prompt][image]) let `compare` pair two methods by prompt
+        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts),
+                "per_image": {slot: s.tolist() for slot, s in scores.items()}}
 
 
 @dataclass
