@@ -244,7 +244,7 @@ class Section:
 def claimed_reference(ref: dict[str, Any], suite: str, metric: str) -> list[str]:
     """Reference column keys a measured metric claims: same key, a `computed_by` metric of the column,
     or a suite family named like the column (`hpsv2` suite -> HPSv2 column)."""
-    fam = defs.family(suite)
+    fam = defs.family(suite).partition("[")[0]  # geneval[official] claims the GenEval column too
     out = []
     for key, m in ref["metrics"].items():
         names = {key} | {c["metric"] for c in m.get("computed_by") or []}
