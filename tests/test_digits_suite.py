@@ -131,6 +131,11 @@ def test_real_held_out_digits_score_high_accuracy_and_zero_fid(suite: DigitsSuit
     assert "penultimate features (d=64)" in out["note"] and len(out["accuracy_per_class"]) == 10
     assert out["diversity"] > 0 and out["reward"]["digit-ink"] == pytest.approx(images.mean().item(), abs=1e-6)
     assert set(out["reward"]) == {"digit-correct", "digit-ink"}
+    # per-image scores for paired comparisons (compare): digit-ink is the image's mean pixel
+    assert out["per_image"]["reward.digit-ink"] == pytest.approx(images.mean(dim=(1, 2, 3)).tolist(), abs=1e-6)
+    correct = out["per_image"]["accuracy"]
+    assert len(correct) == images.shape[0] and set(correct) <= {0.0, 1.0}
+    assert sum(correct) / len(correct) == pytest.approx(out["accuracy"])
     for key in ("accuracy", "fid", "fid_t", "diversity", "reward"):
         assert key in suite.higher_is_better
     assert suite.higher_is_better["fid"] is False and suite.higher_is_better["accuracy"] is True

@@ -1,5 +1,7 @@
 """Evaluation engine: on-disk sample cache, resume, batch-size independence, unmetered rewards (toy2d, fast)."""
 
+import json
+
 import pytest
 import torch
 
@@ -90,6 +92,22 @@ def test_evaluation_spends_nothing_of_the_training_budget(built):
     plain = unmetered(built.rewards)
     assert type(plain.rewards["toy-quadratic"]) is QuadraticReward
     assert (plain.weights, plain.beta) == (built.rewards.weights, built.rewards.beta)
+
+
+def test_per_image_scores_are_stored_per_prompt_and_image_outside_the_metrics(built, tmp_path):
+    class Indexed:
+        name, version, images_per_prompt, higher_is_better = "indexed", "1", 3, {"x": True}
+
+        def prompts(self):
+            return built.base.train_prompts()[:2]
+
+        def score(self, images, prompts, ctx):
+            return {"x": 2.5, "per_image": {"x": torch.arange(6.0)}}  # prompt-major: prompt 0 = images 0-2
+
+    res = evaluate_suite(Indexed(), built.base, SamplerSpec("student", 4), built.rewards, built.cfg.to_dict(), 0,
+                         None, tmp_path / "indexed.json")
+    assert res["per_image"] == {"x": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]} and "per_image" not in res["metrics"]
+    assert json.loads((tmp_path / "indexed.json").read_text())["per_image"] == res["per_image"]
 
 
 def _shard_worker(rank, world, port, cache, out):

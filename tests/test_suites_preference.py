@@ -92,6 +92,17 @@ def test_single_reward_suite_is_labelled_and_batch_size_invariant(tmp_path):
     assert set(out1.higher_is_better) <= set(r1) and out1.images_per_prompt == 1
 
 
+def test_preference_suites_return_every_images_score_for_paired_comparisons(tmp_path):
+    (tmp_path / "p.txt").write_text("a\nbb\nccc\n")
+    x = images_for(3, seed=4)
+    suite = AestheticSuite(AestheticSuite.Config(prompts=str(tmp_path / "p.txt"), scorer="test-bright", batch_size=2))
+    out = suite.score(x, suite.prompts(), CTX)
+    # Brightness scores an image by its mean pixel; prompt-major, one image per prompt
+    assert out["per_image"]["aesthetic"] == pytest.approx(x.mean(dim=(1, 2, 3)).tolist(), abs=1e-6)
+    lengths = DrawBench(DrawBench.Config(prompts=str(tmp_path / "p.txt"), scorers=("test-length",) * 5))
+    assert lengths.score(x, lengths.prompts(), CTX)["per_image"]["hpsv21"] == [1.0, 2.0, 3.0]
+
+
 def test_reward_declaring_itself_stand_in_is_labelled_even_under_the_official_name(monkeypatch, tmp_path):
     monkeypatch.setitem(registry.REWARDS, "imagereward", registry.Entry(f"{__name__}:FakeOfficial", "fake"))
     (tmp_path / "p.txt").write_text("a\n")
