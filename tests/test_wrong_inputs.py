@@ -153,6 +153,8 @@ CASES: list[tuple[str, list[str], str | None, str]] = [
     ("beta-zero", [*TRAIN, "--beta", "0"], None, "run.beta = 0.0 is out of range: it must be > 0"),
     ("beta-negative", [*TRAIN, "--beta", "-1"], None, "run.beta = -1.0 is out of range"),
     ("compare-nothing", ["compare", "nowhere"], None, "is not a run folder"),
+    ("compare-unknown-reference", ["compare", "{ref}", "--reference", "nope"], None, "no reference table 'nope'"),
+    ("compare-unevaluated", ["compare", "{ref}"], None, "no evaluation results to compare"),
     ("train-eval-unusable-suite", [*TRAIN, "--eval", "fid"], None, "caption file"),  # checked before training
     # --set values
     ("set-unknown-section", [*TRAIN, *s("model.x=1")], None, "valid sections"),
