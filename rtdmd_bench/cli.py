@@ -386,8 +386,8 @@ def compare(
     ref = load_reference(reference) if reference else None
     sections = build_sections(runs, suite, ref, baseline, allow_unmatched, resamples, bootstrap_seed)
     for s in sections:
-        for kind, table in compare_tables.section_tables(s, ref):
-            console.print(table.rich(title=f"{s.base} / {s.suite}: {kind}"))
+        for _, title, table in compare_tables.section_tables(s, ref):
+            console.print(table.rich(title=f"{s.base} / {s.suite} - {title}"))
         for line in compare_tables.legend(s, ref):
             console.print(line, markup=False, soft_wrap=True)
     for p in compare_tables.write(sections, ref, out, name):

@@ -180,10 +180,11 @@ def per_prompt(result: dict[str, Any], metric: str) -> list[float] | None:
     """Prompt i's score on `metric` (mean over its images), from the result's `per_image` record
     ([prompt index][image index]) or toy-tilt's per-prompt metrics; None when not recorded."""
     rec = (result.get("per_image") or {}).get(metric)
+    out: list[float] | None = None
     if rec is not None:
-        return paired.prompt_means(rec)
+        out = paired.prompt_means(rec)
     table = (result.get("metrics") or {}).get("per_prompt")
-    if isinstance(table, dict) and table:
+    if out is None and isinstance(table, dict) and table:
         out = []
         for entry in table.values():
             for part in metric.split("."):
@@ -191,8 +192,14 @@ def per_prompt(result: dict[str, Any], metric: str) -> list[float] | None:
             if not isinstance(entry, (int, float)):
                 return None
             out.append(float(entry))
-        return out
-    return None
+    # The pairs estimate the metric only if it is the mean over prompts of these scores (not a tag-
+    # weighted or filtered mean): otherwise the paired difference would not be the table's difference.
+    value = result.get("metrics") or {}
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if out and isinstance(value, (int, float)) and abs(sum(out) / len(out) - value) > 1e-5 * max(1.0, abs(value)):
+        return None
+    return out
 
 
 def group_per_prompt(group: Group, suite: str, metric: str) -> list[float] | None:

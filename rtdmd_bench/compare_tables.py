@@ -16,6 +16,8 @@ from rtdmd_bench.runs import atomic_write_text
 
 SEED_CI = "± = 95% Student-t CI over training seeds (none with one seed)"
 BUDGET, USED = "FLOP budget", "FLOPs used"
+FEW_PROMPTS = 20
+"""Below this many prompts the legend warns that the prompt bootstrap is coarse."""
 
 
 def strip_arrows(text: str) -> str:
@@ -69,8 +71,7 @@ def paired_table(s: Section) -> Table | None:
     metrics = [m for m in s.columns if any(m in d for d in s.paired.values())]
     table = Table([f"{m} Δ [bootstrap CI95]" for m in metrics])
     for label, diffs in s.paired.items():
-        table.add(f"{label} - {s.baseline}", {f"{m} Δ [bootstrap CI95]": diffs[m].text() if m in diffs else None
-                                              for m in metrics})
+        table.add(label, {f"{m} Δ [bootstrap CI95]": diffs[m].text() if m in diffs else None for m in metrics})
     return table
 
 
@@ -84,6 +85,9 @@ def legend(s: Section, reference: dict[str, Any] | None) -> list[str]:
                      f"{100 * d.level:g}% percentile CI of a paired bootstrap over prompts, {d.resamples} resamples, "
                      f"seed {d.seed}; * = the CI excludes 0. It measures prompt-sampling uncertainty of these "
                      "trained models, not training-seed variation")
+        if d.prompts < FEW_PROMPTS:
+            lines.append(f"caution: only {d.prompts} prompts; a percentile bootstrap over so few is coarse and its "
+                         "intervals tend to be too narrow")
     if reference is not None and s.reference_rows:
         lines.append(f"published = as printed in {reference['id']} (no uncertainty stated); Δ (point) = measured "
                      "mean - published value, no CI")
@@ -96,15 +100,17 @@ def legend(s: Section, reference: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def section_tables(s: Section, reference: dict[str, Any] | None) -> list[tuple[str, Table]]:
-    """(kind, table) of a section: values, vs-published (with a reference), paired (with per-prompt scores)."""
-    out = [("values", values_table(s, reference))]
+def section_tables(s: Section, reference: dict[str, Any] | None) -> list[tuple[str, str, Table]]:
+    """(kind, title, table) of a section: values, vs-published (with a reference), paired (with
+    per-prompt scores); the title says which uncertainty the table's numbers carry."""
+    out = [("values", "values: mean ± seed t-CI95" + ("; published as printed" if s.reference_rows else ""),
+            values_table(s, reference))]
     pub = published_table(s, reference) if reference is not None else None
     if pub is not None:
-        out.append(("published", pub))
+        out.append(("published", "measured - published: point differences, no CI", pub))
     pair = paired_table(s)
     if pair is not None:
-        out.append(("paired", pair))
+        out.append(("paired", f"paired Δ vs {s.baseline}: mean [95% paired prompt-bootstrap CI]", pair))
     return out
 
 
@@ -116,8 +122,8 @@ def markdown(sections: Sequence[Section], reference: dict[str, Any] | None) -> s
     parts = []
     for s in sections:
         parts.append(f"## {s.base} / {s.suite}\n")
-        for kind, table in section_tables(s, reference):
-            parts.append(f"{kind}:\n\n{table.markdown()}")
+        for _, title, table in section_tables(s, reference):
+            parts.append(f"{title}\n\n{table.markdown()}")
         parts.append("\n".join(f"- {line}" for line in legend(s, reference)) + "\n")
     return "\n".join(parts)
 
@@ -142,7 +148,7 @@ def write(sections: Sequence[Section], reference: dict[str, Any] | None, folder:
     atomic_write_text(paths[0], markdown(sections, reference))
     atomic_write_text(paths[1], json.dumps(sections_dict(sections, reference), indent=1, default=str) + "\n")
     for s in sections:
-        for kind, table in section_tables(s, reference):
+        for kind, _, table in section_tables(s, reference):
             for ext, text in (("csv", table.csv()), ("tex", table.latex())):
                 p = folder / f"{stem}-{slug(s.base)}-{slug(s.suite)}-{kind}.{ext}"
                 atomic_write_text(p, text)

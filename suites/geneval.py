@@ -180,6 +180,9 @@ class GenEval:
             "partial": len(prompts) < prompt_sets.OFFICIAL["geneval"].lines,
             "failures": [{"index": i, "prompt": per_image_rows[i]["prompt"], "reason": reason}
                          for i, (ok, reason) in enumerate(judged) if not ok][:50],
+            # per image, prompt-major: compare pairs methods by prompt on correct_images (the mean over
+            # images); `overall` averages per-tag accuracies, which a mean over prompts is not
+            "per_image": {"correct_images": [1.0 if ok else 0.0 for ok, _ in judged]},
         }
 
 

@@ -191,7 +191,8 @@ class GenEval2Suite:
         finally:
             if self.cfg.release:
                 scorer.release()
-        value, dropped = reduce_lines([image_score(a, self.cfg.form) for a in atoms], self.cfg.form)
+        lines = [image_score(a, self.cfg.form) for a in atoms]
+        value, dropped = reduce_lines(lines, self.cfg.form)
         metrics = {"geneval2": value, **analyses(atoms, rows, FORM_SCALE[self.cfg.form])}
         self.higher_is_better = {k: True for k in metrics}
         notes = [STAND_IN_NOTE if self.stand_in else NOTES[self.cfg.form], seed_record(self.seed, ctx).get("seed_note", "")]
@@ -204,4 +205,6 @@ class GenEval2Suite:
             "images_per_prompt": 1, "n_images": len(images), "n_prompts": len(prompts), "lines_dropped": dropped,
             "n_atoms": sum(len(a) for a in atoms), "partial": len(prompts) < prompt_sets.OFFICIAL["geneval2"].lines,
             "atom_scores": atoms,
+            # per line on the value's scale (compare pairs methods by prompt); none when -10 lines were dropped
+            **({"per_image": {"geneval2": [FORM_SCALE[self.cfg.form] * float(x) for x in lines]}} if not dropped else {}),
         }

@@ -90,6 +90,16 @@ def rtdmd_means(tags: Sequence[str], scores: Sequence[float], correct: Sequence[
     return out, dropped
 
 
+def per_image_scores(judged: Sequence[dict[str, Any]], dropped: int) -> dict[str, list[float]]:
+    """Per-image values whose mean over the images is the figure (compare pairs methods by prompt on
+    them): accuracy, strict accuracy, and the partial credit unless -10 entries were dropped from it."""
+    out = {"accuracy": [1.0 if j["correct"] else 0.0 for j in judged],
+           "strict_accuracy": [1.0 if j["strict_correct"] else 0.0 for j in judged]}
+    if not dropped:
+        out["geneval_rtdmd"] = [float(j["geneval_rtdmd"]) for j in judged]
+    return out
+
+
 class GenEvalRTDMD:
     """RTDMD's GenEval column: partial credit per image, averaged over the lines of its test_metadata.jsonl."""
 
@@ -245,5 +255,6 @@ class GenEvalRTDMD:
             "n_prompts": len(prompts),
             "partial": len(prompts) < prompt_sets.OFFICIAL[PROMPT_SET].lines,
             "images": [{"index": i, **j} for i, j in enumerate(judged)][:MAX_LISTED],
+            "per_image": per_image_scores(judged, dropped),
         }
 

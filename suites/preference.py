@@ -399,4 +399,6 @@ class HPSv2Suite(PreferenceSuite):
             metrics[style] = float(scores[start:start + len(style_prompts)].mean())
             start += len(style_prompts)
         metrics["average"] = sum(metrics[s] for s in HPS_STYLES) / len(HPS_STYLES)
-        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts)}
+        # per image (x100) for paired comparisons: their mean is `average` when the styles have equal
+        # prompt counts (the benchmark's 800 each); compare checks that before pairing
+        return {**metrics, **self.describe(ctx), "n_prompts": len(prompts), "per_image": {"average": scores.tolist()}}

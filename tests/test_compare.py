@@ -202,6 +202,14 @@ def test_results_without_per_image_scores_still_compare_and_say_why_nothing_is_p
     assert section.paired == {} and "no per-prompt scores" in section.notes[0]
 
 
+def test_per_image_scores_that_do_not_average_to_the_figure_are_not_paired(tmp_path):
+    # e.g. GenEval's overall averages per-tag accuracies: a mean over prompts would be another number
+    ev = [eval_result("drawbench", {"clipscore": scores(0.3 + k, noise=0.01)}) for k in (0.0, 0.01)]
+    ev[1]["metrics"]["clipscore"] += 0.5
+    a, b = fake_run(tmp_path, "a", "dmd2", evals=[ev[0]]), fake_run(tmp_path, "b", "rtdmd", evals=[ev[1]])
+    assert build_sections([a, b])[0].paired == {}
+
+
 def test_toy_tilt_per_prompt_metrics_are_paired_by_prompt(tmp_path):
     def toy(kls):
         ev = eval_result("toy-tilt", {"kl_target": [[k] for k in kls]}, prompts=len(kls), size=2, seed=0,
@@ -210,8 +218,10 @@ def test_toy_tilt_per_prompt_metrics_are_paired_by_prompt(tmp_path):
         return ev
     a = fake_run(tmp_path, "a", "dmd2", base="toy2d", evals=[toy([1.0, 2.0, 3.0, 4.0])])
     b = fake_run(tmp_path, "b", "rtdmd", base="toy2d", evals=[toy([0.5, 1.5, 2.5, 3.5])])
-    d = build_sections([a, b])[0].paired["rtdmd / toy2d [seeds 0]"]["kl_target"]
+    section = build_sections([a, b])[0]
+    d = section.paired["rtdmd / toy2d [seeds 0]"]["kl_target"]
     assert (d.mean, d.low, d.high) == pytest.approx((-0.5, -0.5, -0.5))
+    assert any(line.startswith("caution: only 4 prompts") for line in compare_tables.legend(section, None))
 
 
 # ----------------------------------------------------------------------------- the command

@@ -82,6 +82,8 @@ def test_score_per_tag_overall_and_labelling(meta_file):
     assert (r["device"], r["clip_precision"], r["clip_activation"]) == ("cpu", "fp32", "quick_gelu")
     assert r["n_images"] == 12 and r["n_prompts"] == 3
     assert r["partial"] and r["images_per_prompt"] == 4 and len(r["failures"]) == 12 - 7
+    failed = {f["index"] for f in r["failures"]}  # per image for paired comparisons: 1.0 = correct
+    assert r["per_image"]["correct_images"] == [0.0 if i in failed else 1.0 for i in range(12)]
     assert {k: v for k, v in results[1].items()} == r  # batch size does not change anything
     suite = GenEval(GenEval.Config(prompts=str(meta_file)), detector=FakeDetector(), colour_fn=colour_from_x0)
     metric_keys = {k for k, v in r.items() if isinstance(v, float)}

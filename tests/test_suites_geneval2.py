@@ -83,6 +83,7 @@ def test_rtdmd_form_scores_lines_drops_minus_ten_and_frees_the_judge(tmp_path):
     assert [len(a) for a in atoms] == [2, 0, 2] and out["lines_dropped"] == 1
     per_line = [math.sqrt(a[0] * a[1]) for a in (atoms[0], atoms[2])]  # duplicates count again
     assert out["geneval2"] == pytest.approx(sum(per_line) / 2, rel=1e-6)
+    assert "per_image" not in out  # a -10 line was dropped: per-line scores would not average to the figure
     assert out["suite"] == "geneval2[rtdmd,float32,stand-in]" and "STAND-IN" in out["note"] and out["scale"] == 1.0
     assert not any(kind == JUDGE_KIND for kind, _ in loading._MODELS)  # released after scoring
     with pytest.raises(UserError, match="order"):
@@ -99,6 +100,7 @@ def test_official_form_is_100_times_the_mean_of_geometric_means(tmp_path):
     out = s.score(x, s.prompts())
     a, b = out["atom_scores"]
     assert out["geneval2"] == pytest.approx(100 * (math.sqrt(a[0] * a[1]) + b[0]) / 2, rel=1e-9)
+    assert out["per_image"]["geneval2"] == pytest.approx([100 * math.sqrt(a[0] * a[1]), 100 * b[0]], rel=1e-6)
     assert out["dtype"] == "float32" and out["scale"] == 100.0 and out["partial"]
     assert any(kind == JUDGE_KIND for kind, _ in loading._MODELS)  # kept with release=False
     loading.clear_model_cache()

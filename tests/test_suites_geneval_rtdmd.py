@@ -115,6 +115,9 @@ def test_pinned_suite_figure_from_hand_computed_detections(tmp_path, batch_size)
     # position, the car its colour. Strictly exact: none (3, 5, 1 glasses; 2 scissors; ...).
     assert [i["correct"] for i in r["images"]] == [False, False, False, True, False, False]
     assert [i["strict_correct"] for i in r["images"]] == [False] * 6
+    # per image for paired comparisons: the hand-computed credits, and the correct images as 1.0
+    assert r["per_image"]["geneval_rtdmd"] == pytest.approx(per_image)
+    assert r["per_image"]["accuracy"] == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
     assert r["accuracy"] == pytest.approx(1 / 6) and r["strict_accuracy"] == 0.0
     assert (r["counting_accuracy"], r["counting_strict_accuracy"]) == (0.0, 0.0)
     assert (r["color_attr_accuracy"], r["color_attr_strict_accuracy"]) == (1.0, 0.0)

@@ -160,6 +160,7 @@ def test_hpsv2_four_styles_times_100(tmp_path):
     for k, style in enumerate(HPS_STYLES):
         assert result[style] == pytest.approx(100 * k / 10, abs=1e-4)
     assert result["average"] == pytest.approx(100 * 0.15, abs=1e-4)
+    assert result["per_image"]["average"] == pytest.approx([100 * k / 10 for k in range(4) for _ in range(2)], abs=1e-4)
     assert set(suite.higher_is_better) == set(HPS_STYLES) | {"average"}
     assert result["suite"] == "hpsv2[stand-in]" and result["scale"] == 100.0
     with pytest.raises(UserError, match="order"):
