@@ -116,6 +116,19 @@ def test_refuses_another_resolution(tmp_path):
     assert "1024 px" in msg and "512 px" in msg and "RTDMD (Ours)" in msg
 
 
+def test_reference_protocol_settings_are_checked_and_abstract_tables_match_nothing(tmp_path):
+    table = load_reference("rtdmd-sd3m-table1")
+    lines = table["metrics"]["clipscore"]["prompts"]["lines_used_candidates"]
+    other = 200
+    assert other not in lines
+    result = eval_result("rtdmd-64-drawbench", {"clipscore": scores(0.3, prompts=other)}, prompts=other, seed=7)
+    msg = refused(tmp_path / "a", [result], "rtdmd-sd3m-table1", "do not compare at matched")
+    assert f"prompts {other} (reference: {' or '.join(map(str, lines))})" in msg and "noise seed 7 (reference: 42)" in msg
+    hps = eval_result("hpsv2", {"average": scores(30.0)}, extra={"scale": 100.0})
+    msg = refused(tmp_path / "b", [hps], "rdm-gndm-abstract", "no measured metric computes a column")
+    assert "abstract-level" in msg
+
+
 def test_refuses_two_definitions_among_measured_rows(tmp_path):
     tm = {"scorers": {"clipscore": {"config": {"convention": "torchmetrics"}}}}
     a = fake_run(tmp_path, "a", "dmd2", evals=[eval_result("drawbench", {"clipscore": scores(0.3)})])
