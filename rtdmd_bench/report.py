@@ -115,14 +115,16 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def rich(self, title: str = "") -> Any:
+        from rich.markup import escape
         from rich.table import Table as RichTable
 
-        t = RichTable(title=title or None)
+        # escaped: labels such as "dmd2 / toy2d [seeds 0,1,2]" are text, not Rich markup tags
+        t = RichTable(title=escape(title) or None)
         t.add_column("row", style="bold")
         for c in self.columns:
-            t.add_column(self.header(c), justify="right")
+            t.add_column(escape(self.header(c)), justify="right")
         for label, cells in self.rows:
-            t.add_row(label, *[self.cell_text(cells.get(c)) for c in self.columns])
+            t.add_row(escape(label), *[escape(self.cell_text(cells.get(c))) for c in self.columns])
         return t
 
     def write(self, folder: Path, stem: str) -> list[Path]:

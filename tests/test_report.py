@@ -82,3 +82,18 @@ def test_csv_numeric_columns_hold_numbers_or_nothing(tmp_path):
     md = table.markdown().splitlines()
     assert md[0] == "| row | KL ↓ | FLOPs used | wall time (s) |"
     assert md[2] == "| teacher (4-step CPS) | 7.500 | – | – |"
+
+
+def test_rich_table_prints_labels_with_brackets_as_text():
+    from rich.console import Console
+
+    table = Table(["kl"], higher_is_better={"kl": False})
+    table.add("dmd2 / toy2d [seeds 0,1]", {"kl": [1.0, 2.0]})
+    table.add("[bold]x[/bold]", {"kl": "+0.1 [+0.0, +0.2] *"})
+    console = Console(width=200, record=True)
+    console.print(table.rich(title="a [title]"))
+    text = console.export_text()
+    assert "dmd2 / toy2d [seeds 0,1]" in text and "[bold]x[/bold]" in text and "a [title]" in text
+    assert "+0.1 [+0.0, +0.2] *" in text
+    rows = list(csv.reader(io.StringIO(table.csv())))
+    assert rows[2] == ["[bold]x[/bold]", "+0.1 [+0.0, +0.2] *", "", ""]  # a text cell: as is, in the mean column
