@@ -350,6 +350,29 @@ def pair_section(section: Section, wanted: str | None, resamples: int, seed: int
                              "(results written before per-image scores were recorded; evaluate again)")
 
 
+def build_section(base: str, name: str, members: Sequence[Group], reference: dict[str, Any] | None) -> Section:
+    """The section of suite `name` on `base`: values, one definition per column, and the budgets and
+    evaluation settings (of every run, so seeds evaluated differently are caught too) that differ."""
+    values, hib, found, settings, rows = {}, {}, {}, {}, []
+    for g in members:
+        values[g.label], h = group_values(g, name)
+        hib |= h
+        for r in g.runs:
+            if name in r.evals:
+                settings.setdefault(g.label, eval_settings(r.evals[name]))
+                rows.append((g.label if len(g.runs) == 1 else f"{g.label} {r.path.name}", g.method == "teacher",
+                             eval_settings(r.evals[name])))
+                for metric in values[g.label]:
+                    found.setdefault(metric, {})[f"{g.label} ({r.path})"] = defs.definition(r.evals[name], metric)
+    section = Section(base, name, list(members), list(found), values, hib,
+                      {m: check_column_definitions(f"{name}:{m}", found[m]) for m in found}, settings)
+    section.problems += settings_problems(rows)
+    section.problems += budget_problems([(g.label, g.runs[0].budget) for g in members if g.method != "teacher"])
+    if reference is not None:
+        match_reference(section, reference)
+    return section
+
+
 def build_sections(run_dirs: Sequence[Path], suite: str | None = None, reference: dict[str, Any] | None = None,
                    baseline: str | None = None, allow_unmatched: bool = False,
                    resamples: int = paired.RESAMPLES, seed: int = paired.SEED) -> list[Section]:
@@ -361,36 +384,17 @@ def build_sections(run_dirs: Sequence[Path], suite: str | None = None, reference
     if not keys:
         raise UserError("no evaluation results to compare" + (f" for suite {suite!r}" if suite else "")
                         + ": evaluate the runs first (`rtdmd-bench eval --run RUN --suite SUITE`)")
-    sections = []
-    for base, name in keys:
-        members = [g for g in groups if g.base == base and any(name in r.evals for r in g.runs)]
-        values, hib, found, settings = {}, {}, {}, {}
-        for g in members:
-            values[g.label], h = group_values(g, name)
-            hib |= h
-            for r in g.runs:
-                if name in r.evals:
-                    settings.setdefault(g.label, eval_settings(r.evals[name]))
-                    for metric in values[g.label]:
-                        found.setdefault(metric, {})[f"{g.label} ({r.path})"] = defs.definition(r.evals[name], metric)
-        columns = list(found)
-        section = Section(base, name, members, columns, values, hib,
-                          {m: check_column_definitions(f"{name}:{m}", found[m]) for m in columns}, settings)
-        rows = [(label, g.method == "teacher", settings[g.label]) for g in members for label in [g.label]]
-        section.problems += settings_problems(rows)
-        section.problems += budget_problems([(g.label, g.runs[0].budget) for g in members if g.method != "teacher"])
-        if reference is not None:
-            match_reference(section, reference)
-        sections.append(section)
+    sections = [build_section(base, name, [g for g in groups if g.base == base and any(name in r.evals for r in g.runs)],
+                              reference) for base, name in keys]
+    if reference is not None and not any(s.reference_columns for s in sections):
+        suites = sorted({c["suite"] for m in reference["metrics"].values() for c in m.get("computed_by") or []})
+        raise UserError(f"no measured metric computes a column of {reference['id']}: its columns are computed by "
+                        + (", ".join(suites) or "no suite of this project (abstract-level figures)"))
     problems = [f"[{s.base} / {s.suite}] {p}" for s in sections for p in s.problems]
     if problems and not allow_unmatched:
         raise UserError("the rows do not compare at matched compute and settings:\n  " + "\n  ".join(problems)
                         + "\nrerun them matched, compare them separately, or pass --allow-unmatched to show them "
                         "flagged")
-    if reference is not None and not any(s.reference_columns for s in sections):
-        suites = sorted({c["suite"] for m in reference["metrics"].values() for c in m.get("computed_by") or []})
-        raise UserError(f"no measured metric computes a column of {reference['id']}: its columns are computed by "
-                        + (", ".join(suites) or "no suite of this project (abstract-level figures)"))
     if baseline:
         pick_baseline(groups, baseline)  # a name of no row at all: its UserError
     for s in sections:

@@ -176,6 +176,15 @@ def test_different_evaluation_settings_are_refused(tmp_path, change, what):
     assert not section.paired or what == "sampler steps differ"
 
 
+def test_seeds_of_one_row_evaluated_with_another_noise_seed_are_caught(tmp_path):
+    runs = [fake_run(tmp_path, f"s{s}", "dmd2", seed=s, evals=[eval_result("drawbench", {"clipscore": scores(0.3)},
+                                                                           seed=42 if s == 0 else 0)])
+            for s in (0, 1)]
+    with pytest.raises(UserError, match="noise seed differ") as err:
+        build_sections(runs)
+    assert "dmd2 / sd3 [seeds 0,1] s0: 42" in str(err.value) and "dmd2 / sd3 [seeds 0,1] s1: 0" in str(err.value)
+
+
 def test_a_teacher_row_keeps_its_own_sampler_steps_and_is_the_default_baseline(tmp_path):
     teacher = tmp_path / "teacher"
     atomic_write_json(teacher / "eval" / "drawbench.json",
