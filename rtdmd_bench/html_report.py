@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.files import atomic_write_bytes, atomic_write_text
 from rtdmd_bench.report_figures import FIDELITY_AXES, REWARD_AXES, Axis, Curve, Point, curves_png, scatter_png
 from rtdmd_bench.report_pages import Figure, Page, collect_pages, run_curves, run_seed
 
@@ -123,8 +122,8 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px}
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.82em}.scroll{overflow-x:auto}th,td{border:1px solid #ccc;padding:4px 8px}
 td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}th[scope=row]{text-align:left}thead th{background:#f3f3f3}
 figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:0.9em}dt{font-weight:bold}
@@ -141,13 +140,13 @@ def render_html(page: Page) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(page.title)}</title><style>{STYLE}</style></head><body>", f"<h1>{esc(page.title)}</h1>"]
     out.append("<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in page.facts) + "</dl>")
-    out.append('<h2>Table</h2><table id="results"><thead><tr><th scope="col">row</th>'
+    out.append('<h2>Table</h2><div class="scroll"><table id="results"><thead><tr><th scope="col">row</th>'
                + "".join(f'<th scope="col">{esc(h)}</th>' for _, h in page.columns) + "</tr></thead><tbody>")
     for r in page.rows:
         cells = [r.cells.get(k) for k, _ in page.columns]
         out.append(f'<tr><th scope="row">{esc(r.label)}</th>'
                    + "".join(f"<td>{_cell_html(c.text, c.emphasis) if c else '–'}</td>" for c in cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     if page.figures:
         out.append("<h2>Figures</h2>")
     for f in page.figures:
@@ -190,6 +189,8 @@ def render_markdown(page: Page, links: Sequence[str]) -> str:
 
 def _figure_links(page: Page, out: Path) -> list[str]:
     """Write the drawn figures to OUT/<page>-figures/; the relative path of every figure's PNG."""
+    from rtdmd_bench.files import atomic_write_bytes  # (imports torch: not before the sources are checked)
+
     links = []
     for i, f in enumerate(page.figures):
         path = f.source
@@ -212,6 +213,8 @@ def write_report(items: Sequence[str | Path], out: Path, find_runs: bool = True)
     if not items:
         raise UserError("nothing to report: pass results folders, run folders or reference table ids")
     pages = [add_figures(p) for p in collect_pages(items, find_runs)]
+    from rtdmd_bench.files import atomic_write_text  # (imports torch: not before the sources are checked)
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for page in pages:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.report import Table, compare_runs, mean_ci
 
 
 @dataclass
@@ -187,9 +186,10 @@ def runs_pages(run_dirs: Sequence[Path]) -> list[Page]:
 
 
 def _runs_page(base: str, dirs: list[Path]) -> Page:
+    from rtdmd_bench.report import Table, compare_runs, mean_ci
     from rtdmd_bench.runs import RunDir
 
-    table: Table = compare_runs(dirs)
+    table = compare_runs(dirs)
     rows = []
     for label, cells in table.rows:
         row_cells = {}
@@ -229,6 +229,9 @@ def collect_pages(items: Sequence[str | Path], find_runs: bool = True) -> list[P
         elif path.is_dir():
             raise UserError(f"{path}: neither a results folder (with table.csv), a run folder (with config.yaml) "
                             "nor a folder of runs; pass one of those or a reference table id")
+        elif not path.exists() and (path.suffix == ".json" or len(path.parts) > 1):
+            raise UserError(f"{item}: no such file or folder; pass a results folder (with table.csv), a run folder, "
+                            "a folder of runs or a reference table id")
         else:
             pages.append(reference_page(item))  # an id or a .json path; a UserError names the known ids
     pages += runs_pages(run_dirs) if run_dirs else []
