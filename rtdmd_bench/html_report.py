@@ -68,20 +68,22 @@ def _scatter(page: Page) -> None:
                "small dots: single seeds where known). Solid lines: each method's Pareto front over its points; "
                "dashed grey: the front of all rows. Up and "
                + ("right" if x.higher_is_better else "left") + " is better.")
-    page.figures.append(Figure("Reward vs fidelity", caption, scatter_png(points, x, y, page.title)))
+    methods = [r.method for r in page.rows]
+    page.figures.append(Figure("Reward vs fidelity", caption, scatter_png(points, x, y, page.title, methods)))
 
 
 def _curves(page: Page) -> None:
     curves = []
+    method_of = {r.label: r.method for r in page.rows}
     for label, runs in page.runs.items():
         for run in runs:
             flops, values = run_curves(run)
             if flops:
-                curves.append(Curve(label, run_seed(run), flops, values))
+                curves.append(Curve(label, method_of.get(label, label.split(" / ")[0]), run_seed(run), flops, values))
     logged = [k for k in CURVE_KEYS if any(k in c.values for c in curves)][:3]
     if logged:
         titles = {_metric_key(c): h for c, h in page.columns}
-        png = curves_png(curves, [(k, titles.get(k, k)) for k in logged], page.title)
+        png = curves_png(curves, [(k, titles.get(k, k)) for k in logged], page.title, [r.method for r in page.rows])
         page.figures.append(Figure("Metrics vs training FLOPs", f"From the `curve` lines of {len(curves)} runs' "
                                    "metrics.jsonl; one line per run, one colour per row.", png))
         return

@@ -85,13 +85,14 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def scatter_png(points: Sequence[Point], x: Axis, y: Axis, title: str) -> bytes:
+def scatter_png(points: Sequence[Point], x: Axis, y: Axis, title: str, methods: Sequence[str] = ()) -> bytes:
     """Reward (y) against fidelity (x): a marker per row with its CI bars, small dots per seed, a
     solid line through each method's Pareto front (over its rows' seeds, or its rows' means when the
-    seeds are unknown) and a dashed grey line through the front of all rows' means."""
+    seeds are unknown) and a dashed grey line through the front of all rows' means. Colour i is the
+    i-th of `methods` (the page's, so the curves use the same colours), then of the points' own."""
     fig = _figure(7.5, 5.0)
     ax = fig.add_subplot()
-    methods = list(dict.fromkeys(p.method for p in points))
+    methods = list(dict.fromkeys([*methods, *(p.method for p in points)]))
     nth: dict[str, int] = {}
     for p in points:  # a colour per method, a marker per row of the method
         colour = f"C{methods.index(p.method) % 10}"
@@ -102,6 +103,8 @@ def scatter_png(points: Sequence[Point], x: Axis, y: Axis, title: str) -> bytes:
             ax.scatter([s[0] for s in p.seeds], [s[1] for s in p.seeds], s=10, color=colour, alpha=0.5, linewidths=0)
     for i, method in enumerate(methods):
         mine = [p for p in points if p.method == method]
+        if not mine:
+            continue
         pts = [s for p in mine for s in p.seeds] if all(p.seeds for p in mine) else [(p.x, p.y) for p in mine]
         front = [pts[j] for j in pareto_front(pts, x.higher_is_better, y.higher_is_better)]
         if len(front) > 1:
@@ -122,7 +125,9 @@ class Curve:
     """One run's training curve."""
 
     label: str
-    """The table row of the run (one colour per row)."""
+    """The table row of the run."""
+    method: str
+    """The row's method (its colour, as in the scatter)."""
     seed: int
     """The run's seed."""
     flops: list[float]
@@ -131,10 +136,15 @@ class Curve:
     """Metric key -> its value at each point (NaN where a point lacks it)."""
 
 
-def curves_png(curves: Sequence[Curve], metrics: Sequence[tuple[str, str]], title: str) -> bytes:
-    """One panel per (metric key, title), one line per run, coloured by row; x: training FLOPs."""
+def curves_png(curves: Sequence[Curve], metrics: Sequence[tuple[str, str]], title: str,
+               methods: Sequence[str] = ()) -> bytes:
+    """One panel per (metric key, title), one line per run; x: training FLOPs. Colour by method (as
+    the scatter), the line style tells a method's rows apart."""
     fig = _figure(5.0 * len(metrics) + 1.5, 4.2)
+    methods = list(dict.fromkeys([*methods, *(c.method for c in curves)]))
     rows = list(dict.fromkeys(c.label for c in curves))
+    method_of = {c.label: c.method for c in curves}
+    nth = {label: [method_of[r] for r in rows[:i]].count(method_of[label]) for i, label in enumerate(rows)}
     for k, (key, name) in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), k + 1)
         drawn: set[str] = set()
@@ -142,9 +152,8 @@ def curves_png(curves: Sequence[Curve], metrics: Sequence[tuple[str, str]], titl
             ys = c.values.get(key, [])
             if not any(math.isfinite(v) for v in ys):
                 continue
-            i = rows.index(c.label)
-            ax.plot(c.flops, ys, marker=".", lw=1.1, color=f"C{i % 10}", alpha=0.8,
-                    ls="--" if i >= 10 else "-", label=None if c.label in drawn else _short(c.label))
+            ax.plot(c.flops, ys, marker=".", lw=1.1, color=f"C{methods.index(c.method) % 10}", alpha=0.8,
+                    ls=("-", "--", ":", "-.")[min(nth[c.label], 3)], label=None if c.label in drawn else _short(c.label))
             drawn.add(c.label)
         ax.set_xlabel("training FLOPs")
         ax.set_title(name, fontsize=9)
