@@ -140,7 +140,30 @@ def results_page(folder: Path, find_runs: bool = True) -> Page:
                 [(key_of.get(c, c), h) for c, h in zip(columns, headers)], rows,
                 runs={k: v for k, v in runs.items() if v}, folder=folder)
     page.notes.append(f"Cells: mean ± 95% CI over seeds (Student t), from {folder / 'table.csv'}.")
+    _seed_values(page, meta.get("suite"))
     return page
+
+
+def _seed_values(page: Page, suite: str | None) -> None:
+    """Per-seed values of a results page's cells from the runs its metadata names, for the rows
+    whose runs are all here and reproduce the table's mean (runs redone since are left out, said in a note)."""
+    from rtdmd_bench.report import run_cells
+
+    stale = []
+    for row in page.rows:
+        runs = page.runs.get(row.label, [])
+        per_seed = [run_cells(r, suite)[0] for r in runs]
+        for key, cell in row.cells.items():
+            vals = [c[key] for c in per_seed if key in c]
+            if not runs or cell.mean is None or len(vals) != len(runs):
+                continue
+            if math.isclose(sum(vals) / len(vals), cell.mean, rel_tol=1e-4, abs_tol=1e-9):
+                cell.seeds = vals
+            elif row.label not in stale:
+                stale.append(row.label)
+    if stale:
+        page.notes.append("Runs here that do not reproduce the table's means (rerun since?), their seeds not shown: "
+                          + ", ".join(stale) + ".")
 
 
 def reference_page(name: str | Path) -> Page:

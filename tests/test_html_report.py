@@ -252,3 +252,25 @@ def test_cli_report_help_and_a_missing_source(tmp_path):
     missing = run("nowhere/toy2d", "--out", "rep")
     assert missing.returncode == 2 and "nowhere/toy2d: no such file or folder" in " ".join(missing.stderr.split())
     assert "Traceback" not in missing.stderr and not (tmp_path / "rep").exists()
+
+
+def test_results_folder_takes_seed_values_from_its_runs_when_they_match(tmp_path, monkeypatch):
+    from rtdmd_bench.report import Table
+
+    monkeypatch.chdir(tmp_path)
+    _run(tmp_path, "runs/a0", "dmd2", 0, 1.0, -3.0, [(1e8, 3.0)])
+    _run(tmp_path, "runs/a1", "dmd2", 1, 3.0, -1.0, [(1e8, 4.0)])
+    _run(tmp_path, "runs/b0", "gdmd", 0, 9.0, -9.0, [])
+    table = Table(["KL to teacher", "mean reward"])
+    table.add("dmd2", {"KL to teacher": [1.0, 3.0], "mean reward": [-3.0, -1.0]})
+    table.add("gdmd", {"KL to teacher": [5.0], "mean reward": [-9.0]})  # its run was redone since: 9 != 5
+    table.write(tmp_path / "results" / "toy2d", "table")
+    atomic_write_json(tmp_path / "results" / "toy2d" / "metadata.json", {
+        "bench": "toy2d", "suite": "toy-tilt", "rows": [{"label": "dmd2", "method": "dmd2"}, {"label": "gdmd", "method": "gdmd"}],
+        "runs": {"dmd2": ["runs/a0", "runs/a1"], "gdmd": ["runs/b0"]}})
+    [page] = collect_pages(["results/toy2d"])
+    dmd2, gdmd = page.rows
+    assert dmd2.cells["kl_teacher"].seeds == [1.0, 3.0] and dmd2.cells["mean_reward"].seeds == [-3.0, -1.0]
+    assert gdmd.cells["kl_teacher"].seeds == [] and gdmd.cells["mean_reward"].seeds == [-9.0]
+    assert any("do not reproduce the table's means" in n and "gdmd" in n for n in page.notes)
+    assert choose_axes(page)[2][0].seeds == [(1.0, -3.0), (3.0, -1.0)]
