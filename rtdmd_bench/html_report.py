@@ -66,7 +66,7 @@ def _scatter(page: Page) -> None:
     x, y, points = axes
     caption = (f"{y.title} against {x.title}, a marker per row (bars: 95% CI over seeds where there are several; "
                "small dots: single seeds where known). Solid lines: each method's Pareto front over its points; "
-               "dashed grey: the front of all rows. Up and "
+               "dashed grey: the front of all rows. " + ("Up" if y.higher_is_better else "Down") + " and "
                + ("right" if x.higher_is_better else "left") + " is better.")
     methods = [r.method for r in page.rows]
     page.figures.append(Figure("Reward vs fidelity", caption, scatter_png(points, x, y, page.title, methods)))
@@ -85,7 +85,8 @@ def _curves(page: Page) -> None:
         titles = {_metric_key(c): h for c, h in page.columns}
         png = curves_png(curves, [(k, titles.get(k, k)) for k in logged], page.title, [r.method for r in page.rows])
         page.figures.append(Figure("Metrics vs training FLOPs", f"From the `curve` lines of {len(curves)} runs' "
-                                   "metrics.jsonl; one line per run, one colour per row.", png))
+                                   "metrics.jsonl; one line per run, a colour per method (as in the scatter), a line style per row of a "
+                                   "method.", png))
         return
     committed = sorted(page.folder.glob("*_vs_flops.png")) if page.folder else []
     for path in committed:

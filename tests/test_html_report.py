@@ -7,7 +7,6 @@ import html
 import importlib.util
 import io
 import json
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
