@@ -197,18 +197,43 @@ def reference_page(name: str | Path) -> Page:
     return Page(doc["id"], doc["title"], facts, setting + [(k, m["column"]) for k, m in metrics.items()], rows, notes)
 
 
-def runs_pages(run_dirs: Sequence[Path]) -> list[Page]:
+def runs_pages(run_dirs: Sequence[Path], teacher_dirs: Sequence[Path] = ()) -> list[Page]:
     """Run folders, one page per base (runs of different bases never share a table): report's
-    compare_runs table, seeds grouped per configuration."""
+    compare_runs table, seeds grouped per configuration, after a row per teacher evaluation folder
+    of the same base (`reproduce`'s teacher-<sampler><steps>/)."""
     from rtdmd_bench.runs import RunDir
 
     by_base: dict[str, list[Path]] = defaultdict(list)
     for d in run_dirs:
         by_base[RunDir.open(d).read_config()["run"]["base"]].append(Path(d))
-    return [_runs_page(base, dirs) for base, dirs in by_base.items()]
+    teachers: dict[str, list[Row]] = defaultdict(list)
+    for d in teacher_dirs:
+        for base, row in teacher_rows(d):
+            teachers[base].append(row)
+    return [_runs_page(base, dirs, teachers.get(base, [])) for base, dirs in by_base.items()]
 
 
-def _runs_page(base: str, dirs: list[Path]) -> Page:
+def teacher_rows(folder: Path) -> list[tuple[str, Row]]:
+    """(base, row) per suite result in `folder`/eval of a teacher's sampler; cells keyed `key` and
+    `suite:key` (the runs' columns are either)."""
+    from rtdmd_bench.report import suite_cells
+
+    out = []
+    for path in sorted((folder / "eval").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        sampler = data.get("sampler", {})
+        if sampler.get("role") != "teacher":
+            continue
+        kind = {"cps": "CPS", "euler": "Euler"}.get(sampler.get("kind"), str(sampler.get("kind")))
+        cells, _ = suite_cells(data)
+        row_cells = {k: Cell(number_text(v, 0.0, 1), v, 0.0, [v]) for k, v in cells.items()}
+        row_cells |= {f"{path.stem}:{k}": c for k, c in row_cells.items()}
+        out.append((data.get("run", {}).get("base", ""), Row(f"teacher ({sampler.get('num_steps')}-step {kind})",
+                                                               "teacher", row_cells)))
+    return out
+
+
+def _runs_page(base: str, dirs: list[Path], teachers: list[Row]) -> Page:
     from rtdmd_bench.report import Table, compare_runs, mean_ci
     from rtdmd_bench.runs import RunDir
 
@@ -221,6 +246,7 @@ def _runs_page(base: str, dirs: list[Path]) -> Page:
             m, h = mean_ci(vals) if vals else (None, 0.0)
             row_cells[c] = Cell(table.cell_text(cells.get(c)), m, h, vals)
         rows.append(Row(label, label.split(" / ")[0], row_cells))
+    rows = teachers + rows
     runs: dict[str, list[Path]] = defaultdict(list)
     for d in dirs:
         cfg = RunDir.open(d).read_config()["run"]
@@ -231,11 +257,14 @@ def _runs_page(base: str, dirs: list[Path]) -> Page:
     return page
 
 
-def expand_runs(folder: Path) -> list[Path]:
-    """A run folder itself, or the run folders directly inside `folder` (sets aside `*.stale-<n>`)."""
+def expand_runs(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(run folders, teacher evaluation folders): `folder` itself if it is a run, else the folders
+    directly inside it that are runs (`*.stale-<n>` set aside) or hold a teacher's eval/*.json."""
     if (folder / "config.yaml").exists():
-        return [folder]
-    return sorted(p for p in folder.iterdir() if (p / "config.yaml").exists() and ".stale-" not in p.name)
+        return [folder], []
+    inside = sorted(p for p in folder.iterdir() if p.is_dir() and ".stale-" not in p.name)
+    runs = [p for p in inside if (p / "config.yaml").exists()]
+    return runs, [p for p in inside if p not in runs and any((p / "eval").glob("*.json"))] if runs else []
 
 
 def collect_pages(items: Sequence[str | Path], find_runs: bool = True) -> list[Page]:
@@ -243,12 +272,14 @@ def collect_pages(items: Sequence[str | Path], find_runs: bool = True) -> list[P
     folder or a folder of runs (all runs given are pooled, one page per base)."""
     pages: list[Page] = []
     run_dirs: list[Path] = []
+    teacher_dirs: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir() and (path / "table.csv").exists():
             pages.append(results_page(path, find_runs))
-        elif path.is_dir() and expand_runs(path):
-            run_dirs += expand_runs(path)
+        elif path.is_dir() and expand_runs(path)[0]:
+            run_dirs += expand_runs(path)[0]
+            teacher_dirs += expand_runs(path)[1]
         elif path.is_dir():
             raise UserError(f"{path}: neither a results folder (with table.csv), a run folder (with config.yaml) "
                             "nor a folder of runs; pass one of those or a reference table id")
@@ -257,7 +288,7 @@ def collect_pages(items: Sequence[str | Path], find_runs: bool = True) -> list[P
                             "a folder of runs or a reference table id")
         else:
             pages.append(reference_page(item))  # an id or a .json path; a UserError names the known ids
-    pages += runs_pages(run_dirs) if run_dirs else []
+    pages += runs_pages(run_dirs, teacher_dirs) if run_dirs else []
     seen: dict[str, int] = defaultdict(int)
     for p in pages:  # two sources with one name (two `toy2d` folders) get distinct files
         seen[p.name] += 1

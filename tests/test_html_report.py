@@ -192,11 +192,16 @@ def test_run_folders_give_seed_points_and_curves(tmp_path):
     _run(tmp_path, "a0", "dmd2", 0, 1.0, -3.0, [(1e8, 3.0), (2e8, 2.0)])
     _run(tmp_path, "a1", "dmd2", 1, 3.0, -1.0, [(1e8, 4.0), (2e8, 1.0)])
     _run(tmp_path, "b0", "rtdmd", 0, 5.0, -0.5, [])
+    _run(tmp_path, "b0.stale-1", "rtdmd", 0, 50.0, -50.0, [])  # set aside by reproduce: not a row
+    atomic_write_json(tmp_path / "teacher-cps4" / "eval" / "toy-tilt.json", {
+        "metrics": {"kl_teacher": 0.25, "mean_reward": -9.0}, "higher_is_better": {"kl_teacher": False},
+        "sampler": {"role": "teacher", "num_steps": 4, "kind": "cps"}, "run": {"base": "toy2d"}})
     [page] = collect_pages([tmp_path])
-    assert page.name == "runs-toy2d" and [r.label for r in page.rows] == ["dmd2 / toy2d [seeds 0,1]",
-                                                                           "rtdmd / toy2d [seeds 0]"]
+    assert page.name == "runs-toy2d" and [r.label for r in page.rows] == [
+        "teacher (4-step CPS)", "dmd2 / toy2d [seeds 0,1]", "rtdmd / toy2d [seeds 0]"]
+    assert Dom(render_html(page)).tables[0][1][1:3] == ["0.250", "-9.000"]  # kl_teacher, mean_reward
     x, y, points = choose_axes(page)
-    assert points[0].seeds == [(1.0, -3.0), (3.0, -1.0)] and (points[0].x, points[0].y) == (2.0, -2.0)
+    assert points[1].seeds == [(1.0, -3.0), (3.0, -1.0)] and (points[1].x, points[1].y) == (2.0, -2.0)
     add_figures(page)
     assert [f.title for f in page.figures] == ["Reward vs fidelity", "Metrics vs training FLOPs"]
     assert "2 runs' metrics.jsonl" in page.figures[1].caption  # b0 logged no curve
