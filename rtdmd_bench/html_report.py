@@ -74,7 +74,7 @@ def _scatter(page: Page) -> None:
 
 def _curves(page: Page) -> None:
     curves = []
-    method_of = {r.label: r.method for r in page.rows}
+    method_of = {r.label: r.method for r in page.rows}  # a results page's runs are keyed by row label
     for label, runs in page.runs.items():
         for run in runs:
             flops, values = run_curves(run)

@@ -247,10 +247,20 @@ def _runs_page(base: str, dirs: list[Path], teachers: list[Row]) -> Page:
             row_cells[c] = Cell(table.cell_text(cells.get(c)), m, h, vals)
         rows.append(Row(label, label.split(" / ")[0], row_cells))
     rows = teachers + rows
+    # Curves by configuration: one key per config without the seed (as compare_runs groups rows),
+    # `method / base`, then `(config n)` for a method's n-th further configuration, as its rows read.
     runs: dict[str, list[Path]] = defaultdict(list)
+    key_of: dict[str, str] = {}
     for d in dirs:
-        cfg = RunDir.open(d).read_config()["run"]
-        runs[f"{cfg['method']} / {cfg['base']}"].append(d)
+        cfg = RunDir.open(d).read_config()
+        sig = json.dumps({**{k: v for k, v in cfg.items() if k not in ("run", "overrides")},
+                          "run": {k: v for k, v in cfg["run"].items() if k not in ("seed", "run_id")}},
+                         sort_keys=True, default=str)
+        label = f"{cfg['run']['method']} / {cfg['run']['base']}"
+        if sig not in key_of:
+            n = sum(k.startswith(label) for k in key_of.values()) + 1
+            key_of[sig] = label if n == 1 else f"{label} (config {n})"
+        runs[key_of[sig]].append(d)
     page = Page(f"runs-{base}", f"{len(dirs)} runs on {base}", [("base", base), ("runs", str(len(dirs)))],
                 [(c, table.header(c)) for c in table.columns], rows, runs=dict(runs))
     page.notes.append("Cells: mean ± 95% CI over seeds (Student t); seeds of one configuration form a row.")
