@@ -19,7 +19,7 @@ from typing import Sequence
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.report_figures import FIDELITY_AXES, REWARD_AXES, Axis, Curve, Point, curves_png, scatter_png
-from rtdmd_bench.report_pages import Figure, Page, collect_pages, run_curves, run_seed
+from rtdmd_bench.report_pages import Cell, Figure, Page, collect_pages, run_curves, run_seed
 
 CURVE_KEYS = ("kl_target", "kl_teacher", "mean_reward", "fid", "fid_t", "accuracy")
 """Training-curve metrics drawn (the first three a run logged), in this order."""
@@ -92,7 +92,7 @@ def _curves(page: Page) -> None:
     for path in committed:
         page.figures.append(Figure("Metrics vs training FLOPs", f"{path} as `reproduce` drew it from the training "
                                    "curves (the runs are not here to redraw it).", path.read_bytes(), path))
-    if not committed:
+    if not committed and (page.runs or page.folder):
         page.notes.append("No metric-vs-FLOPs curves: " + ("no run logged `curve` lines (train.curve_points = 0)."
                                                             if page.runs else "no run folders of this table are here."))
 
@@ -127,7 +127,7 @@ def data_uri(png: bytes) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.82em}.scroll{overflow-x:auto}th,td{border:1px solid #ccc;padding:4px 8px}
-td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}th[scope=row]{text-align:left}thead th{background:#f3f3f3}
+td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}th[scope=row],td.t{text-align:left}thead th{background:#f3f3f3}
 figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:0.9em}dt{font-weight:bold}
 li{font-size:0.9em;margin:2px 0}"""
@@ -136,6 +136,14 @@ li{font-size:0.9em;margin:2px 0}"""
 def _cell_html(text: str, emphasis: str) -> str:
     e = html.escape(text)
     return f"<strong>{e}</strong>" if emphasis == "bold" else f"<u>{e}</u>" if emphasis == "underline" else e
+
+
+def _td(cell: Cell | None) -> str:
+    """A table cell; numbers align right (the style sheet), text (a method's name) left."""
+    if cell is None:
+        return "<td>–</td>"
+    text = cell.mean is None and cell.text != "–"
+    return f"<td{' class=t' if text else ''}>{_cell_html(cell.text, cell.emphasis)}</td>"
 
 
 def render_html(page: Page) -> str:
@@ -148,7 +156,7 @@ def render_html(page: Page) -> str:
     for r in page.rows:
         cells = [r.cells.get(k) for k, _ in page.columns]
         out.append(f'<tr><th scope="row">{esc(r.label)}</th>'
-                   + "".join(f"<td>{_cell_html(c.text, c.emphasis) if c else '–'}</td>" for c in cells) + "</tr>")
+                   + "".join(_td(c) for c in cells) + "</tr>")
     out.append("</tbody></table></div>")
     if page.figures:
         out.append("<h2>Figures</h2>")
