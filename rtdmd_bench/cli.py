@@ -394,6 +394,20 @@ def compare(
         console.print(f"wrote {p}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def report(
+    sources: list[str] = typer.Argument(..., help="Results folders (with table.csv, e.g. results/toy2d), run folders "
+                                        "or folders of runs (one page per base), reference table ids or .json paths."),
+    out: Path = typer.Option(Path("results/report"), help="Folder for the pages (<name>.html, <name>.md, index.html)."),
+) -> None:
+    """Write one self-contained HTML page (and a Markdown twin) per table: the table, reward vs
+    fidelity with each method's Pareto front, metrics vs training FLOPs and sample grids."""
+    from rtdmd_bench.html_report import write_report
+
+    for p in write_report(sources, _folder(out, "--out")):
+        console.print(f"wrote {p}", markup=False, highlight=False)
+
+
 Benchmark = Literal["toy", "toy2d", "digits"]
 """`reproduce` choices: `reproduce.GROUPS` spelled here for --help (a test checks the two agree)."""
 
