@@ -175,6 +175,9 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
         "versions": versions(), "git_commit": git_commit(),
         "processes": par.shard.world,
     }
+    note = getattr(b.base, "weights_note", lambda: None)()  # base.init=random: never mistaken for a real run
+    if note:
+        result.update(base=b.base.label, note=note)
     if par.main:
         atomic_write_json(run.path / "result.json", result)
     par.barrier()  # the run folder is complete before any rank moves on (e.g. to --eval)
