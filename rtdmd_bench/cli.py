@@ -372,13 +372,15 @@ def prepare(what: str = typer.Argument(..., help="digits: cache the digits netwo
 @app.command()
 def plan(method: str = typer.Option(..., help="Method name."), base: str = typer.Option(..., help="Real base name."),
          precision: str = typer.Option("bf16", help="bf16 | fp32"), parallelism: str = typer.Option("ddp", help="ddp | fsdp"),
-         num_gpus: int = typer.Option(8, help="GPUs.")) -> None:
+         num_gpus: int = typer.Option(8, help="GPUs."),
+         gpu: str = typer.Option("h100", help="h100 | a100: the GPU of the GPU-hours (a recorded step time "
+                                 "from benchmarks/step_cost.py on it is used when there is one).")) -> None:
     """Estimate parameters per role, trainable LoRA parameters, memory per GPU and FLOPs of a real base
     (built on the meta device: no weights needed)."""
     registry.entry("methods", method)
     from rtdmd_bench.plan import main as plan_main
 
-    plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus)
+    plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus, gpu=gpu)
 
 
 def main() -> None:

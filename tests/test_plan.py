@@ -134,3 +134,43 @@ def test_run_summary_states_budget_split_and_gpu_hours():
     assert "0.637 of it" in lines[1] and f"{0.637 * 1.623e20:.4g}" in lines[1]
     assert "stage-2 samples per step 256" in lines[2]
     assert run_summary(resolve_config("dmd2", "toy2d", [])) == []  # CPU bases: nothing to estimate
+
+
+def _record(folder, device: str, dtype: str, rate: float, base: str = "tiny-sd3", date: str = "2026-01-02") -> None:
+    """A step-cost record as benchmarks/step_cost.py writes it: rtdmd stage 1 at `rate` FLOP/s."""
+    import json
+
+    from rtdmd_bench.step_costs import record_stem
+
+    data = {"device": device, "base": base, "base_init": "random", "dtype": dtype, "date": date, "torch": "x",
+            "rows": [{"method": "rtdmd", "stage": 1, "batch": 9, "step_time_s": 2.0, "flops_per_step": 2.0 * rate,
+                      "achieved_flops_per_s": rate}]}
+    (folder / f"{record_stem(device, base)}-{dtype}.json").write_text(json.dumps(data))
+
+
+def test_plan_gpu_hours_from_a_recorded_step_time_else_estimated(tmp_path, capsys):
+    estimated = compute_plan("rtdmd", "tiny-sd3", num_gpus=1, recorded_dir=tmp_path)  # no record at all
+    for s in estimated.stages:
+        assert s["gpu_hours"] == pytest.approx(s["flops_run"] / (989e12 * 0.35) / 3600)  # by hand: H100 peak x 35%
+        assert s["gpu_hours_from"].startswith("estimated: FLOPs / (989 TFLOP/s H100 bf16 peak x 35% assumed MFU)")
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "bf16", 3e14)
+    _record(tmp_path, "NVIDIA A100-SXM4-80GB", "bf16", 1e14)  # another GPU
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "fp32", 5e13)  # another precision
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "bf16", 1e13, base="sd3")  # another base
+    plan = main("rtdmd", "tiny-sd3", "bf16", "ddp", 1, recorded_dir=tmp_path)
+    s1, s2 = plan.stages
+    assert s1["gpu_hours"] == pytest.approx(s1["flops_run"] / 3e14 / 3600)  # stage-1 FLOPs at the recorded rate
+    assert s1["gpu_hours_from"].startswith("recorded: ") and "NVIDIA H100 80GB HBM3, random weights" in s1["gpu_hours_from"]
+    assert "2 s per step of 9 samples = 300 TFLOP/s achieved" in s1["gpu_hours_from"]
+    assert s2["gpu_hours"] == estimated.stages[1]["gpu_hours"] and s2["gpu_hours_from"].startswith("estimated")
+    out = capsys.readouterr().out
+    assert "H100 GPU-hours of stage 1 (AC-DMD): recorded:" in out and "H100 GPU-hours of stage 2 (reward-tilted): estimated:" in out
+    a100 = compute_plan("rtdmd", "tiny-sd3", num_gpus=1, gpu="a100", recorded_dir=tmp_path).stages[0]
+    assert a100["gpu_hours"] == pytest.approx(s1["flops_run"] / 1e14 / 3600)
+    fp32 = compute_plan("rtdmd", "tiny-sd3", "fp32", num_gpus=1, recorded_dir=tmp_path).stages[0]
+    assert fp32["gpu_hours"] == pytest.approx(fp32["flops_run"] / 5e13 / 3600)
+    _record(tmp_path, "NVIDIA H100 PCIe", "bf16", 2e14, date="2026-03-04")  # the newest H100 record wins
+    newest = compute_plan("rtdmd", "tiny-sd3", num_gpus=1, recorded_dir=tmp_path).stages[0]
+    assert newest["gpu_hours"] == pytest.approx(s1["flops_run"] / 2e14 / 3600) and "H100 PCIe" in newest["gpu_hours_from"]
+    with pytest.raises(UserError, match="--gpu must be one of h100, a100"):
+        compute_plan("rtdmd", "tiny-sd3", gpu="v100")

@@ -209,3 +209,12 @@ def test_a_random_init_run_and_its_results_say_so(monkeypatch, offline, tmp_path
     saved = json.loads(Path(tmp_path / "clipscore.json").read_text())
     assert saved["run"]["base"] == "sd3[random-init]" and saved["note"] == res["note"] == result["note"]
     assert any(label.startswith("dmd2 / sd3[random-init]") for label, _ in compare_runs([tmp_path / "run"]).rows)
+
+
+def test_a_random_init_run_says_so_when_it_starts():
+    from rtdmd_bench.config import resolve_config
+    from rtdmd_bench.plan import run_summary
+
+    lines = run_summary(resolve_config("dmd2", "sd3", ["base.init=random", "base.seed=3"]))
+    assert any("base.init=random: sd3 with RANDOM weights (seed 3)" in line for line in lines)
+    assert not any("RANDOM" in line for line in run_summary(resolve_config("dmd2", "sd3", [])))
