@@ -42,6 +42,7 @@ from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.ranges import GroupSize, NonNegative, NonNegativeInt, Positive
 
 
 @dataclass
@@ -52,15 +53,15 @@ class Config(DMDConfig):
     reward_weighting: Literal["beta", "explicit"] = "beta"
     """lambda = 1/beta of the run's RewardSet ("beta", the tilted-KL weighting, see the module
     docstring) or `rl_weight` ("explicit")."""
-    rl_weight: float = 1.0
+    rl_weight: NonNegative = 1.0
     """lambda when reward_weighting="explicit"."""
-    group_size: int = 16
+    group_size: GroupSize = 16
     """grpo: samples per prompt in a group (RTDMD official SD3-M group size)."""
     log_prob: LogProbMode = "exact"
     """grpo: CPS transition log-prob mode (METHODS.md section 1)."""
-    clip_eps: float = 1e-4
+    clip_eps: Positive = 1e-4
     """grpo: PPO ratio clip (Flow-GRPO default clip_range 1e-4)."""
-    adv_clip: float = 5.0
+    adv_clip: Positive = 5.0
     """grpo: advantages clipped to +-adv_clip (Flow-GRPO and RTDMD: 5)."""
     adv_std: Literal["batch", "group"] = "batch"
     """grpo: "batch" = RTDMD's advantages exactly (per-prompt means, numpy population std of the
@@ -69,10 +70,10 @@ class Config(DMDConfig):
     dm_timesteps: Literal["uniform", "beta_annealed"] = "uniform"
     """DM-term noise levels: U(t_min, t_max) as DMD2, or DMDR's dynamic renoise sampling
     (Beta(beta_start) annealed linearly to uniform over `beta_anneal_steps` iterations)."""
-    beta_start: tuple[float, float] = (2.0, 1.0)
+    beta_start: tuple[Positive, Positive] = (2.0, 1.0)
     """Initial Beta(a, b) of `beta_annealed` (a > b favours high noise; the suite's choice, the
     paper's values were not available)."""
-    beta_anneal_steps: int = 1000
+    beta_anneal_steps: NonNegativeInt = 1000
     """Iterations over which `beta_annealed` reaches the uniform distribution."""
 
 

@@ -30,21 +30,22 @@ from rtdmd_bench.core.generator_critic import DMDConfig, GeneratorCritic
 from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.ranges import Positive, PositiveInt, Unit
 
 
 @dataclass
 class Config(DMDConfig):
-    num_targets: int = 4
+    num_targets: PositiveInt = 4
     """K, implicit targets per generator sample (suite definition)."""
-    lam: float = 0.5
+    lam: Unit = 0.5
     """lambda in [0, 1], strength of the reward weighting (0 = DMD2 with K targets; suite's choice)."""
     vary: Literal["both", "timestep", "noise", "fake_snapshot"] = "both"
     """What differs between a sample's K targets: independent (t_k, n_k) ("both"), only t_k with
     one shared noise, only n_k at one shared timestep, or only the fake score (current weights
     and the K-1 newest snapshots) at one shared (t, n) (METHODS.md section 6)."""
-    snapshot_every: int = 25
+    snapshot_every: PositiveInt = 25
     """fake_snapshot: iterations between fake-score snapshots (suite's choice)."""
-    adv_clip: float = 1.0
+    adv_clip: Positive = 1.0
     """Target-group advantages are clipped to +-adv_clip (METHODS.md section 6: 1)."""
 
 

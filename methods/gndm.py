@@ -32,51 +32,52 @@ from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.ranges import AdamBeta, GroupSize, NonNegative, Positive, PositiveInt, Unit
 
 
 @dataclass
 class Config(GeneratorCriticConfig):
-    eta: float = 0.9
+    eta: Unit = 0.9
     """CPS stochasticity eta of the rollouts (METHODS.md section 1)."""
-    lr_generator: float = 3e-6
+    lr_generator: NonNegative = 3e-6
     """AdamW learning rate of the generator (RTDMD stage-2 official, the suite's RL default)."""
-    lr_fake: float = 3e-5
+    lr_fake: NonNegative = 3e-5
     """AdamW learning rate of the fake score (AC-DMD official fake-score rate)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     """AdamW betas (RTDMD official)."""
-    weight_decay: float = 1e-4
+    weight_decay: NonNegative = 1e-4
     """AdamW weight decay (RTDMD stage-2 official)."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegative = 1.0
     """Gradient-norm clip for both networks (RTDMD official)."""
     cfg: float | None = None
     """Teacher guidance scale in R_dm; None = the base's default."""
     fake_step_conditioning: bool = False
     """Ablation: give the fake score the sampler step index of the output it models (here always
     the last step, since R_dm scores final samples); off by default as in the papers."""
-    group_size: int = 16
+    group_size: GroupSize = 16
     """Samples per prompt in a group (RTDMD official SD3-M group size)."""
-    num_dm_draws: int = 4
+    num_dm_draws: PositiveInt = 4
     """M, the (t_m, eps_m) draws of the R_dm estimate, shared within a group."""
     dm_weighting: Literal["uniform", "elbo"] = "uniform"
     """w(t) of R_dm: 1, or (1-t)/t (the ELBO weight: R_dm ~ log p_teacher - log p_fake)."""
-    num_inner_epochs: int = 2
+    num_inner_epochs: PositiveInt = 2
     """Optimiser steps of PPO-clip reusing each rollout batch (METHODS.md section 7: 2)."""
     log_prob: LogProbMode = "exact"
     """CPS transition log-prob mode (METHODS.md section 1)."""
-    clip_eps: float = 1e-4
+    clip_eps: Positive = 1e-4
     """PPO ratio clip (Flow-GRPO default clip_range 1e-4)."""
-    adv_clip: float = 5.0
+    adv_clip: Positive = 5.0
     """Advantages clipped to +-adv_clip (Flow-GRPO and RTDMD: 5)."""
     external_rewards: bool = False
     """Add the run's external rewards to the advantage (GNDMR)."""
-    w_dm: float = 1.0
+    w_dm: NonNegative = 1.0
     """Weight of A_dm; the external advantages are weighted by the RewardSet's weights."""
     adaptive: bool = True
     """GNDMR: rescale each external advantage so its running magnitude is `adaptive_fraction` x
     that of A_dm (False: c_k = 1)."""
-    adaptive_fraction: float = 0.5
+    adaptive_fraction: NonNegative = 0.5
     """Target ratio of an external advantage's running magnitude to A_dm's (suite's choice)."""
-    adaptive_momentum: float = 0.9
+    adaptive_momentum: Unit = 0.9
     """EMA momentum of the running magnitudes."""
 
 

@@ -31,6 +31,7 @@ from rtdmd_bench.core.reward_tilted import (
 from rtdmd_bench.core.parallel import BatchRandom
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
+from rtdmd_bench.ranges import Unit
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Config(RewardTiltedConfig):
     stage1: ac.ACDMDConfig = field(default_factory=ac.ACDMDConfig)
     """Stage 1 (AC-DMD) hyper-parameters, official cold-start defaults; eta and num_steps also
     define the stage-2 rollouts (official: the same 4-step CPS sampler, eta 0.9)."""
-    stage1_fraction: float = 0.5
+    stage1_fraction: Unit = 0.5
     """Fraction of the FLOP budget spent in stage 1 before switching to stage 2 (suite choice,
     recorded in results). 0 = stage 2 only, from the base's initial student."""
 

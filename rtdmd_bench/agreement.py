@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
-from rtdmd_bench.evaluate import SamplerSpec, build_suite, generate, suite_prompts
+from rtdmd_bench.evaluate import SamplerSpec, build_suite, checkpoint_tag, generate, hold_run, suite_prompts
 from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
 from rtdmd_bench.train import load_for_eval
 from suites.geneval_agreement import folder_samples, study
@@ -46,10 +46,10 @@ def run_samples(run_dir: Path, suite: Any, seed: int | None, batch_size: int) ->
     """The run's GenEval samples, from the run's cache when `rtdmd-bench eval` made them (same
     sampler tag, seed and prompts), else generated into it."""
     run = RunDir.open(run_dir)
-    b = load_for_eval(run.path)
-    ckpt = run.latest_checkpoint()
-    spec = SamplerSpec.student(b.cfg.method, tag=f"{run.path.name}-{ckpt.name if ckpt else 'none'}")
-    seed = int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)  # as `eval`'s default
-    with b.method.generator():
-        return generate(b.base, spec, suite_prompts(suite, b.base), suite.images_per_prompt, seed, run.path / "samples",
-                        batch_size=batch_size)
+    with hold_run(run.path):
+        b = load_for_eval(run.path)
+        spec = SamplerSpec.student(b.cfg.method, tag=checkpoint_tag(run))
+        seed = int(seed) if seed is not None else int(getattr(suite, "seed", 0) or 0)  # as `eval`'s default
+        with b.method.generator():
+            return generate(b.base, spec, suite_prompts(suite, b.base), suite.images_per_prompt, seed,
+                            run.path / "samples", batch_size=batch_size)

@@ -1,7 +1,11 @@
 """`rtdmd-bench`: train, evaluate and compare few-step distillation + RL methods at matched compute.
 
-Every user-fixable problem (unknown name, bad --set, unparsable budget, not a run folder,
-corrupt checkpoint, missing weights) prints one message and exits with status 2.
+Every user-fixable problem prints one message, without a traceback, and exits with status 2: a usage
+error (unknown option or command, a missing value or argument, text for a number, a value outside
+an option's choices or range) as typer/click detect it, and a `UserError` the code raises (unknown
+name, bad --set, a config value out of range, unparsable budget, not a run folder, corrupt
+checkpoint, missing weights or prompt files). Closed sets of values are Literal types, so `--help`
+lists them and the parser refuses anything else.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from typing import Any, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rtdmd_bench import registry
+from rtdmd_bench.config import Parallelism
 from rtdmd_bench.errors import NonFiniteLoss, UserError
 
 console = Console(stderr=False)
@@ -29,13 +35,46 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode=None,
 )
 
+
+def _version(value: bool) -> None:
+    """`--version`: the package version and the git commit of the code, then exit."""
+    if value:
+        from rtdmd_bench import __version__
+        from rtdmd_bench.runs import git_commit
+
+        commit = git_commit()
+        console.print(f"rtdmd-bench {__version__}" + ("" if commit == "unknown" else f" (git {commit})"),
+                      highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version (and git commit) and exit.")) -> None:
+    """Train and evaluate few-step distillation + RL methods at matched compute."""
+
+
+def _folder(path: Path, option: str) -> Path:
+    """`path` as a folder to write into: refused (before anything is written) when it, or the
+    nearest part of it that exists, is not a folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise UserError(f"{option} {path} is not a folder{where}: pass a folder to write into")
+    return path
+
+
 SET_HELP = ("Override a config field, repeatable: SECTION.FIELD=VALUE with SECTION one of run, train, "
             "method, base, reward.<name> (e.g. --set method.lr_generator=1e-4). Unknown keys are errors "
             "that list the valid ones; `rtdmd-bench config METHOD BASE` shows every field.")
 
 
+Kind = Literal["methods", "bases", "suites", "rewards"]
+"""`list` choices: `registry.KINDS` spelled here for --help (a test checks the two agree)."""
+
+
 @app.command("list")
-def list_cmd(kind: Optional[str] = typer.Argument(None, help="methods | bases | suites | rewards (default: all)")) -> None:
+def list_cmd(kind: Optional[Kind] = typer.Argument(None, help="What to list (default: all).")) -> None:
     """List registered methods, bases, suites and rewards with one line each (imports no model code)."""
     from rich.table import Table
 
@@ -84,12 +123,11 @@ def config_cmd(method: str = typer.Argument(..., help="method name"), base: str 
 
 
 def _progress(description: str, disable: bool = False):
-    """A rich progress bar on stderr (`disable`: ranks other than 0 of a multi-process run)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar on stderr (`disable`: ranks other than 0 of a multi-process run), on the
+    console every bar shares, so bars opened inside (building the digits networks) nest below it."""
+    from rtdmd_bench.progress import progress_bar
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, transient=False, disable=disable)
+    return progress_bar(disable=disable)
 
 
 @app.command()
@@ -119,7 +157,7 @@ def train(
 
     if resume is not None:
         run = RunDir.open(resume)
-        cfg = from_dict(run.read_config())
+        cfg = from_dict(run.read_config(), str(run.path / "config.yaml"))
         run_dir = run.path
         if any(x is not None for x in (method, base, budget, seed, rewards, beta)) or set_:
             raise UserError("--resume continues a run with its saved config; drop the other options")
@@ -142,7 +180,7 @@ def train(
             rid = distributed.agree(rid)
         import dataclasses
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=rid))
-        run_dir = out / rid
+        run_dir = _folder(out, "--out") / rid
         if (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-id")
         distributed.setup_for(cfg).barrier()  # checked before written
@@ -150,6 +188,11 @@ def train(
     if par.mode == "fsdp" and par.shard.world > 1 and eval_:
         raise UserError("--eval does not work with train.parallel=fsdp (evaluation shards prompts and needs "
                         "whole models): run `rtdmd-bench eval --run RUN` after training")
+    suites = None
+    if eval_:  # their prompts and scorer models are checked now, not after training
+        from rtdmd_bench.evaluate import build_suites
+
+        suites = build_suites(eval_)
     main = par.main
     if main:
         from rtdmd_bench.plan import run_summary
@@ -170,7 +213,7 @@ def train(
     if eval_:
         from rtdmd_bench.evaluate import evaluate_suites
 
-        for res in evaluate_suites(eval_, run=run_dir):
+        for res in evaluate_suites(eval_, run=run_dir, built_suites=suites):
             _print_metrics(res)
 
 
@@ -195,8 +238,6 @@ def _print_metrics(res: dict[str, Any]) -> None:
         return
     from rich.table import Table
 
-    from rich.markup import escape
-
     t = Table(title=escape(f"{res['suite']} ({res['suite_version']})"))  # "[stand-in]" is not markup
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -217,7 +258,7 @@ def eval_cmd(
     suite: list[str] = typer.Option(..., "--suite", help="Suite name, repeatable (`rtdmd-bench list suites`)."),
     run: Optional[Path] = typer.Option(None, help="Run folder to evaluate (its EMA generator)."),
     base: Optional[str] = typer.Option(None, help="Evaluate this base's teacher instead of a run."),
-    teacher_steps: int = typer.Option(4, help="With --base: teacher sampler steps."),
+    teacher_steps: int = typer.Option(4, min=1, help="With --base: teacher sampler steps."),
     teacher_sampler: TeacherSampler = typer.Option(
         "cps", help="With --base: cps = few-step CPS on the student's schedule; euler = Euler on the base's "
         "scheduler schedule (set_timesteps(N), RTDMD's normal mode); euler-pipeline = Euler on the schedule the "
@@ -231,21 +272,28 @@ def eval_cmd(
     seed: Optional[int] = typer.Option(None, help="Evaluation seed (image j of prompt i uses noise seeded by (seed, i, j)); "
                                        "default: the suite's protocol seed (e.g. 42 for DrawBench), else 0."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt file for the suite(s) (same as --set suite.prompts=PATH)."),
-    batch_size: int = typer.Option(256, help="Generation batch size (scores do not depend on it)."),
+    batch_size: int = typer.Option(256, min=1, help="Generation batch size (scores do not depend on it)."),
 ) -> None:
     """Evaluate a run (or a base's teacher) with suites; each suite's JSON is written as soon as it finishes,
     and generated images are cached so a second suite on the same prompts generates nothing new."""
-    from rtdmd_bench.evaluate import SamplerSpec, evaluate_suites
+    import os
 
+    from rtdmd_bench.evaluate import SamplerSpec, evaluate_suites, expand_suites
+    from rtdmd_bench.progress import EvalBars, progress_bar
+
+    out = _folder(out, "--out")
     sets = _parse_suite_sets(set_)
     if prompts is not None:
         sets["prompts"] = str(prompts)
     teacher = None
     if base is not None:
         teacher = SamplerSpec(role="teacher", num_steps=teacher_steps, kind=teacher_sampler, cfg=teacher_cfg, tag=base)
-    for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, overrides=sets,
-                               base_overrides=base_set, out=out, seed=seed, batch_size=batch_size):
-        _print_metrics(res)
+    main = int(os.environ.get("RANK", "0")) == 0  # the other processes of a process group show nothing
+    with progress_bar(counts=True, disable=not main) as bar:
+        bars = EvalBars(bar, len(expand_suites(suite)))
+        for res in evaluate_suites(suite, run=run, base=base, teacher=teacher, overrides=sets, base_overrides=base_set,
+                                   out=out, seed=seed, batch_size=batch_size, progress=bars):
+            _print_metrics(res)
 
 
 @app.command()
@@ -283,7 +331,7 @@ def geneval_agreement_cmd(
     out: Optional[Path] = typer.Option(None, help="JSON output (default RUN/eval/geneval-agreement.json or "
                                        "IMAGES/geneval-agreement.json)."),
     seed: Optional[int] = typer.Option(None, help="With --run: evaluation seed, as for `eval` (default 0)."),
-    batch_size: int = typer.Option(256, help="With --run: generation batch size."),
+    batch_size: int = typer.Option(256, min=1, help="With --run: generation batch size."),
 ) -> None:
     """Score the same GenEval images with the suite's transformers detector and with GenEval's own
     scorer (needs its environment and a GPU); print per-tag agreement, Cohen's kappa and the
@@ -325,32 +373,38 @@ def compare(
     """Print a table of runs with mean ± 95% CI over seeds and write it as Markdown, CSV and LaTeX."""
     from rtdmd_bench.report import compare_runs
 
+    out = _folder(out, "--out")
     table = compare_runs(runs, suite)
     console.print(table.rich(title=f"{len(runs)} runs"))
     for p in table.write(out, name):
         console.print(f"wrote {p}")
 
 
+Benchmark = Literal["toy", "toy2d", "digits"]
+"""`reproduce` choices: `reproduce.GROUPS` spelled here for --help (a test checks the two agree)."""
+
+
 @app.command()
 def reproduce(
-    what: str = typer.Argument("toy", help="toy (toy2d + digits, CPU) | toy2d | digits"),
+    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them."),
     out: Path = typer.Option(Path("results"), help="Where the tables and plots go."),
-    seeds: int = typer.Option(3, help="Seeds per method."),
-    workers: int = typer.Option(2, help="Parallel training processes (one torch thread each)."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per method."),
+    workers: int = typer.Option(2, min=1, help="Parallel training processes (one torch thread each)."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where the runs go (resumable)."),
 ) -> None:
     """Train every method on the CPU benchmark under one matched FLOP budget, evaluate, and write
     tables (Markdown/CSV/LaTeX) and plots under results/."""
     from rtdmd_bench.reproduce import reproduce as run_reproduce
 
-    run_reproduce(what, out, seeds, workers, runs_dir, console)
+    run_reproduce(what, _folder(out, "--out"), seeds, workers, _folder(runs_dir, "--runs-dir"), console)
 
 
 @app.command()
-def prepare(what: str = typer.Argument(..., help="digits: cache the digits networks; geneval-train: write prompts to --out"),
+def prepare(what: Literal["digits", "geneval-train"] = typer.Argument(
+                ..., help="digits: cache the digits networks; geneval-train: write prompts to --out"),
             force: bool = typer.Option(False, help="digits: rebuild even if cached."),
             out: Optional[Path] = typer.Option(None, help="geneval-train: the jsonl file to write."),
-            n: int = typer.Option(5000, help="geneval-train: number of prompts."),
+            n: int = typer.Option(5000, min=1, help="geneval-train: number of prompts."),
             seed: int = typer.Option(0, help="geneval-train: seed of the draw."),
             exclude: Optional[Path] = typer.Option(None, help="geneval-train: evaluation metadata to leave out.")) -> None:
     """Build cached artefacts (training does it on first use) or the geneval-partial reward's prompts."""
@@ -360,8 +414,6 @@ def prepare(what: str = typer.Argument(..., help="digits: cache the digits netwo
         written = write_training_metadata(out, n, seed, exclude)
         console.print(f"wrote {written} GenEval-style training prompts to {out}", markup=False, soft_wrap=True)
         return
-    if what != "digits":
-        raise UserError(f"nothing to prepare for {what!r}; valid: digits, geneval-train")
     from rtdmd_bench.bases.digits import Digits, prepare_digits
 
     info = prepare_digits(Digits.Config(), force=force)
@@ -369,12 +421,20 @@ def prepare(what: str = typer.Argument(..., help="digits: cache the digits netwo
         console.print(f"{k}: {v}")
 
 
+PlanPrecision = Literal["bf16", "fp32"]
+"""`plan --precision` choices: `plan.WEIGHT_BYTES` spelled here for --help (a test checks the two agree)."""
+
+PlanGpu = Literal["h100", "a100"]
+"""`plan --gpu` choices: `plan.GPU_PEAK_FLOPS` spelled here for --help (a test checks the two agree)."""
+
+
 @app.command()
 def plan(method: str = typer.Option(..., help="Method name."), base: str = typer.Option(..., help="Real base name."),
-         precision: str = typer.Option("bf16", help="bf16 | fp32"), parallelism: str = typer.Option("ddp", help="ddp | fsdp"),
-         num_gpus: int = typer.Option(8, help="GPUs."),
-         gpu: str = typer.Option("h100", help="h100 | a100: the GPU of the GPU-hours (a recorded step time "
-                                 "from benchmarks/step_cost.py on it is used when there is one).")) -> None:
+         precision: PlanPrecision = typer.Option("bf16", help="Weights and activations precision."),
+         parallelism: Parallelism = typer.Option("ddp", help="ddp = whole model per GPU; fsdp = sharded."),
+         num_gpus: int = typer.Option(8, min=1, help="GPUs."),
+         gpu: PlanGpu = typer.Option("h100", help="The GPU of the GPU-hours (a step time benchmarks/step_cost.py "
+                                     "recorded on it is used when there is one).")) -> None:
     """Estimate parameters per role, trainable LoRA parameters, memory per GPU and FLOPs of a real base
     (built on the meta device: no weights needed)."""
     registry.entry("methods", method)
@@ -383,29 +443,43 @@ def plan(method: str = typer.Option(..., help="Method name."), base: str = typer
     plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus, gpu=gpu)
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """Usage errors' classes: click's, and typer's own root class since typer 0.29 raises a vendored
+    copy of click's exceptions (`typer.TyperException`), which click's handler does not catch."""
+    import click
+
+    return (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+
+
+def _usage_message(e: Exception) -> str:
+    """One line: the parser's message and where to read the command's help."""
+    command = getattr(getattr(e, "ctx", None), "command_path", "")  # no context: an option's value is missing
+    return f"{e.format_message()} (see `{command} --help`)" if command else f"{e.format_message()} (see --help)"  # type: ignore[attr-defined]
+
+
+def _fail(kind: str, message: str, code: int) -> None:
+    # soft_wrap: the message keeps its own lines (a terminal wraps them), so it stays one line to copy
+    err.print(f"[bold red]{kind}:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: user errors become one message and exit status 2."""
+    """Console entry point: user and usage errors become one message and exit status 2."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: errors come here instead of typer's printing; no arguments = --help
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
     except (UserError, registry.UnknownName) as e:
-        kind = "stopped" if isinstance(e, NonFiniteLoss) else "error"
-        err.print(f"[bold red]{kind}:[/bold red] {e}", highlight=False)
-        sys.exit(2)
+        _fail("stopped" if isinstance(e, NonFiniteLoss) else "error", str(e), 2)
     except KeyboardInterrupt:
         err.print("interrupted; resume with `rtdmd-bench train --resume RUN`")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        # Recent typer raises its own vendored copy of click's exceptions, not click's classes.
-        vendored = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-        usage = (click.exceptions.ClickException, vendored)
-        if isinstance(e, usage):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, (click.exceptions.Abort, click.exceptions.Exit, typer.Abort, typer.Exit)):
-            sys.exit(getattr(e, "exit_code", 1))
-        raise
+    except _usage_errors() as e:  # usage errors carry exit code 2; other click errors (a file) 1
+        _fail("error", _usage_message(e), e.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        _fail("error", "aborted", 1)
+    else:  # `--help`, `--version` and typer.Exit(code) end here with their exit code
+        if isinstance(code, int) and code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

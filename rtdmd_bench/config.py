@@ -8,7 +8,9 @@ A run's configuration is a tree of dataclasses:
     reward.<name>  <Reward>.Config   (one per reward in run.rewards)
 Overrides are `section.field=value` (`--set method.lr_generator=1e-4`, `--set base.num_modes=6`,
 `--set reward.toy-quadratic.scale=2`, `--set train.batch_size=256`, `--set run.beta=0.5`).
-Values are parsed as the field's annotated type; unknown keys list the valid ones. Recipes
+Values are parsed as the field's annotated type; unknown keys list the valid ones; a value outside
+the range its type declares (rtdmd_bench/ranges.py: `lr: NonNegative`, `batch_size: PositiveInt`) is
+refused by `check_ranges` when the config is resolved, before anything is built. Recipes
 (`rtdmd_bench/recipes/<base>.yaml`) are plain data (yaml.safe_load; nothing is executed), applied
 before the user's overrides.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -28,6 +31,11 @@ from typing import Any, Literal
 import yaml
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import NonNegativeInt, Positive, PositiveInt, check_ranges
+
+
+Parallelism = Literal["ddp", "fsdp"]
+"""How several processes share a run (TrainConfig.parallel, `rtdmd-bench plan --parallelism`)."""
 
 
 @dataclass
@@ -40,7 +48,7 @@ class RunConfig:
     """Training seed: every batch's prompts and noise derive from (seed, step)."""
     rewards: tuple[str, ...] = ()
     """Rewards as NAME or NAME=WEIGHT; empty uses the base's default reward set from its recipe."""
-    beta: float = 1.0
+    beta: Positive = 1.0
     """Tilt temperature of the target p* ∝ p_teacher exp(r/beta) (METHODS.md section 4)."""
     run_id: str = ""
     """Run folder name under runs/; empty makes one from method, base, seed and a time stamp."""
@@ -50,29 +58,50 @@ class RunConfig:
 class TrainConfig:
     budget: str = "1e11"
     """Compute budget: FLOPs (2e12, 2T, 500G) or teacher-forward equivalents (20ktf)."""
-    batch_size: int = 256
+    batch_size: PositiveInt = 256
     """Samples per training step; group methods draw batch_size // group_size distinct prompts
     and K = group_size samples of each (rtdmd_bench.core.rl.grouped_prompts)."""
-    checkpoint_every: int = 500
+    checkpoint_every: PositiveInt = 500
     """Steps between checkpoints (a final one is always written)."""
-    log_every: int = 50
-    """Steps between lines in metrics.jsonl."""
-    curve_points: int = 0
+    log_every: PositiveInt = 50
+    """Steps between lines in metrics.jsonl. A line holds each logged term's MEAN over the steps
+    since the previous line (`n_steps` of them), not the last step's value; a term logged on only
+    some of those steps (e.g. a generator term of a method that updates its generator every 5th
+    step) is the mean over those, and `term_steps` gives their number."""
+    curve_points: NonNegativeInt = 0
     """Quick evaluations of `curve_suite` during training, evenly spaced in FLOPs (0 = off):
     methods whose steps cost different FLOPs get their curve points at the same compute."""
     curve_suite: str = ""
     """Suite evaluated during training for the metric-vs-FLOPs curve (e.g. toy-tilt)."""
-    curve_images_per_prompt: int = 1000
+    curve_images_per_prompt: PositiveInt = 1000
     """Samples per prompt in the quick curve evaluation."""
-    threads: int = 0
+    threads: NonNegativeInt = 0
     """torch intra-op threads (0 = torch's default)."""
-    micro_batches: int = 1
+    micro_batches: PositiveInt = 1
     """Gradient accumulation: each process splits its share of every step into this many
     micro-batches, one forward/backward at a time, and takes one optimiser step on their summed
     gradients. The update does not depend on it (up to float summation order): raise it when a
     step does not fit in GPU memory, e.g. the official SD3-M recipe on one GPU instead of eight
     (`rtdmd-bench plan` gives the memory per micro-batch). Each process's rows must divide evenly."""
-    parallel: Literal["ddp", "fsdp"] = "ddp"
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    """Experiment tracker, as diffusers' `--report_to` (accelerate's tracker classes, rank 0 only):
+    each metrics.jsonl line (term means, gradient norms, FLOPs used), the evaluation curve
+    (`curve/<metric>`) and the sample grids (`train.sample_every`) go to it too, with the resolved
+    config as parameters. tensorboard: event files in RUN/tensorboard/<tracker_run_name>/ (pip
+    install tensorboard, or the `track` extra); wandb: project `tracker_project` (pip install
+    wandb; WANDB_MODE=offline needs no account); mlflow: experiment `tracker_project` in the store
+    MLFLOW_TRACKING_URI names (pip install mlflow). A resumed run continues its TensorBoard curves
+    (events after the checkpoint are dropped) and starts a new W&B/MLflow run of the same name."""
+    tracker_project: str = "rtdmd-bench"
+    """W&B project / MLflow experiment of `log_with` (TensorBoard has none: its run is a folder)."""
+    tracker_run_name: str = ""
+    """Run name in the tracker; empty = the run id (the run folder's name)."""
+    sample_every: NonNegativeInt = 0
+    """Steps between grids of the EMA student's samples sent to the `log_with` tracker (0 = off):
+    4 training prompts evenly spaced in the prompt list, 4 images each with the student's own
+    sampler (toy2d: a scatter plot of 256 points per prompt), on the same noise every time. Made
+    outside the FLOP meter with the random state restored: the run trains exactly as without."""
+    parallel: Parallelism = "ddp"
     """With several processes (accelerate launch / torchrun): ddp = every process holds the whole
     base and gradients are averaged (accelerate's DDP); fsdp = torch FSDP2 shards the weights of
     every transformer block, frozen and LoRA, across processes (bases that do not fit one GPU:
@@ -164,9 +193,12 @@ def parse_value(text: Any, tp: Any, where: str) -> Any:
         return int(f)
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except (TypeError, ValueError):
             raise UserError(f"{where}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {text!r}")
+        return value
     if tp is str:
         return str(text)
     raise UserError(f"{where}: fields of type {_type_name(tp)} cannot be set from the command line")
@@ -237,9 +269,12 @@ def parse_rewards(specs: tuple[str, ...]) -> dict[str, float]:
     for spec in specs:
         name, _, w = spec.partition("=")
         try:
-            weights[name.strip()] = float(w) if w else 1.0
+            weight = float(w) if w else 1.0
         except ValueError:
-            raise UserError(f"bad reward {spec!r}: write NAME or NAME=WEIGHT") from None
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise UserError(f"bad reward {spec!r}: write NAME or NAME=WEIGHT (a finite number)")
+        weights[name.strip()] = weight
     return weights
 
 
@@ -275,27 +310,54 @@ def resolve_config(method: str, base: str, overrides: list[str] | tuple[str, ...
                 raise UserError(f"{key!r}: reward {name!r} is not in this run's rewards "
                                 f"({', '.join(rewards) or 'none'}); add it with --set run.rewards=...")
             rewards[name] = set_field(rewards[name], fld.split("."), value, key)
-    return ResolvedConfig(run, train, method_cfg, base_cfg, rewards, weights, applied)
+    return check_config(ResolvedConfig(run, train, method_cfg, base_cfg, rewards, weights, applied))
 
 
-def from_dict(data: dict[str, Any]) -> ResolvedConfig:
-    """Rebuild a ResolvedConfig from `to_dict()` output (config.yaml of a run)."""
+def from_dict(data: Any, source: str = "the saved config") -> ResolvedConfig:
+    """Rebuild a ResolvedConfig from `to_dict()` output (config.yaml of a run); anything else (not
+    a mapping, a section missing, an unknown method or field, a value out of range) is a UserError
+    naming `source`."""
     from rtdmd_bench import registry
 
-    def build(cls: type, values: dict[str, Any]) -> Any:
+    def section(name: str, default: Any = None) -> dict[str, Any]:
+        value = data.get(name, default)
+        if not isinstance(value, dict):
+            raise UserError(f"its {name!r} section is {'missing' if value is None else 'not a mapping'}")
+        return value
+
+    def build(cls: type, values: Any, where: str) -> Any:
+        if not isinstance(values, dict):
+            raise UserError(f"{where} is not a mapping of fields")
         obj = cls()
         for k, v in values.items():
             cur = getattr(obj, k, None)
             if dataclasses.is_dataclass(cur):
-                obj = dataclasses.replace(obj, **{k: build(type(cur), v)})
+                obj = dataclasses.replace(obj, **{k: build(type(cur), v, f"{where}.{k}")})
             else:
-                obj = set_field(obj, [k], v if not isinstance(v, list) else tuple(v), k)
+                obj = set_field(obj, [k], v if not isinstance(v, list) else tuple(v), f"{where}.{k}")
         return obj
 
-    run = build(RunConfig, data["run"])
-    return ResolvedConfig(
-        run=run, train=build(TrainConfig, data["train"]),
-        method=build(registry.resolve("methods", run.method).Config, data["method"]),
-        base=build(registry.resolve("bases", run.base).Config, data["base"]),
-        rewards={n: build(registry.resolve("rewards", n).Config, c) for n, c in data.get("reward", {}).items()},
-        reward_weights=dict(data.get("reward_weights", {})), overrides=list(data.get("overrides", [])))
+    try:
+        if not isinstance(data, dict):
+            raise UserError("it is not a mapping with the sections run, train, method, base")
+        run = build(RunConfig, section("run"), "run")
+        rewards = section("reward", {})
+        cfg = ResolvedConfig(
+            run=run, train=build(TrainConfig, section("train"), "train"),
+            method=build(registry.resolve("methods", run.method).Config, section("method"), "method"),
+            base=build(registry.resolve("bases", run.base).Config, section("base"), "base"),
+            rewards={n: build(registry.resolve("rewards", n).Config, c, f"reward.{n}") for n, c in rewards.items()},
+            reward_weights={str(n): float(w) for n, w in section("reward_weights", {}).items()},
+            overrides=[str(o) for o in data.get("overrides") or []])
+        return check_config(cfg)
+    except (UserError, registry.UnknownName, TypeError, ValueError) as err:
+        raise UserError(f"{source} is not a valid run config: {err}; restore it or start a new run") from None
+
+
+def check_config(cfg: ResolvedConfig) -> ResolvedConfig:
+    """`check_ranges` on every section of `cfg`; returns it."""
+    for name, section in (("run", cfg.run), ("train", cfg.train), ("method", cfg.method), ("base", cfg.base)):
+        check_ranges(section, name)
+    for name, reward in cfg.rewards.items():
+        check_ranges(reward, f"reward.{name}")
+    return cfg

@@ -151,12 +151,12 @@ def setup_for(cfg: Any) -> Parallel:
 
 
 def agree(value: Any) -> Any:
-    """Rank 0's `value` on every rank (e.g. a run id containing the time)."""
-    par = _current
-    if par is None or par.shard.world == 1:
-        return value
+    """Rank 0's `value` on every rank (e.g. a run id containing the time) of the process group
+    (training's, or the one an evaluation joined); `value` itself outside a group."""
     import torch.distributed as dist
 
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

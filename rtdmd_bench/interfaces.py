@@ -267,6 +267,11 @@ class Suite(Protocol):
         """Metrics for `images` (decoded samples, ordered prompt-major: prompt i's j-th sample
         at i * images_per_prompt + j)."""
 
+    # Optional hooks the engine calls when present: `prepare()` before any image is generated
+    # (load the scorer models, or check the files of heavy ones, so missing weights fail in
+    # seconds: every built-in suite has one), `bind(base)` (prompts that depend on the base),
+    # `sampler(spec)` (a protocol's sampler), `release()` (free a heavy scorer after scoring).
+
 
 @dataclass
 class EvalContext:

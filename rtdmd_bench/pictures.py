@@ -119,18 +119,19 @@ def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def save_scatter(points: Sequence[Tensor], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """A scatter plot of 2-D points, one colour per entry ((k, 2) each) with its label in the
-    legend, equal axes; written as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def scatter_figure(points: Sequence[Tensor], labels: Sequence[str], title: str = "", inches: float = 6.4) -> object:
+    """A matplotlib figure (Agg, not pyplot's) of 2-D points, one colour per entry ((k, 2) each)
+    with its label in the legend, equal axes."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if len(points) != len(labels):
-        raise ValueError(f"save_scatter needs one label per point set, got {len(points)} and {len(labels)}")
-    cmap = plt.get_cmap("tab10" if len(points) <= 10 else "tab20" if len(points) <= 20 else "hsv")
-    fig, ax = plt.subplots(figsize=(6.4, 6.4))
+        raise ValueError(f"a scatter plot needs one label per point set, got {len(points)} and {len(labels)}")
+    cmap = colormaps["tab10" if len(points) <= 10 else "tab20" if len(points) <= 20 else "hsv"]
+    fig = Figure(figsize=(inches, inches))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for i, (xy, label) in enumerate(zip(points, labels)):
         xy = xy.detach().float().cpu().numpy()
         short = label if len(label) <= 40 else label[:39] + "…"
@@ -141,8 +142,21 @@ def save_scatter(points: Sequence[Tensor], labels: Sequence[str], path: str | Pa
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def scatter_pixels(points: Sequence[Tensor], labels: Sequence[str], size_px: int = 512) -> np.ndarray:
+    """(size_px, size_px, 3) uint8 picture of `scatter_figure` (for trackers)."""
+    fig = scatter_figure(points, labels, inches=size_px / 100)
+    fig.set_dpi(100)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_scatter(points: Sequence[Tensor], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """`scatter_figure` written as a PNG, atomically."""
+    fig = scatter_figure(points, labels, title)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return path

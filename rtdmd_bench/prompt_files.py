@@ -114,9 +114,30 @@ def resolve_source(source: str, option: str) -> Path:
     return path
 
 
+def read_text(path: Path, what: str = "prompt file") -> str:
+    """The UTF-8 text of `path`; a binary file, a folder or an unreadable file is a UserError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text (a binary file?): pass a text file") from None
+    except OSError as err:
+        raise UserError(f"{what} {path} cannot be read ({err.strerror or err})") from None
+
+
+def read_json_list(path: Path) -> list[str]:
+    """A .json prompt file: one JSON list of strings."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not JSON ({err}); expected a JSON list of prompt strings") from None
+    if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+        raise UserError(f"{path}: expected a JSON list of prompt strings")
+    return data
+
+
 def read_prompts(path: Path) -> list[str]:
     """The prompts of a .txt, .json (list of strings) or .jsonl (objects with "prompt") file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".jsonl":
         prompts = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -127,10 +148,7 @@ def read_prompts(path: Path) -> list[str]:
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise UserError(f"{path}:{n}: expected a JSON object with a \"prompt\" field ({err})") from err
     elif path.suffix == ".json":
-        data = json.loads(text)
-        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-            raise UserError(f"{path}: expected a JSON list of prompt strings")
-        prompts = data
+        prompts = read_json_list(path)
     else:
         prompts = [line.strip() for line in text.splitlines()]
     prompts = [p.strip() for p in prompts if p.strip()]

@@ -8,14 +8,15 @@ Runs go to runs/reproduce/<base>/<row>-s<seed>/ (the teacher rows to teacher-<sa
 A folder is reused (an interrupted run resumes) only when its config.yaml is the resolved config
 the grid asks for now; after a default or recipe change it is moved aside to <folder>.stale-<n>
 and run again, and reproduce says which values differed. Evaluation samples are cached per bench
-under samples/<digest of the base config>/, a run's with a digest of its config in their key, so
-a rerun never reads the samples of the run it replaces.
+under samples/<digest of the base config>/, a run's with digests of its config and of its
+checkpoint's content in their key, so a rerun never reads the samples of the run it replaces.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -97,6 +98,17 @@ def _comparable(cfg: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, 
             if k not in ("overrides", *ignore)}
 
 
+def with_defaults(saved: Any) -> Any:
+    """A saved config with the fields added since it was written at their defaults (a new field
+    that keeps its default changes no run); as saved if it cannot be read as a config."""
+    from rtdmd_bench.config import from_dict
+
+    try:
+        return {**saved, **from_dict(saved).to_dict()}
+    except Exception:  # noqa: BLE001  (an unreadable old config is compared as it is: it differs)
+        return saved
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """'key: old -> new' for every dotted key whose value differs between two config dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -114,7 +126,7 @@ def set_aside_if_stale(folder: Path, cfg: dict[str, Any], ignore: tuple[str, ...
     if not folder.exists():
         return ""
     if found.exists():
-        diff = differences(_comparable(yaml.safe_load(found.read_text()), ignore), _comparable(cfg, ignore))
+        diff = differences(_comparable(with_defaults(yaml.safe_load(found.read_text())), ignore), _comparable(cfg, ignore))
         if not diff:
             return ""
         why = "config changed (" + "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more)" if len(diff) > 4 else ")")
@@ -157,7 +169,6 @@ def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: i
 
     torch.set_num_threads(1)
     from rtdmd_bench.evaluate import build_suite, evaluate_run
-    from rtdmd_bench.runs import RunDir
     from rtdmd_bench.train import train
 
     spec = BENCHES[bench]
@@ -167,7 +178,7 @@ def run_one(bench: str, label: str, method: str, extra: tuple[str, ...], seed: i
     if (run_dir / "eval" / f"{spec.suite}.json").exists() and (run_dir / "result.json").exists():
         return {"run": str(run_dir), "reused": True, "note": note}
     if not (run_dir / "result.json").exists():
-        train(cfg, run_dir, resume=RunDir(run_dir).latest_checkpoint() is not None)
+        train(cfg, run_dir, resume=(run_dir / "config.yaml").exists())  # (none before its first checkpoint: starts over)
     # Student samples are keyed by run; the teacher's (for FID-T) are shared by the bench's runs.
     evaluate_run(build_suite(spec.suite), run_dir, 0, samples_dir(Path(runs_dir), bench, cfg),
                  student_spec(bench, label, seed, cfg).tag)
@@ -304,7 +315,7 @@ def _row_samples(runs_dir: Path, bench: str, label: str, teacher: Any, suite: An
     the sample cache (`evaluate.cached_samples`), else made again from the same noise (runs
     evaluated before their cache key named their config)."""
     from rtdmd_bench.config import from_dict
-    from rtdmd_bench.evaluate import cached_samples, generate_prompt, suite_prompts
+    from rtdmd_bench.evaluate import cached_samples, checkpoint_tag, generate_prompt, suite_prompts
     from rtdmd_bench.runs import RunDir
 
     prompts, n = suite_prompts(suite, teacher.base), suite.images_per_prompt
@@ -312,8 +323,10 @@ def _row_samples(runs_dir: Path, bench: str, label: str, teacher: Any, suite: An
     if label in kinds:
         spec, cfg = teacher_spec(bench, *kinds[label]), teacher.cfg
     else:
-        cfg = from_dict(RunDir.open(run_folder(runs_dir, bench, label, 0)).read_config())
+        run = RunDir.open(run_folder(runs_dir, bench, label, 0))
+        cfg = from_dict(run.read_config())
         spec = student_spec(bench, label, 0, cfg)
+        spec = dataclasses.replace(spec, tag=checkpoint_tag(run, spec.tag))  # the key evaluate_run gave them
     cache = samples_dir(runs_dir, bench, cfg)
     out = [cached_samples(cache, teacher.base, spec, prompts, n, 0, i) for i in indices]
     if any(x is None for x in out):

@@ -13,17 +13,24 @@ prompt, so that
 - generation shards across processes (`accelerate launch -m rtdmd_bench eval ...`): rank r
   generates the prompts i with i % world == r into the shared cache, then rank 0 gathers them
   from the cache and scores (the cache is the gather; results equal a single-process run).
+The cache is derived data: an entry is checked when read (it loads, and holds the prompt's images
+as float32), and a bad one (a truncated file, say) is generated again, with a warning naming it,
+and overwritten atomically. A run's samples are keyed by its checkpoint's content
+(`evaluate.checkpoint_tag`), not only its step, so a run trained again into the same folder never
+scores the old run's images.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
@@ -31,6 +38,7 @@ from rtdmd_bench.core import sampling
 from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_write_bytes
+from rtdmd_bench.runs import WRITE_ERRORS, write_failure
 
 
 SamplerKind = Literal["cps", "euler", "euler-pipeline", "euler-few-step"]
@@ -59,7 +67,8 @@ class SamplerSpec:
     cfg: float | None = None
     """Teacher guidance scale; None = the base's default. Ignored for the student."""
     tag: str = ""
-    """Identifies the weights (run id + checkpoint) in the cache key."""
+    """Identifies the weights in the cache key (a run's: its name, checkpoint and checkpoint content
+    digest, `evaluate.checkpoint_tag`; a teacher's: the base)."""
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLER_KINDS:
@@ -198,12 +207,31 @@ def cached_samples(cache_dir: Path, base: Any, spec: SamplerSpec, prompts: Seque
     """(images_per_prompt, ...) samples of prompt `prompt_index` if `generate` cached them under
     `cache_dir` with these arguments, else None."""
     path = cache_file(cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed, create=False), prompt_index)
-    return load_file(str(path))["images"] if path.exists() else None
+    return _load(path, images_per_prompt) if path.exists() else None
+
+
+def _load(path: Path, n: int) -> Tensor | None:
+    """The `n` images a cache entry holds; None, with a warning naming the file, when it does not
+    read back as (n, ...) float32 images (the caller generates them again and overwrites it)."""
+    try:
+        images = load_file(str(path))["images"]
+    except (SafetensorError, OSError, KeyError) as e:
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    else:
+        if images.ndim >= 2 and images.shape[0] == n and images.dtype == torch.float32:
+            return images
+        problem = f"holds {tuple(images.shape)} {images.dtype} instead of {n} float32 images"
+    warnings.warn(f"sample cache entry {path} is {problem}; generating it again", stacklevel=3)
+    return None
 
 
 def _store(path: Path, images: Tensor) -> None:
     """Write one prompt's samples atomically: a reader never sees half a file."""
-    atomic_write_bytes(path, save({"images": images.contiguous()}))
+    try:
+        atomic_write_bytes(path, save({"images": images.contiguous()}))
+    except WRITE_ERRORS as e:
+        raise write_failure(path, e, "Samples cached before it are kept; free space on that disk (or make the folder "
+                            "writable) and run the evaluation again: it generates only what is missing.") from None
 
 
 def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_prompt: int, seed: int,
@@ -211,12 +239,13 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
              progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Samples for every prompt, prompt-major; cached per prompt under cache_dir. In a process
     group, each rank first generates its share of the prompts into the cache, then every rank
-    reads the whole set back."""
+    reads the whole set back. `progress(done, total)` after each prompt (in a process group: of
+    this rank's share)."""
     stats = stats if stats is not None else GenStats()
     rank, world = shard()
     if world > 1 and cache_dir is not None:
         mine = [i for i in range(len(prompts)) if i % world == rank]
-        _generate_into_cache(base, spec, prompts, mine, images_per_prompt, seed, cache_dir, batch_size, stats)
+        _generate_into_cache(base, spec, prompts, mine, images_per_prompt, seed, cache_dir, batch_size, stats, progress)
         barrier()
     folder = None
     if cache_dir is not None:
@@ -224,11 +253,12 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
     out = []
     for i, prompt in enumerate(prompts):
         path = cache_file(folder, i) if folder else None
-        if world > 1 and path is not None and path.exists():
-            out.append(load_file(str(path))["images"])  # made by another rank or earlier: no count
+        cached = _load(path, images_per_prompt) if path is not None and path.exists() else None
+        if world > 1 and cached is not None:
+            out.append(cached)  # made by another rank or earlier: no count
             continue
-        if path is not None and path.exists():
-            images = load_file(str(path))["images"]
+        if cached is not None:
+            images = cached
             stats.cached += images.shape[0]
         else:
             images = generate_prompt(base, spec, prompt, i, images_per_prompt, seed, batch_size)
@@ -242,13 +272,17 @@ def generate(base: Any, spec: SamplerSpec, prompts: Sequence[str], images_per_pr
 
 
 def _generate_into_cache(base: Any, spec: SamplerSpec, prompts: Sequence[str], indices: list[int],
-                         images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats) -> None:
+                         images_per_prompt: int, seed: int, cache_dir: Path, batch_size: int, stats: GenStats,
+                         progress: Callable[[int, int], None] | None = None) -> None:
+    """This process's share `indices` into the cache; `progress(done, len(indices))` after each."""
     folder = cache_folder(cache_dir, base, spec, prompts, images_per_prompt, seed)
-    for i in indices:
+    for done, i in enumerate(indices, 1):
         path = cache_file(folder, i)
-        if path.exists():
+        if path.exists() and _load(path, images_per_prompt) is not None:
             stats.cached += images_per_prompt
-            continue
-        images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
-        stats.generated += images.shape[0]
-        _store(path, images)
+        else:
+            images = generate_prompt(base, spec, prompts[i], i, images_per_prompt, seed, batch_size)
+            stats.generated += images.shape[0]
+            _store(path, images)
+        if progress is not None:
+            progress(done, len(indices))

@@ -1,19 +1,23 @@
 """The one training loop: build everything from the config, then step until the FLOP budget is
 spent. Checkpoints are atomic; a killed run resumes to the same result (every batch's prompts
-and noise derive from (seed, step), and the checkpoint holds all trainable and optimiser state).
+and noise derive from (seed, step), and the checkpoint holds all trainable and optimiser state;
+a run killed before its first checkpoint starts over from its saved config). The run folder is
+claimed for the whole run (rtdmd_bench/run_lock.py): a second process training or evaluating
+into it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from rtdmd_bench import distributed, registry
+from rtdmd_bench import distributed, registry, run_lock
 from rtdmd_bench.compute import ComputeMeter, MeteredBase, MeteredReward, format_flops, parse_budget
 from rtdmd_bench.config import ResolvedConfig
 from rtdmd_bench.core.optim import check_finite
@@ -22,7 +26,8 @@ from rtdmd_bench.core.rl import stable_seed
 from rtdmd_bench.distributed import Parallel
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, PromptPools, RewardSet, draw_prompts
-from rtdmd_bench.runs import RunDir, atomic_write_json, git_commit, versions
+from rtdmd_bench.runs import RunDir, git_commit, versions
+from rtdmd_bench.tracking import TrainingLog, check_tracker, open_tracker, sample_grid
 
 
 @dataclass
@@ -92,8 +97,11 @@ def suite_curve(suite_name: str, images_per_prompt: int) -> Callable[[Built, int
     return curve
 
 
-def _checkpoint_state(b: Built, step: int, wall: float) -> dict[str, Any]:
-    return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall}
+def _checkpoint_state(b: Built, step: int, wall: float, log: TrainingLog) -> dict[str, Any]:
+    """`log_means`: the logged terms' sums since the last metrics line, so a resumed run writes the
+    same lines."""
+    return {"method": b.method.state_dict(), "meter": b.meter.state_dict(), "step": step, "wall_time": wall,
+            "log_means": log.means.state_dict()}
 
 
 def _save(run: RunDir, par: Parallel, state: dict[str, Any], step: int) -> None:
@@ -111,7 +119,12 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
 
     `curve(built, step)` (optional) is called each time the FLOPs used cross another 1/N of the
     budget (N = `train.curve_points`) and its metrics are logged with the FLOPs used so far. `stop_after_steps` stops early without a final result
-    (used by tests to simulate a crash between checkpoints)."""
+    (used by tests to simulate a crash between checkpoints).
+
+    `resume` continues from the latest checkpoint, or starts over if the run has none yet. The
+    folder is claimed (by rank 0 of a process group) before anything is written and until the run
+    returns; a folder another process holds, or (without `resume`) one that already holds a run,
+    is a UserError with nothing written."""
     if cfg.train.curve_points and not cfg.train.curve_suite:
         raise UserError("train.curve_points needs train.curve_suite (e.g. --set train.curve_suite=toy-tilt)")
     if curve is None and cfg.train.curve_points:
@@ -123,20 +136,48 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
                         "prompts and needs whole models): evaluate the checkpoints with `rtdmd-bench eval`")
     if cfg.train.micro_batches < 1:
         raise UserError(f"train.micro_batches={cfg.train.micro_batches} must be >= 1")
+    if cfg.train.sample_every and cfg.train.log_with == "none":
+        raise UserError("train.sample_every sends sample grids to a tracker: set train.log_with (e.g. tensorboard)")
+    if cfg.train.sample_every < 0:
+        raise UserError(f"train.sample_every={cfg.train.sample_every} must be >= 0 (0 = no sample grids)")
+    check_tracker(cfg.train.log_with)  # a missing package is named before anything is written
     par.shard.rows(cfg.train.batch_size)  # a batch the processes cannot share is an error before anything
     b = build(cfg, par)  # before touching the folder: bad configs or missing weights write nothing
     if par.main:
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise run.failed_write(run.path, e) from None
+    with run_lock.hold(run.path, "train", claimant=par.main, agree=distributed.agree):
+        # Checked under the claim: two new runs started together both saw no config.yaml before.
+        taken = not resume and par.main and (run.path / "config.yaml").exists()
+        if distributed.agree(taken):
+            raise UserError(f"{run.path} already holds a run; pass --resume {run.path} or another --run-id")
+        return _loop(cfg, run, par, b, resume, on_progress, curve, stop_after_steps)
+
+
+def _loop(cfg: ResolvedConfig, run: RunDir, par: Parallel, b: Built, resume: bool,
+          on_progress: Callable[[int, float, float], None] | None,
+          curve: Callable[[Built, int], dict[str, Any]] | None, stop_after_steps: int | None) -> dict[str, Any]:
     step, wall_before = 0, 0.0
+    if resume and run.latest_checkpoint() is None:  # killed before its first checkpoint: start over
+        resume = False
+        if par.main:
+            run.truncate_metrics(0)
+    log = TrainingLog(run if par.main else None, None)
     if resume:
         step, state = run.load_checkpoint()
-        b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
-        b.meter.load_state_dict(state["meter"])
-        wall_before = float(state["wall_time"])
+        with checkpoint_fits(run):
+            b.method.load_state_dict(par.localize(state["method"], b.method.state_dict()))  # FSDP: re-shard
+            b.meter.load_state_dict(state["meter"])
+            log.means.load_state_dict(state.get("log_means"))
+            wall_before = float(state["wall_time"])
         if par.main:
             run.truncate_metrics(step)
     elif par.main:
         run.write_config(cfg.to_dict())
+    if par.main:
+        log.tracker = open_tracker(cfg.train, run.path, cfg.to_dict(), step)
     t0 = time.perf_counter()
     steps_run = 0
     while not b.meter.exhausted:
@@ -145,11 +186,12 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
         logs = par.shard.mean(b.method.train_step(batch, step))  # global means
         b.meter.sync(meter_before, par.shard)  # FLOPs of every rank
         check_finite(step, **logs)
+        log.add(logs)
         step += 1
         steps_run += 1
         wall = wall_before + time.perf_counter() - t0
-        if par.main and (step % cfg.train.log_every == 0 or b.meter.exhausted):
-            run.append_metrics({"step": step, "flops": b.meter.used, "wall_time": wall, **logs})
+        if step % cfg.train.log_every == 0 or b.meter.exhausted:
+            log.line(step, b.meter.used, wall)  # the means since the previous line
         if curve is not None and cfg.train.curve_points:
             # Point k is taken at the first step whose FLOPs reach k/N of the budget (derived from
             # the meter alone, so a resumed run takes the same points).
@@ -158,15 +200,19 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
             if int(min(b.meter.used, total) * n // total) > before:
                 point = curve(b, step)  # every rank takes part (sharded generation); rank 0 scores
                 if par.main:
-                    run.append_metrics({"step": step, "flops": b.meter.used, "curve": point})
+                    log.curve(step, b.meter.used, point)
+        if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            log.image(step, sample_grid(b))  # every rank generates (collective forwards); rank 0 logs
         if step % cfg.train.checkpoint_every == 0 and not b.meter.exhausted:
-            _save(run, par, _checkpoint_state(b, step, wall), step)
+            _save(run, par, _checkpoint_state(b, step, wall, log), step)
         if on_progress is not None and par.main:
             on_progress(step, b.meter.used, b.meter.budget_flops)
         if stop_after_steps is not None and steps_run >= stop_after_steps:
+            log.close()
             return {}
     wall = wall_before + time.perf_counter() - t0
-    _save(run, par, _checkpoint_state(b, step, wall), step)
+    _save(run, par, _checkpoint_state(b, step, wall, log), step)
+    log.close()
     result = {
         "method": cfg.run.method, "base": cfg.run.base, "seed": cfg.run.seed,
         "method_source": getattr(b.method, "source", ""), "stages": list(getattr(b.method, "stages", ())),
@@ -179,7 +225,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False,
     if note:
         result.update(base=b.base.label, note=note)
     if par.main:
-        atomic_write_json(run.path / "result.json", result)
+        run.write_result(result)
     par.barrier()  # the run folder is complete before any rank moves on (e.g. to --eval)
     _last_built[str(run.path)] = b
     return result
@@ -199,14 +245,31 @@ def load_for_eval(run_dir: Path, resolution: int | None = None) -> Built:
     cached = _last_built.get(str(run.path))
     if resolution is None and cached is not None and not (cached.par.mode == "fsdp" and cached.par.shard.world > 1):
         return cached  # (FSDP shards cannot generate different prompts per rank: rebuild whole)
-    cfg = from_dict(run.read_config())
+    cfg = from_dict(run.read_config(), str(run.path / "config.yaml"))
     if resolution is not None:
         cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, resolution=resolution))
     b = build(cfg)
     _, state = run.load_checkpoint()
-    b.method.load_state_dict(state["method"])
-    b.meter.load_state_dict(state["meter"])
+    with checkpoint_fits(run):
+        b.method.load_state_dict(state["method"])
+        b.meter.load_state_dict(state["meter"])
     return b
+
+
+@contextlib.contextmanager
+def checkpoint_fits(run: RunDir) -> Iterator[None]:
+    """Loading the latest checkpoint into the objects built from the run's config: a state that does
+    not fit them (config.yaml edited after training, a checkpoint of another run or version: torch's
+    size-mismatch RuntimeError, a missing entry) becomes a UserError naming the checkpoint."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        if isinstance(e, torch.OutOfMemoryError):  # not the checkpoint's fault
+            raise
+        detail = " ".join(str(e).split())
+        raise UserError(f"checkpoint {run.latest_checkpoint()} does not fit the run's config.yaml "
+                        f"({type(e).__name__}: {detail[:300]}); restore the config.yaml it was trained with, "
+                        "or start the run again") from None
 
 
 def describe_budget(b: Built) -> str:

@@ -26,6 +26,7 @@ from rtdmd_bench.digits.data import DIGIT_WORDS, NUM_CLASSES, load_split, parse_
 from rtdmd_bench.digits.nets import ClassifierConfig
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_path
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.rewards.digits import DigitCorrect, DigitInk, to_classifier_input
 
 
@@ -67,7 +68,7 @@ class DigitsSuiteConfig:
 
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     """The cached classifier that labels samples and gives FID features (base/reward defaults)."""
-    images_per_prompt: int = 64
+    images_per_prompt: PositiveInt = 64
     """Samples per prompt (10 prompts, one per class): 640 in all. Measured on teacher samples
     with three seeds: at 32 per prompt FID-T between seeds is 2.4-5.7 and FID spans 9-13; at 64,
     1.3-1.7 and 8.7-8.9, so 64 keeps seed noise below the differences between methods."""
@@ -103,6 +104,9 @@ class DigitsSuite:
         # "reward" is a dict {name: mean}; report.py flattens it to reward.<name> columns.
         self.higher_is_better: dict[str, bool] = {
             "accuracy": True, "fid": False, "fid_t": False, "diversity": True, "reward": True}
+
+    def prepare(self) -> None:
+        """Nothing more before generation: the classifier was loaded when the suite was built."""
 
     def prompts(self) -> list[str]:
         return list(self._prompts)

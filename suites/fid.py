@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
 from suites import prompt_sets
 from suites.preference import seed_record
 
@@ -145,6 +146,10 @@ class _FIDBase:
                                              FEATURE_SEED)
         return self._features
 
+    def prepare(self) -> None:
+        """Before any image is generated: the feature extractor loaded (Inception from its folder)."""
+        self.features()
+
     def fid_between(self, images: Tensor, reference_dir: Path | None, reference: Tensor | None,
                     ctx: Any = None) -> dict[str, Any]:
         choice = self.features()
@@ -194,11 +199,11 @@ class FID(_FIDBase):
         """"inception": clean-fid's Inception (local weights); "stand-in": tiny random features (CI)."""
         inception_path: str = ""
         """Folder holding inception-2015-12-05.pt (clean-fid's TorchScript Inception)."""
-        feature_dim: int = 0
+        feature_dim: NonNegativeInt = 0
         """0 = full features; >0 = project onto this many dims (needed when sets are smaller than 2048)."""
-        batch_size: int = 32
+        batch_size: PositiveInt = 32
         """Images per feature-extractor call."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 0
         """Sampling seed of the protocol (recorded; the engine's --seed draws the images)."""
@@ -230,11 +235,11 @@ class FIDT(_FIDBase):
         """"inception": clean-fid's Inception (local weights); "stand-in": tiny random features (CI)."""
         inception_path: str = ""
         """Folder holding inception-2015-12-05.pt (clean-fid's TorchScript Inception)."""
-        feature_dim: int = 0
+        feature_dim: NonNegativeInt = 0
         """0 = full features; >0 = project onto this many dims (needed when sets are smaller than 2048)."""
-        batch_size: int = 32
+        batch_size: PositiveInt = 32
         """Images per feature-extractor call."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 42
         """Sampling seed shared by student and teacher (recorded; the engine's --seed draws the images)."""

@@ -29,6 +29,7 @@ from rtdmd_bench.geneval.models import (DETECTOR_HUB_ID, ClipActivation, ClipPre
                                         build_colour_classifier, build_detector, resolve_clip_precision)
 from rtdmd_bench.geneval.rules import (OFFICIAL, TAGS, ColourFn, Detection, aggregate, evaluate_image,
                                        select_detections)
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
 from suites import prompt_sets
 from suites.geneval_official import OfficialScorer, score_official
 
@@ -60,7 +61,7 @@ class GenEval:
         """Local OpenAI CLIP ViT-L/14 checkpoint file for open_clip; empty = open_clip's "openai" weights from the hub."""
         allow_download: bool = True
         """Let transformers/open_clip fetch missing weights from the hub (HF_HUB_OFFLINE still applies)."""
-        batch_size: int = 4
+        batch_size: PositiveInt = 4
         """Images per detector forward (scores do not depend on it)."""
         device: str = "auto"
         """Where the detector and colour CLIP run: "auto" = CUDA when available, else CPU; or a
@@ -68,7 +69,7 @@ class GenEval:
         clip_precision: ClipPrecision = "auto"
         """Colour CLIP compute: "auto" = fp16 autocast on CUDA as the official scorer
         (clip_benchmark amp=True), fp32 on the CPU; "fp32" forces fp32; "fp16-autocast" needs CUDA."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all 553); a result with a limit is marked partial."""
         stand_in_seed: int = 0
         """Seed of the stand-in models' random initialisation (not a sampling seed)."""
@@ -110,6 +111,13 @@ class GenEval:
 
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.metadata()]
+
+    def prepare(self) -> None:
+        """Before any image is generated: the detector and colour CLIP loaded (GenEval's own scorer,
+        scorer=official, was checked when the suite was built) and the device settings checked."""
+        if self.official is None:
+            resolve_clip_precision(self.cfg.clip_precision, self.device().type)
+            self.models()
 
     def models(self) -> tuple[Any, ColourFn]:
         """(detector, colour classifier), built on first use (rtdmd_bench/geneval/models.py); the

@@ -38,8 +38,9 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.progress import progress_bar
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
 from rtdmd_bench.rewards.geneval2 import (
-    EMPTY, JUDGE_HUB_ID, Form, GenEval2, ModelSource, image_score, load_vqa_rows,
+    EMPTY, JUDGE_HUB_ID, Form, GenEval2, ModelSource, image_score, judge_folder, load_vqa_rows,
 )
 from suites import prompt_sets
 from suites.preference import resolve_device, seed_record
@@ -110,10 +111,10 @@ class GenEval2Suite:
         """Hugging Face repo of the judge."""
         local_path: str = ""
         """Local folder with the judge's files (else $RTDMD_BENCH_GENEVAL2_PATH, else the hub)."""
-        batch_size: int = 1
+        batch_size: PositiveInt = 1
         """Atoms per judge call: 1 = both references' one call per atom; more = left-padded batches
         (float rounding only; ~0.3 GB more GPU memory per extra atom at 1024 px)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N lines (0 = all 800; RTDMD's inference script: 64); marked partial."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42; GenEval2 fixes none)."""
@@ -160,6 +161,13 @@ class GenEval2Suite:
 
     def prompts(self) -> list[str]:
         return [r["prompt"] for r in self.rows()]
+
+    def prepare(self) -> None:
+        """Before any image is generated: the judge's files (weight shards included) are found, not
+        loaded (17.5 GB: it loads when scoring, one heavy scorer at a time)."""
+        resolve_device(self.cfg.device)
+        if self.cfg.models != "stand-in":
+            judge_folder(self.cfg.model_id, self.cfg.local_path)
 
     def scorer(self) -> GenEval2:
         """The judge as this suite's form sets it (built on call: missing weights raise here)."""

@@ -49,6 +49,7 @@ from torch import Tensor
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.geneval.models import DETECTOR_HUB_ID, ClipActivation, ModelSource, resolve_clip_precision
 from rtdmd_bench.geneval.rules import OFFICIAL, TAGS, ColourFn, evaluate_image
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
 from rtdmd_bench.rewards.geneval_partial import (MODELS_KIND, Detector, model_settings, rtdmd_partial_credit,
                                                  shared_models)
 from rtdmd_bench.rewards.loading import release_models
@@ -97,7 +98,7 @@ class GenEvalRTDMD:
         prompts: str = ""
         """GenEval metadata jsonl, one row per line, each line one image (RTDMD's format); empty = RTDMD's
         dataset/geneval/test_metadata.jsonl (2212 lines, checksum-verified cached download)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N lines (0 = all; RTDMD's inference script: 64); fewer than 2212 is marked partial."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42)."""
@@ -110,7 +111,7 @@ class GenEvalRTDMD:
         """Local OpenAI CLIP ViT-L/14 checkpoint file for open_clip; empty = open_clip's "openai" weights from the hub."""
         allow_download: bool = True
         """Let transformers/open_clip fetch missing weights from the hub (HF_HUB_OFFLINE still applies)."""
-        batch_size: int = 4
+        batch_size: PositiveInt = 4
         """Images per detector forward (scores do not depend on it; RTDMD: 64)."""
         device: str = "auto"
         """Where the detector and colour CLIP run: "auto" = CUDA when available, else CPU; or a torch
@@ -179,6 +180,12 @@ class GenEvalRTDMD:
             self._detector = self._detector or detector
             self._colour_fn = self._colour_fn or colour_fn
         return self._detector, self._colour_fn
+
+    def prepare(self) -> None:
+        """Before any image is generated: the detector and colour CLIP loaded (into the process cache
+        `release` frees) and the device checked."""
+        resolve_device(self.cfg.device)
+        self.models()
 
     def release(self) -> int:
         """Free the cached detector and colour CLIP of this suite's settings (process cache, then

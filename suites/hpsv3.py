@@ -19,7 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rtdmd_bench.rewards.hpsv3 import HPSv3
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
+from rtdmd_bench.rewards.hpsv3 import HPSv3, weight_files
 from suites.preference import PreferenceSuite
 
 VERSION = "hpsv3/transformers5-1"
@@ -44,9 +45,9 @@ class HPSv3Suite(PreferenceSuite):
         hpsv3: HPSv3.Config = field(default_factory=HPSv3.Config)
         """The scorer's settings (weights source, dtype, pixel budget, its batch size): e.g.
         --set suite.hpsv3.local_path=DIR. Its `models` is overridden by suite.models when that says stand-in."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per reward call (the reward splits them further by suite.hpsv3.batch_size)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42)."""
@@ -70,6 +71,15 @@ class HPSv3Suite(PreferenceSuite):
         elif self.scorer_names() != ("hpsv3",):
             settings.pop("models")  # another reward keeps its own default model source
         return settings
+
+    def prepare(self) -> None:
+        """Before any image is generated: the official HPSv3's files are found (not loaded: the 7B
+        model loads when scoring, so an evaluation holds one heavy scorer at a time); another scorer
+        (a stand-in) is loaded as the other preference suites do."""
+        if self.scorer_names() == ("hpsv3",) and not self.stand_in_models():
+            weight_files(HPSv3.Config(**self.scorer_overrides("hpsv3")))
+        else:
+            super().prepare()
 
     def precisions(self) -> dict[str, str]:
         """No autocast (recorded as such): the reward runs its backbone in its own dtype and its head

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import NonNegativeInt
 from rtdmd_bench.rewards.ocr import EngineConfig, PaddleOCREngine
 from rtdmd_bench.rewards.ocr_text import normalise, ocr_score, recognised_text, target_text
 from suites import prompt_sets
@@ -45,7 +46,7 @@ class OCRSuite:
         prompts: str = ""
         """Prompt file (.txt, one prompt per line, each quoting its target text); empty = RTDMD's
         dataset/ocr/test.txt (1018 prompts, verified download)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all); a result with fewer than the official 1018 is marked partial."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42)."""
@@ -60,6 +61,9 @@ class OCRSuite:
         self.engine = PaddleOCREngine(self.cfg)  # checks the environment before anything is generated
         self.name = "ocr[stand-in]" if self.engine.stand_in else "ocr"
         self.version = self.engine.version
+
+    def prepare(self) -> None:
+        """Nothing more before generation: the OCR environment was checked when the suite was built."""
 
     def prompts(self) -> list[str]:
         """The prompt lines, each checked to quote a target RTDMD can score."""

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from rtdmd_bench import registry
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import NonNegativeInt, PositiveInt
 from suites import prompt_sets
 
 # The reward names that carry each official metric slot (PROTOCOLS.md).
@@ -177,6 +178,12 @@ class PreferenceSuite:
                 self.version = self.version_string()
         return self._rewards
 
+    def prepare(self) -> None:
+        """Before any image is generated: every scorer loaded (missing weights fail now; the models
+        stay in the process cache for `score`) and the device and precision settings checked."""
+        self.rewards()
+        self.precisions()
+
     def prompts(self) -> list[str]:
         if self._prompts is None:
             prompts = prompt_sets.load_prompts(prompt_sets.resolve(self.official_prompts, self.cfg.prompts))
@@ -224,9 +231,9 @@ class SingleRewardConfig:
     """Prompt file (.txt, one per line); empty = the suite's official file (verified download)."""
     scorer: str = ""
     """Reward name in the registry; anything but the suite's own name is reported as a stand-in."""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """Images per reward call (scores do not depend on it)."""
-    limit: int = 0
+    limit: NonNegativeInt = 0
     """Use only the first N prompts (0 = all)."""
     seed: int = 42
     """Sampling seed of the protocol (RTDMD: 42)."""
@@ -294,9 +301,9 @@ class DrawBench(PreferenceSuite):
         """Prompt file; empty = RTDMD's DrawBench test.txt (1000 lines, verified download)."""
         scorers: tuple[str, ...] = ("clipscore", "aesthetic", "pickscore", "hpsv21", "imagereward")
         """Reward names for the slots clipscore, aesthetic, pickscore, hpsv21, imagereward, in that order."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts (0 = all)."""
         seed: int = 42
         """Sampling seed of the protocol (RTDMD: 42)."""
@@ -339,9 +346,9 @@ class HPSv2Suite(PreferenceSuite):
         """Folder with anime, concept-art, paintings and photo prompt files (.json list or .txt); required."""
         scorer: str = "hpsv21"
         """"hpsv21" (default) or "hpsv2"; any other reward is reported as a stand-in."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per reward call (scores do not depend on it)."""
-        limit: int = 0
+        limit: NonNegativeInt = 0
         """Use only the first N prompts of each style (0 = all)."""
         seed: int = 42
         """Sampling seed (one image per prompt)."""

@@ -20,7 +20,9 @@ from typing import Any
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.geneval.rules import CLASSES, COLORS, RELATIONS, TAGS
 from rtdmd_bench.paths import cache_dir
-from rtdmd_bench.prompt_files import RTDMD_RAW, OfficialFile, download_verified, sha256_of  # noqa: F401 (re-exported)
+from rtdmd_bench.prompt_files import (  # noqa: F401 (re-exported)
+    RTDMD_RAW, OfficialFile, download_verified, read_json_list, read_text, sha256_of,
+)
 
 
 # SHA-256 values of the public files as copied into ../shared/data (same bytes as upstream; RTDMD's
@@ -57,7 +59,8 @@ def resolve(official: str, path: str) -> Path:
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"prompt file {p} does not exist; fix --set suite.prompts=PATH")
+            raise UserError(f"prompt file {p} {'is a folder' if p.is_dir() else 'does not exist'}; fix "
+                            "--prompts PATH (or --set suite.prompts=PATH)")
         return p
     if official not in OFFICIAL:
         raise UserError(f"the {official!r} prompt set has no verified download; pass its file with --set suite.prompts=PATH")
@@ -68,12 +71,9 @@ def resolve(official: str, path: str) -> Path:
 def load_prompts(path: Path) -> list[str]:
     """A .txt (one prompt per line) or .json (a list of strings) prompt file."""
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-            raise UserError(f"{path}: expected a JSON list of prompt strings")
-        prompts = data
+        prompts = read_json_list(path)
     else:
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        prompts = [line.strip() for line in read_text(path).splitlines()]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise UserError(f"{path} contains no prompts")
@@ -84,7 +84,7 @@ def load_geneval(path: Path) -> list[dict[str, Any]]:
     """GenEval evaluation metadata, validated line by line (a malformed file fails loudly
     rather than silently scoring a few per cent)."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

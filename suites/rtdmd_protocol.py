@@ -40,6 +40,7 @@ from torch import Tensor
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.prompt_files import RTDMD_COMMIT
+from rtdmd_bench.ranges import NonNegative, NonNegativeInt
 from rtdmd_bench.rewards.pixels import to_uint8_bf16
 from suites import prompt_sets
 from suites.geneval2 import GenEval2Suite
@@ -72,7 +73,7 @@ class ProtocolConfig:
     variant: Variant = "64"
     """"64": the first 64 lines of RTDMD's file (its released inference script, default); "full": the
     whole file (its training-time evaluation). Part of the suite's name."""
-    resolution: int = RESOLUTION
+    resolution: NonNegativeInt = RESOLUTION
     """Image side on real bases (RTDMD: 1024 for every base; its training-time evaluation of FLUX.2 4B
     used 512). 0 = the base's own size. Tiny stand-in bases keep theirs."""
     quantise: Literal["bf16", "fp32"] = "bf16"
@@ -81,7 +82,7 @@ class ProtocolConfig:
     models: Literal["official", "stand-in"] = "official"
     """"official": the real scorers; "stand-in": tiny random scorers of the same classes (tests/CI),
     named [stand-in], never reported as the column."""
-    memory_gb: float = 60.0
+    memory_gb: NonNegative = 60.0
     """Device memory a heavy scorer may use: sets the batch sizes of scorers whose scores do not
     depend on them (DrawBench's five, HPSv3, the GenEval detector) from estimated per-item figures
     (docs/rtdmd_protocol.md) unless `scoring` sets one; 0 = the scorers' own batch sizes. GenEval2
@@ -143,6 +144,10 @@ class RTDMDProtocolSuite:
         if self._prompt_file is not None and not self._prompt_file["official"]:
             tags.append("own prompts")
         return f"rtdmd-{self.cfg.variant}-{self.column}" + (f"[{','.join(tags)}]" if tags else "")
+
+    def prepare(self) -> None:
+        """The scoring suite's own check before generation (models loaded, or the heavy judges' files found)."""
+        self.inner_suite.prepare()
 
     def prompts(self) -> list[str]:
         prompts = list(self.inner_suite.prompts())

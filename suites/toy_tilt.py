@@ -34,6 +34,7 @@ from rtdmd_bench.compute import unmetered
 from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import EvalContext, RewardSet
+from rtdmd_bench.ranges import NonNegative, Positive, PositiveInt
 from rtdmd_bench.toy_mixture import GridTarget, Mixture, tilt_mixture
 
 
@@ -136,18 +137,18 @@ class ToyTilt:
     class Config:
         prompts: tuple[str, ...] = ("all modes", "upper half", "left half", "modes 0 and 4")
         """Prompts to evaluate (names of the base's prompts; toy2d and toy2d-hard share them)."""
-        images_per_prompt: int = 5000
+        images_per_prompt: PositiveInt = 5000
         """Generator samples per prompt (the KL estimator's bias shrinks with it)."""
-        knn_k: int = 5
+        knn_k: PositiveInt = 5
         """k of the Kozachenko-Leonenko entropy estimator."""
-        mmd_samples: int = 2000
+        mmd_samples: PositiveInt = 2000
         """Points per side for MMD / energy distance (random subsample; O(n^2) cost)."""
-        mmd_bandwidth: float = 0.5
+        mmd_bandwidth: Positive = 0.5
         """Gaussian kernel bandwidth h (toy units; the toy's modes have std 0.3)."""
-        grid_resolution: int = 400
+        grid_resolution: PositiveInt = 400
         """Cells per axis of the numerical-grid target (rewards without a closed-form tilt);
         400 gives ~10 cells per component std on the default toy."""
-        grid_margin: float = 6.0
+        grid_margin: NonNegative = 6.0
         """Grid extent beyond the teacher means, in units of the largest component std."""
 
     def __init__(self, cfg: Config | None = None) -> None:
@@ -158,6 +159,9 @@ class ToyTilt:
 
     def prompts(self) -> list[str]:
         return list(self.cfg.prompts)
+
+    def prepare(self) -> None:
+        """Nothing to load: the exact target is computed from the base when scoring."""
 
     def bind(self, base: Any) -> None:
         """Check, before anything is generated, that the base knows every suite prompt

@@ -47,8 +47,10 @@ def test_two_steps_on_toy2d_train_both_networks_and_charge_the_meter(method):
 
 
 @pytest.mark.parametrize("method", registry.names("methods"))
-def test_a_run_killed_between_checkpoints_resumes_to_the_same_weights(method, tmp_path):
-    cfg = resolve_config(method, "toy2d", TOY + smoke_overrides(method) + [TOY_BUDGET, "train.checkpoint_every=2"])
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_weights_and_metrics(method, tmp_path):
+    # Lines every 3 steps: the line at step 3 holds the means of steps 1-3, two of them from before the kill.
+    cfg = resolve_config(method, "toy2d", TOY + smoke_overrides(method) + [TOY_BUDGET, "train.checkpoint_every=2",
+                                                                           "train.log_every=3"])
     straight = train(cfg, tmp_path / "straight")
     assert train(cfg, tmp_path / "killed", stop_after_steps=3) == {}  # the last checkpoint is step 2
     resumed = train(cfg, tmp_path / "killed", resume=True)
@@ -57,3 +59,6 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_same_weights(method, tm
     a, b = (load_file(str(RunDir(tmp_path / r).latest_checkpoint() / "tensors.safetensors"))
             for r in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [[{k: v for k, v in r.items() if k != "wall_time"} for r in RunDir(tmp_path / r).metrics()]
+             for r in ("straight", "killed")]
+    assert lines[0] == lines[1] and lines[0][0]["step"] == 3 and lines[0][0]["n_steps"] == 3

@@ -99,7 +99,9 @@ SUITE_REWARD = {"clipscore": "clipscore", "hpsv2": "hpsv21", "pickscore": "picks
 
 
 # ---- shared reasons ---------------------------------------------------------------------------
-LOGGING = "experiment-tracker name/switch: the suite logs to metrics.jsonl in the run folder (train.log_every)"
+LOGGING = ("experiment-tracker setting: the suite writes metrics.jsonl in the run folder (means every train.log_every "
+           "steps) and sends the same to train.log_with (off by default; wandb as the official runs, tensorboard or "
+           "mlflow) under train.tracker_project / train.tracker_run_name, with sample grids every train.sample_every")
 EVAL = ("in-training evaluation setting: the suite evaluates with its benchmark suites "
         "(rtdmd-bench evaluate, train.curve_points), not from the training config")
 PATH = "a file path on the official machine: the suite takes paths on the command line"

@@ -48,6 +48,11 @@ def test_a_run_is_reused_only_while_its_config_is_the_grids(tmp_path, monkeypatc
     evaluated = (folder / "eval" / "toy-tilt.json").read_text()
     assert run_one(*args) == {"run": str(folder), "reused": True, "note": ""}  # unchanged: reused
     assert (folder / "eval" / "toy-tilt.json").read_text() == evaluated
+    # A config written before a field existed (here train.log_with) holds it at its default: reused.
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["train"].pop("log_with") == "none"
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert run_one(*args) == {"run": str(folder), "reused": True, "note": ""}
 
     recipe_lr = yaml.safe_load((folder / "config.yaml").read_text())["method"]["lr_generator"]
     _with_recipe_change(monkeypatch, "method.lr_generator=0.0123")  # a recipe value changes

@@ -209,8 +209,7 @@ def test_prepare_geneval_train_writes_rows_disjoint_from_the_excluded_file(tmp_p
 @pytest.mark.parametrize("args,message", [
     (["prepare", "geneval-train"], "needs --out FILE"),
     (["prepare", "geneval-train", "--out", "OUT", "--exclude", "MISSING"], "is not a file"),
-    (["prepare", "nothing"], "valid: digits, geneval-train"),
-])
+])  # an unknown WHAT is now a usage error of the Literal argument (tests/test_wrong_inputs.py, invalid-prepare)
 def test_prepare_refuses_bad_input_with_a_message(tmp_path, args, message):
     from typer.testing import CliRunner
 

@@ -30,6 +30,7 @@ from rtdmd_bench.bases.lora_adapters import (  # noqa: F401  (re-exported for th
 from rtdmd_bench.bases.random_weights import RANDOM_INIT, random_init_note, random_networks
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_path
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.weights import torch_dtype
 
 # A small prompt pool for the tiny bases (their text encoders are random, so any words do).
@@ -49,7 +50,7 @@ class DiffusersConfig:
     """Hugging Face repository of the (teacher) weights, diffusers layout."""
     base_path: str | None = None
     """Local diffusers directory of the weights; else $RTDMD_BENCH_<BASE>_PATH, else `hub_id`."""
-    resolution: int = 1024
+    resolution: PositiveInt = 1024
     """Square image side in pixels (official RTDMD: 1024 for SD3, 512 for FLUX)."""
     weights_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Storage dtype of the frozen weights (LoRA weights stay fp32, peft's default)."""
@@ -61,7 +62,7 @@ class DiffusersConfig:
     """LoRA of the student and fake-score adapters."""
     default_cfg: float = 7.0
     """Teacher CFG scale used by DM terms (official: SD3-M 7.0, SD3.5-M 4.5, FLUX.2 4.0)."""
-    max_sequence_length: int = 256
+    max_sequence_length: PositiveInt = 256
     """Text tokens of the long text encoder (T5 / Qwen3)."""
     prompt_file: str | None = "rtdmd:pickscore/train.txt"
     """Distillation prompts (every step's batch; RTDMD stage 1): a .txt/.json/.jsonl file, or a named

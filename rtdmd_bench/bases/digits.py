@@ -30,6 +30,7 @@ from rtdmd_bench.digits.nets import ClassifierConfig, FlowNet, TeacherConfig, gu
 from rtdmd_bench.digits.training import TEACHER_CHECK_THRESHOLD, teacher_check
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_write_json
+from rtdmd_bench.ranges import Positive, PositiveInt
 
 
 @dataclass
@@ -42,12 +43,12 @@ class DigitsConfig:
     """Classifier used for the teacher check (same defaults as the rewards and the suite)."""
     default_cfg: float = 2.0
     """Teacher CFG scale used by distribution-matching terms (and by the teacher check)."""
-    shift: float = 1.0
+    shift: Positive = 1.0
     """Constant timestep shift of the student schedule; 1 = none (8x8 images carry little
     signal to destroy, so SD3's high-resolution shift of 3 is not needed)."""
-    check_steps: int = 50
+    check_steps: PositiveInt = 50
     """Euler steps of the teacher check's ODE sampler (issue 4: 50)."""
-    check_samples_per_class: int = 50
+    check_samples_per_class: PositiveInt = 50
     """Teacher-check samples per class (fixed seeds)."""
     require_teacher_check: bool = True
     """`prepare` raises if fewer than 90% of teacher samples are classified as prompted.

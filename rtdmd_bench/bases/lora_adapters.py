@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import Positive, PositiveInt
 
 ATTN_TARGETS: tuple[str, ...] = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -25,9 +26,9 @@ ATTN_TARGETS: tuple[str, ...] = (
 class LoraSettings:
     """peft LoRA of the student and fake-score adapters."""
 
-    rank: int = 32
+    rank: PositiveInt = 32
     """LoRA rank r (official RTDMD: 32)."""
-    alpha: float = 64.0
+    alpha: Positive = 64.0
     """LoRA alpha; the update is scaled by alpha / r (official: 64)."""
     targets: tuple[str, ...] = ATTN_TARGETS
     """Module-name suffixes that receive LoRA (peft `target_modules`)."""

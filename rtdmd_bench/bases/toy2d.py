@@ -33,6 +33,7 @@ from rtdmd_bench.core.threads import single_thread
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_path
 from rtdmd_bench.paths import cache_dir, config_hash
+from rtdmd_bench.ranges import NonNegative, NonNegativeInt, Positive, PositiveInt
 from rtdmd_bench.toy_mixture import Mixture, mixture_velocity
 
 FIT_FORMAT = 1  # bump when the fit procedure changes, so stale caches are not reused
@@ -71,15 +72,15 @@ class Toy2D:
 
     @dataclass
     class Config:
-        num_modes: int = 8
+        num_modes: PositiveInt = 8
         """Number of mixture components, placed on a ring."""
-        radius: float = 4.0
+        radius: NonNegative = 4.0
         """Ring radius."""
         angles_deg: tuple[float, ...] = ()
         """Component angles in degrees; empty = equally spaced, mode k at 360 (k + 0.5) / K."""
-        std: float = 0.3
+        std: Positive = 0.3
         """Isotropic standard deviation of every component."""
-        weights: tuple[float, ...] = ()
+        weights: tuple[NonNegative, ...] = ()
         """Unnormalised component weights; empty = equal."""
         prompts: tuple[str, ...] = ("all modes: 0 1 2 3 4 5 6 7", "upper half: 0 1 2 3",
                                     "left half: 2 3 4 5", "modes 0 and 4: 0 4")
@@ -87,26 +88,26 @@ class Toy2D:
         renormalised within the subset). With the default ring, modes 0-3 have y > 0."""
         default_cfg: float = 1.0
         """Teacher CFG scale used by DM terms (1 = the exact conditional field)."""
-        shift: float = 3.0
+        shift: Positive = 3.0
         """Timestep shift of the few-step schedule (core.schedules.few_step_sigmas). 3 gives SD3's
         4-step schedule [1, .9, .75, .5, 0]; the teacher's own 4-step CPS sampler is then far from
         the teacher (KL ~2.6), which is what few-step distillation has to fix (with shift 1 it is ~0.7)."""
-        num_sampler_steps: int = 4
+        num_sampler_steps: PositiveInt = 4
         """Largest sampler step index + 1 the fake score can be conditioned on (one-hot slots;
         one extra slot means "no step")."""
-        hidden: int = 128
+        hidden: PositiveInt = 128
         """Width of the student / fake MLP."""
-        depth: int = 3
+        depth: PositiveInt = 3
         """Hidden layers of the student / fake MLP."""
-        sigma_freqs: int = 8
+        sigma_freqs: NonNegativeInt = 8
         """Fourier frequencies of the sigma embedding (sin/cos of k pi sigma, k = 1..F)."""
-        prompt_dim: int = 16
+        prompt_dim: PositiveInt = 16
         """Prompt embedding width."""
-        fit_steps: int = 2000
+        fit_steps: NonNegativeInt = 2000
         """Adam steps of the regression of the initial MLP onto the exact teacher velocity."""
-        fit_batch: int = 512
+        fit_batch: PositiveInt = 512
         """Batch size of that regression."""
-        fit_lr: float = 1e-2
+        fit_lr: NonNegative = 1e-2
         """Peak Adam learning rate of the fit (cosine decay to 0). Measured on the default toy
         (2000 steps): lr 2e-3 -> velocity MSE 0.009, student 50-step Euler KL 0.27 nats;
         1e-2 -> MSE 0.0014, KL 0.10 (exact teacher: 0.05); 2e-2 barely better."""

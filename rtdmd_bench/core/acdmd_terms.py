@@ -21,6 +21,7 @@ from torch import Tensor
 from rtdmd_bench.core import dmd, optim, rl, sampling
 from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.parallel import BatchRandom
+from rtdmd_bench.ranges import AdamBeta, NonNegative, PositiveInt, Unit
 
 TimeDist = Literal["uniform", "logit_normal"]
 VelocityAt = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), sigma (B,)) -> v (B, ...)
@@ -30,23 +31,23 @@ VelocityAt = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), sigma (B,)) -> v
 class ACDMDConfig:
     """AC-DMD hyper-parameters; defaults are the official cold-start (stage-1) config."""
 
-    num_steps: int = 4
+    num_steps: PositiveInt = 4
     """Student sampling steps N (timesteps 1000, 750, 500, 250 before the base's shift)."""
-    eta: float = 0.9
+    eta: Unit = 0.9
     """CPS stochasticity of the rollout and of the AC transitions (official cps_eta 0.9)."""
-    lr_generator: float = 3e-5
+    lr_generator: NonNegative = 3e-5
     """AdamW learning rate of the generator (official SD3/SD3.5: 3e-5; FLUX.2: 1e-6)."""
-    lr_fake: float = 3e-5
+    lr_fake: NonNegative = 3e-5
     """AdamW learning rate of the fake score (official: same as the generator)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     """AdamW betas of both networks (official: 0.9, 0.999)."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative = 0.0
     """AdamW weight decay of both networks (official: 0)."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegative = 1.0
     """Gradient-norm clip of both networks (official max_grad_norm 1)."""
-    num_fake_per_gen: int = 10
+    num_fake_per_gen: PositiveInt = 10
     """TTUR: fake-score steps per generator step (official fake_update_ratio 10)."""
-    ema_decay: float = 0.99
+    ema_decay: Unit = 0.99
     """Generator EMA decay, updated every iteration (official ema_decay 0.99, ema_every 1)."""
     cfg: float | None = None
     """Teacher guidance scale in the DM gradient; None = the base's default (official SD3-M: 7)."""
@@ -56,17 +57,17 @@ class ACDMDConfig:
     """Ambient fake-score loss weight: min(1, 10 b^2) (official clamp of 1/b^2 at 10) or 1."""
     consistency: bool = True
     """Ablation: the consistency regulariser on the fake score (METHODS.md 3.4)."""
-    consistency_weight: float = 0.01
+    consistency_weight: NonNegative = 0.01
     """Weight of the consistency regulariser (official 1e-2)."""
-    consistency_max_delta: float = 0.2
+    consistency_max_delta: Unit = 0.2
     """t' = max(t - delta, 0) with delta ~ U{1..1000 x this}/1000 (official 200 timesteps)."""
     random_stop: bool = True
     """Random-stop rollout k ~ U{1..N} (official random_stop_idx); False always runs N steps."""
-    renoise_offset: float = 0.01
+    renoise_offset: Unit = 0.01
     """Re-noising levels start at s + this (official timestep_offset 10 of 1000)."""
-    t_min: float = 0.02
+    t_min: Unit = 0.02
     """Lowest re-noising level (official min_renoise_step 20 of 1000)."""
-    t_max: float = 0.98
+    t_max: Unit = 0.98
     """Highest re-noising level (official max_renoise_step 980 of 1000)."""
     fake_t_dist: TimeDist = "uniform"
     """Fake-score re-noising level within [s + offset, 1]: uniform (official with AC-DMD on) or

@@ -16,36 +16,37 @@ from torch import Tensor
 from rtdmd_bench.core import dmd, optim, sampling, schedules
 from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.parallel import BatchRandom
+from rtdmd_bench.ranges import AdamBeta, NonNegative, PositiveInt, Unit
 
 
 @dataclass
 class GeneratorCriticConfig:
-    num_steps: int = 4
+    num_steps: PositiveInt = 4
     """Student sampling steps N (timesteps 1000, 750, 500, 250 before the base's shift)."""
-    eta: float = 0.9
+    eta: Unit = 0.9
     """CPS stochasticity eta of the student's rollouts (METHODS.md section 1)."""
-    lr_generator: float = 5e-7
+    lr_generator: NonNegative = 5e-7
     """AdamW learning rate of the generator (DMD2 official SDXL: 5e-7)."""
-    lr_fake: float = 5e-7
+    lr_fake: NonNegative = 5e-7
     """AdamW learning rate of the fake score (DMD2 official: same as the generator)."""
-    betas: tuple[float, float] = (0.0, 0.999)
+    betas: tuple[AdamBeta, AdamBeta] = (0.0, 0.999)
     """AdamW betas (DMD2 official: 0, 0.999)."""
-    weight_decay: float = 0.01
+    weight_decay: NonNegative = 0.01
     """AdamW weight decay (DMD2 official: 0.01)."""
-    grad_clip: float = 10.0
+    grad_clip: NonNegative = 10.0
     """Gradient-norm clip for both networks (DMD2 official: 10)."""
-    num_fake_per_gen: int = 5
+    num_fake_per_gen: PositiveInt = 5
     """Two-time-scale update rule: fake-score steps per generator step (DMD2: 5)."""
-    ema_decay: float = 0.99
+    ema_decay: Unit = 0.99
     """Generator EMA decay; evaluation uses the EMA weights."""
     cfg: float | None = None
     """Teacher guidance scale in the DM term; None = the base's default."""
     fake_step_conditioning: bool = False
     """Ablation: give the fake score the index of the sampler step whose output it models (off in
     the papers; on toy2d it stops one fake score from learning the mix of every step's outputs)."""
-    t_min: float = 0.02
+    t_min: Unit = 0.02
     """Lowest DM / fake-score noise level."""
-    t_max: float = 0.98
+    t_max: Unit = 0.98
     """Highest DM / fake-score noise level."""
 
 

@@ -18,19 +18,20 @@ from rtdmd_bench.core import rl, sampling
 from rtdmd_bench.core.advantages import DropRule, StdKind, keep_mask, pad_kept, weighted_advantages
 from rtdmd_bench.core.ema import EMA
 from rtdmd_bench.core.parallel import BatchRandom, Shard
+from rtdmd_bench.ranges import AdamBeta, GroupSize, NonNegative, NonNegativeInt, Positive, PositiveInt, Unit
 
 
 @dataclass
 class RewardTiltedConfig:
     """Stage-2 hyper-parameters; defaults are the official configs/rtdmd/sd3m.yaml."""
 
-    group_size: int = 16
+    group_size: GroupSize = 16
     """K >= 2 samples per prompt, one GRPO group (official SD3-M: 16; SD3.5/FLUX.2: 24)."""
-    stage2_batch_size: int = 0
+    stage2_batch_size: NonNegativeInt = 0
     """Samples per stage-2 step (0 = train.batch_size): stage2_batch_size // group_size prompts
     drawn from the run's reward prompt set, group_size samples each. Official SD3-M on 8 GPUs:
     num_batches_per_epoch 16 x sample_batch_size 2 x 8 = 256 (16 prompts x 16)."""
-    subset_size: int = 2
+    subset_size: PositiveInt = 2
     """SubGRPO: stochastic steps trained by PPO per epoch (official 2; N-1 = plain GRPO)."""
     reward_term: Literal["hybrid", "grpo", "backprop"] = "hybrid"
     """Ablation: PPO on the subset + reward backprop on the last step (official), or one of them."""
@@ -45,23 +46,23 @@ class RewardTiltedConfig:
     (0, 1) in [t_min, t_max] for dmd."""
     log_prob: sampling.LogProbMode = "cps_simplified"
     """Ablation: CPS transition log-prob in the PPO ratio (official: cps_simplified)."""
-    lr: float = 3e-6
+    lr: NonNegative = 3e-6
     """Stage-2 generator AdamW learning rate (official 3e-6)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     """Stage-2 generator AdamW betas (official 0.9, 0.999)."""
-    weight_decay: float = 1e-4
+    weight_decay: NonNegative = 1e-4
     """Stage-2 generator AdamW weight decay (official 1e-4)."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegative = 1.0
     """Stage-2 gradient-norm clip of both networks (official 1)."""
-    lr_fake: float = 3e-5
+    lr_fake: NonNegative = 3e-5
     """Stage-2 fake-score AdamW learning rate (official 3e-5; betas and decay as in stage 1)."""
-    clip_eps: float = 1e-5
+    clip_eps: Positive = 1e-5
     """PPO ratio clip epsilon (official clip_range 1e-5)."""
-    adv_clip: float = 5.0
+    adv_clip: Positive = 5.0
     """Advantages are clipped to +-this in the PPO term (official adv_clip_max 5)."""
-    lambda_dm: float = 1e-3
+    lambda_dm: NonNegative = 1e-3
     """Weight of the last-step DM term (official last_step_loss.weight 1e-3)."""
-    lambda_r: float = 1e-4
+    lambda_r: NonNegative = 1e-4
     """Weight of the hinge reward-backprop term (official bp_grad_scale 1e-4)."""
     tau: float = 3.0
     """Hinge margin: loss relu(tau - sum_k w_k r_k) (official bp_reward_margin 3)."""
@@ -72,11 +73,11 @@ class RewardTiltedConfig:
     stage1.dm_normalize=none and the DM term's implicit time weighting)."""
     cfg: float | None = None
     """Teacher guidance scale in the last-step DM term; None = the base's default (official SD3-M 7)."""
-    ema_decay: float = 0.9
+    ema_decay: Unit = 0.9
     """Stage-2 parameter EMA decay, warmed up as min((1+n)/(10+n), decay) (official 0.9)."""
-    ema_interval: int = 8
+    ema_interval: PositiveInt = 8
     """Stage-2 EMA update every this many optimiser steps (official ema_update_interval 8)."""
-    num_batches_per_epoch: int = 16
+    num_batches_per_epoch: PositiveInt = 16
     """Official gradient-accumulation micro-batches per stage-2 optimiser step (16 in every official
     config). It fixes two official behaviours, not how the suite splits work for memory
     (train.micro_batches does that): how often the EMA wrapper is stepped per optimiser step (see
@@ -91,7 +92,7 @@ class RewardTiltedConfig:
     """Std of the advantage normalisations (per reward and the re-standardisation of the weighted
     sum): population = numpy's np.std (ddof 0), official; unbiased = torch's std (ddof 1), the
     suite's former choice."""
-    adv_eps: float = 1e-4
+    adv_eps: Positive = 1e-4
     """Added to those stds (official 1e-4; the suite's former 1e-6)."""
     drop_rule: DropRule = "official"
     """Samples left out of the generator update: official = re-standardised advantage exactly 0.0

@@ -18,27 +18,28 @@ from torch import Tensor, nn
 
 from rtdmd_bench.digits.data import IMAGE_SHAPE, NULL_CLASS, NUM_CLASSES
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import NonNegative, NonNegativeInt, PositiveInt, Unit
 
 
 @dataclass
 class TeacherConfig:
     """Architecture and training of the digits flow teacher (hashed into its cache key)."""
 
-    hidden: int = 256
+    hidden: PositiveInt = 256
     """Width of the residual MLP."""
-    blocks: int = 3
+    blocks: PositiveInt = 3
     """Number of adaLN residual blocks."""
-    step_slots: int = 16
+    step_slots: PositiveInt = 16
     """Size of the sampler-step embedding table used by student / fake (max steps + 1 slots)."""
-    train_steps: int = 2000
+    train_steps: NonNegativeInt = 2000
     """Optimiser steps of flow-matching training."""
-    batch_size: int = 128
+    batch_size: PositiveInt = 128
     """Training batch size."""
-    lr: float = 1e-3
+    lr: NonNegative = 1e-3
     """AdamW learning rate (cosine-decayed to 0)."""
-    label_dropout: float = 0.15
+    label_dropout: Unit = 0.15
     """Probability a training label is replaced by the null class (CFG training)."""
-    ema: float = 0.999
+    ema: Unit = 0.999
     """EMA decay of the weights that are cached (EMA weights sample cleaner digits)."""
     seed: int = 0
     """Seed of initialisation, data order, noise and sigmas: training is deterministic."""
@@ -48,19 +49,19 @@ class TeacherConfig:
 class ClassifierConfig:
     """Architecture and training of the digits CNN classifier (hashed into its cache key)."""
 
-    channels: int = 32
+    channels: PositiveInt = 32
     """Channels of the conv layers (the first layer has half)."""
-    feature_dim: int = 64
+    feature_dim: PositiveInt = 64
     """Width of the penultimate layer: the dimension of the suite's FID features."""
-    epochs: int = 30
+    epochs: NonNegativeInt = 30
     """Passes over the training split."""
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     """Training batch size."""
-    lr: float = 2e-3
+    lr: NonNegative = 2e-3
     """AdamW learning rate (cosine-decayed to 0)."""
-    weight_decay: float = 1e-4
+    weight_decay: NonNegative = 1e-4
     """AdamW weight decay."""
-    noise_std: float = 0.1
+    noise_std: NonNegative = 0.1
     """Std of Gaussian pixel noise added in training, so generated (slightly noisy) digits
     are classified as robustly as real ones."""
     seed: int = 0

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import Positive, PositiveInt
 from rtdmd_bench.rewards.clip_models import (
     HF_WEIGHTS, TOKENIZER_FILES, ClipKey, HFClip, OpenClip, clip_spec, load_aesthetic_mlp, load_hf_clip, load_hps,
 )
@@ -96,7 +97,7 @@ class CLIPScore:
         (approximates the reference) or rtdmd_tensor (RTDMD's back-propagation path)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
-        batch_size: int = 16
+        batch_size: PositiveInt = 16
         """Images per forward pass (scores do not depend on it)."""
 
     name = "clipscore"
@@ -142,7 +143,7 @@ class PickScore:
         """Repo of the processor/tokenizer PickScore was trained with."""
         processor_path: str = ""
         """Local folder with the processor files (else $RTDMD_BENCH_PICKSCORE_PROCESSOR_PATH, else hub)."""
-        divide_by: float = 1.0
+        divide_by: Positive = 1.0
         """Score scale divisor: 1 = PickScore as reported; 26 = RTDMD's training reward."""
         pixels: HFClipPixels = "reference"
         """Pixel pipeline for images without gradients: reference (= clip_processor) = uint8 -> PIL ->
@@ -155,7 +156,7 @@ class PickScore:
         or rtdmd_tensor (RTDMD's back-propagation: torchvision bilinear, its official recipes set it)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
-        batch_size: int = 16
+        batch_size: PositiveInt = 16
         """Images per forward pass (scores do not depend on it)."""
 
     name = "pickscore"
@@ -214,11 +215,11 @@ class HPSv2:
         the float images (RTDMD's back-propagation)."""
         pixels_grad: GradPixels = "differentiable"
         """Pixel pipeline for images that carry gradients (both choices are HPSv2's own transform)."""
-        scale: float = 1.0
+        scale: Positive = 1.0
         """Multiply the cosine: 1 (training, ~0.28) or 100 (benchmark tables)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
-        batch_size: int = 16
+        batch_size: PositiveInt = 16
         """Images per forward pass (scores do not depend on it)."""
 
     name = "hpsv2"
@@ -286,7 +287,7 @@ class Aesthetic:
         back-propagates through this reward)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; scores are returned in float32."""
-        batch_size: int = 16
+        batch_size: PositiveInt = 16
         """Images per forward pass (scores do not depend on it)."""
 
     name = "aesthetic"

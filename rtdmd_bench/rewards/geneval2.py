@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from rtdmd_bench import prompt_files
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.rewards.loading import WeightSpec, cached_model, folder_of, release_models, resolve_files
 from rtdmd_bench.rewards.pixels import to_uint8
 from rtdmd_bench.weights import torch_dtype
@@ -125,7 +126,7 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
 def load_vqa_rows(path: Path) -> list[dict[str, Any]]:
     """Every line of a GenEval2-style jsonl file, validated (a malformed line fails loudly)."""
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(prompt_files.read_text(Path(path)).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -261,7 +262,7 @@ class GenEval2:
         """GenEval2-style jsonl mapping each scored prompt to its vqa_list (RTDMD's reward looks prompts
         up in rtdmd:geneval2/merged.jsonl, train + test), else $RTDMD_BENCH_GENEVAL2_DATA. Suites pass
         their lines' lists directly and need none."""
-        batch_size: int = 1
+        batch_size: PositiveInt = 1
         """Atoms per generate call: 1 = GenEval2's and RTDMD's one call per atom (exact); more batches
         with left padding (float rounding only; see the module docstring for memory)."""
         models: ModelSource = "official"

@@ -48,6 +48,7 @@ from rtdmd_bench.geneval.models import ModelSource, build_colour_classifier, bui
 from rtdmd_bench.geneval.rules import (
     CLASSES, COLORS, OFFICIAL, RELATIONS, Detection, Rules, relative_position, select_detections,
 )
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.rewards.clip_based import check_inputs
 from rtdmd_bench.rewards.loading import cached_model
 from rtdmd_bench.runs import atomic_write_text
@@ -161,7 +162,7 @@ def load_metadata(path: Path) -> dict[str, dict[str, Any]]:
     """GenEval-style metadata jsonl (one {"tag", "include", "exclude"?, "prompt"} per line),
     indexed by prompt text."""
     rows: dict[str, dict[str, Any]] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(prompt_files.read_text(Path(path), "metadata file").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -237,8 +238,12 @@ def write_training_metadata(out: Path | None, n: int, seed: int, exclude: Path |
     """Write `n` GenEval-style training rows (`training_metadata`) to `out` as jsonl, none of
     whose prompts is in the metadata file `exclude` (GenEval's evaluation_metadata.jsonl), for
     `rtdmd-bench prepare geneval-train`. Returns the number of rows written."""
-    if out is None:
-        raise UserError("prepare geneval-train needs --out FILE (the metadata jsonl to write)")
+    if out is None or out.is_dir():
+        raise UserError("prepare geneval-train needs --out FILE (the metadata jsonl to write)"
+                        + ("" if out is None else f"; {out} is a folder"))
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"--out {out}: {blocked} is a file, not a folder")
     if exclude is not None and not exclude.is_file():
         raise UserError(f"--exclude {exclude} is not a file (give GenEval's evaluation_metadata.jsonl)")
     excluded = set(load_metadata(exclude)) if exclude is not None else set()
@@ -268,7 +273,7 @@ class GenevalPartial:
         """Local OpenAI CLIP ViT-L/14 checkpoint file for the colour classifier (empty = hub)."""
         allow_download: bool = True
         """Let the detector/CLIP loaders use the hub (HF_HUB_OFFLINE still applies)."""
-        batch_size: int = 4
+        batch_size: PositiveInt = 4
         """Images per detector forward (scores do not depend on it)."""
         stand_in_seed: int = 0
         """Seed of the stand-in models' random initialisation."""

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from pathlib import Path
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.rewards.clip_based import batched, placed
 from rtdmd_bench.rewards.hpsv3_model import (
     PIXEL_BUDGET, HPSv3Model, Rotary, base_spec, checkpoint_spec, find_template, load_hpsv3,
@@ -93,11 +95,11 @@ class HPSv3:
         model (the package's model.to(torch.bfloat16), buffers included) and vision rotary angles and
         cos/sin computed in that dtype, as transformers 4.45/4.57 do: looks accidental, but HPSv3 was
         trained so. "float32": transformers 5's float32 rotary. The same when dtype=float32."""
-        min_pixels: int = PIXEL_BUDGET
+        min_pixels: PositiveInt = PIXEL_BUDGET
         """Smallest image area after resizing (HPSv3: 256 x 28 x 28 = 448^2; smaller images are upscaled)."""
-        max_pixels: int = PIXEL_BUDGET
+        max_pixels: PositiveInt = PIXEL_BUDGET
         """Largest image area after resizing (HPSv3: 256 x 28 x 28 = 448^2 -> 256 visual tokens)."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass (~0.15 GB of activations each in bf16; scores do not depend on it)."""
         stand_in_seed: int = 0
         """Seed of the stand-in's random weights (models="stand-in" only)."""
@@ -139,15 +141,8 @@ class HPSv3:
             from rtdmd_bench.rewards.tiny import tiny_hpsv3
 
             return tiny_hpsv3(c.stand_in_seed, c.dtype, c.rotary)
-        template, missing_template = find_template(c.template_path)
-        try:
-            ckpt, base = resolve_files([(checkpoint_spec(c.hub_id, c.checkpoint), c.local_path, c.hub_id),
-                                        (base_spec(c.base_id), c.base_path, c.base_id)])
-        except UserError as err:  # one error naming everything missing
-            raise UserError(f"{err}\nAlso missing:\n{missing_template}" if missing_template else str(err)) from None
-        if template is None:
-            raise UserError(f"reward 'hpsv3' cannot load its prompt template; missing:\n{missing_template}")
-        return load_hpsv3(ckpt[c.checkpoint], folder_of(base), template, c.dtype, c.rotary)
+        checkpoint, base_folder, template = weight_files(c)
+        return load_hpsv3(checkpoint, base_folder, template, c.dtype, c.rotary)
 
     @torch.no_grad()
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:  # (B,) mu, float32
@@ -157,3 +152,18 @@ class HPSv3:
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # (B,)
         return batched(self._score, images, prompts, self.cfg.batch_size)
+
+
+def weight_files(c: HPSv3.Config) -> tuple[Path, Path, Any]:
+    """(HPSv3 checkpoint file, Qwen2-VL config/processor folder, prompt template) of the official
+    model, resolved without loading anything (a suite checks them before generating); ONE
+    UserError names everything missing."""
+    template, missing_template = find_template(c.template_path)
+    try:
+        ckpt, base = resolve_files([(checkpoint_spec(c.hub_id, c.checkpoint), c.local_path, c.hub_id),
+                                    (base_spec(c.base_id), c.base_path, c.base_id)])
+    except UserError as err:  # one error naming everything missing
+        raise UserError(f"{err}\nAlso missing:\n{missing_template}" if missing_template else str(err)) from None
+    if template is None:
+        raise UserError(f"reward 'hpsv3' cannot load its prompt template; missing:\n{missing_template}")
+    return ckpt[c.checkpoint], folder_of(base), template

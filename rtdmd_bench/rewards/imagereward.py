@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.ranges import PositiveInt
 from rtdmd_bench.rewards.clip_based import batched, pixels_for, placed
 from rtdmd_bench.rewards.clip_models import preference_mlp
 from rtdmd_bench.rewards.loading import (
@@ -180,7 +181,7 @@ class ImageReward:
         """Pixel pipeline for images that carry gradients: differentiable or rtdmd_tensor (see `pixels`)."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weights and compute dtype; the head output is normalised in float32."""
-        batch_size: int = 16
+        batch_size: PositiveInt = 16
         """Images per forward pass (scores do not depend on it)."""
 
     name = "imagereward"

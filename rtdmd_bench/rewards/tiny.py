@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, TypeVar
 import torch
 from torch import nn
 
+from rtdmd_bench.ranges import Positive, PositiveInt
 from rtdmd_bench.rewards.clip_based import Aesthetic, CLIPScore, HPSv2, PickScore
 from rtdmd_bench.rewards.clip_models import HFClip, OpenClip, preference_mlp
 from rtdmd_bench.rewards.geneval_partial import GenevalPartial
@@ -194,7 +195,7 @@ class TinyCLIPScore(CLIPScore):
         """Pixel pipeline with gradients, as in `clipscore`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass."""
 
     name = "tiny-clipscore[stand-in]"
@@ -212,7 +213,7 @@ class TinyPickScore(PickScore):
     class Config:
         seed: int = 1
         """Seed of the random weights."""
-        divide_by: float = 1.0
+        divide_by: Positive = 1.0
         """Score divisor, as in `pickscore` (RTDMD training: 26)."""
         pixels: HFClipPixels = "reference"
         """Pixel pipeline without gradients, as in `pickscore`."""
@@ -220,7 +221,7 @@ class TinyPickScore(PickScore):
         """Pixel pipeline with gradients, as in `pickscore`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass."""
 
     name = "tiny-pickscore[stand-in]"
@@ -242,11 +243,11 @@ class TinyHPSv2(HPSv2):
         """Pixel pipeline without gradients, as in `hpsv2`."""
         pixels_grad: GradPixels = "differentiable"
         """Pixel pipeline with gradients, as in `hpsv2`."""
-        scale: float = 1.0
+        scale: Positive = 1.0
         """Multiply the cosine (100 for benchmark tables)."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass."""
 
     name = "tiny-hpsv2[stand-in]"
@@ -281,7 +282,7 @@ class TinyAesthetic(Aesthetic):
         """Pixel pipeline with gradients, as in `aesthetic`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass."""
 
     name = "tiny-aesthetic[stand-in]"
@@ -307,7 +308,7 @@ class TinyImageReward(ImageReward):
         """Pixel pipeline with gradients, as in `imagereward`."""
         dtype: _DTYPE = "float32"
         """Weights and compute dtype."""
-        batch_size: int = 8
+        batch_size: PositiveInt = 8
         """Images per forward pass."""
 
     name = "tiny-imagereward[stand-in]"
