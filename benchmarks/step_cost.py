@@ -1,21 +1,26 @@
 """Training-step cost of every method on this machine's device: step time, peak memory and the
-achieved FLOP/s (the FLOPs the training meter charges for the timed steps / their wall time), written
-where `rtdmd-bench plan` finds it for its GPU-hours (rtdmd_bench/step_costs.py).
+achieved FLOP/s (the FLOPs the training meter charges per step / the step time), written where
+`rtdmd-bench plan` finds it for its GPU-hours (rtdmd_bench/step_costs.py has the format).
 
-Run:  python benchmarks/step_cost.py [--base tiny-sd3] [--methods all] [--batch 4] [--warmup 1]
-          [--steps 3] [--threads 0] [--set KEY=VALUE ...] [--out-dir results/benchmarks]
+Run (from the repository root):
+      python benchmarks/step_cost.py [--base tiny-sd3] [--methods all] [--batch 4] [--warmup 2]
+          [--steps 10] [--threads 0] [--set KEY=VALUE ...] [--out-dir results/benchmarks]
 On a GPU without the weights, e.g.:
-      python benchmarks/step_cost.py --base sd3 --batch 9 --set base.init=random
+      python benchmarks/step_cost.py --base sd3 --batch 9 --steps 30 --set base.init=random
+(the recipe's reward models still load their own weights; `--set run.rewards=...` picks others).
 
 Each (method, stage) is measured in a process of its own (its peak memory is its own): the config
 is resolved as `rtdmd-bench train` resolves it (the base's recipe, then `--set`; on tiny bases each
 method's `smoke_test_overrides` and the tiny CLIP reward, as the smoke tests run them), the method
 is built, warmed up (the meter measures each new call shape once, with FlopCounterMode, during the
-warm-up), then timed. Warm-up and timed steps are whole TTUR cycles (`num_fake_per_gen` steps: one
-generator step each), so a step's time and FLOPs are the cycle's average. RTDMD is measured per
-stage (stage 1 AC-DMD with `stage1_fraction=1`, stage 2 with `stage1_fraction=0`). Peak memory: CUDA
-`max_memory_allocated` over the timed steps, on CPU the process's peak resident set (VmHWM, reset
-after the warm-up; it includes Python, torch and the libraries). Reward models are metered too.
+warm-up), then timed. Warm-up and timed steps are whole TTUR cycles (`num_fake_per_gen` steps, one
+generator update among them): the step time is the median over timed cycles of the cycle's time /
+its steps. RTDMD is measured per stage (stage 1 AC-DMD with `stage1_fraction=1`, stage 2 with
+`stage1_fraction=0`). Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps
+(reset after the warm-up); on CPU the process's peak resident set over the timed steps (Linux VmHWM,
+reset after the warm-up through /proc/self/clear_refs; where that is refused, ru_maxrss since the
+process started, and the record says so). Resident memory includes Python, torch and the libraries,
+so the table also gives the growth over the memory after the warm-up. Reward models are metered too.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 MULTI_STAGE = {"rtdmd": {1: ["method.stage1_fraction=1.0"], 2: ["method.stage1_fraction=0.0"]}}
@@ -63,7 +67,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.step_costs import device_name
+    from rtdmd_bench.step_costs import device_name, step_summary
     from rtdmd_bench.train import batch_for, build
 
     method, stage = spec["method"], spec["stage"]
@@ -110,13 +114,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     samples = (getattr(cfg.method, "stage2_batch_size", 0) or cfg.train.batch_size) if stage > 1 else cfg.train.batch_size
+    stages = list(getattr(b.method, "stages", (method,)))
     return {
-        "row": {"method": method, "stage": stage, "stage_name": list(getattr(b.method, "stages", (method,)))[stage - 1],
-                "batch": samples, "warmup_steps": warmup, "timed_steps": timed, "step_time_s": mean(times),
-                "step_time_min_s": min(times), "flops_per_step": mean(flops),
-                "achieved_flops_per_s": sum(flops) / sum(times), "peak_memory_bytes": peak,
-                "memory_after_warmup_bytes": after_warmup, "new_flop_measurements": b.meter.measured_calls - measured_before,
-                "sets": spec["sets"]},
+        "row": {"method": method, "stage": stage, "stage_name": stages[stage - 1], "batch": samples,
+                "cycle_steps": cycle, "warmup_steps": warmup, "timed_steps": timed,
+                **step_summary(times, flops, cycle), "peak_memory_bytes": peak,
+                "memory_after_warmup_bytes": after_warmup, "peak_memory_growth_bytes": peak - after_warmup,
+                "new_flop_measurements": b.meter.measured_calls - measured_before, "sets": spec["sets"]},
         "env": {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
                 "base": cfg.run.base, "base_init": getattr(cfg.base, "init", "pretrained"),
                 "base_label": getattr(b.base, "label", cfg.run.base),
@@ -154,7 +158,7 @@ def _git_commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def render(record: dict[str, Any], command: str, seconds: float) -> str:
+def render(record: dict[str, Any], seconds: float) -> str:
     mib = lambda x: f"{x / 2 ** 20:,.0f}"  # noqa: E731
     weights = ("" if record["base_init"] != "random" else " (a tiny random config)" if record["base"].startswith("tiny-")
                else " with RANDOM weights (`base.init=random`): the real architecture, costs only")
@@ -163,23 +167,27 @@ def render(record: dict[str, Any], command: str, seconds: float) -> str:
         "",
         f"Base `{record['base']}`{weights}, weights {record['dtype']}, bf16 autocast {record['autocast_bf16']}; "
         f"torch {record['torch']}, {record['threads']} thread(s). Per method and stage: warm-up steps (the meter "
-        "measures each new call shape once), then timed steps, both whole TTUR cycles; s / step is their mean (min in "
-        "brackets); achieved FLOP/s = the FLOPs the training meter charged for the timed steps / their wall time. "
-        f"Memory: {record['memory']}. `new FLOP measurements` counts calls the meter had to measure while timed "
-        "(0: every timed step ran without the counter).",
+        "measures each new call shape once), then timed steps, both whole TTUR cycles (`cycle` steps: "
+        "`num_fake_per_gen`); s / step is the median over timed cycles of the cycle's time / its steps "
+        "(fastest and slowest cycle in brackets); achieved FLOP/s = the FLOPs the training meter charged per "
+        f"timed step / s per step. Memory: {record['memory']}; growth = peak - memory after the warm-up "
+        "(what the timed steps added). `new FLOP measurements` counts calls the meter had to measure while "
+        "timed (0: every timed step ran without the counter).",
         "",
-        "| method | stage | samples / step | warm-up + timed steps | s / step | FLOPs / step | achieved FLOP/s "
-        "| peak memory MiB | memory after warm-up MiB | new FLOP measurements |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | stage | samples / step | cycle | warm-up + timed steps | s / step | FLOPs / step | achieved FLOP/s "
+        "| peak memory MiB | after warm-up MiB | growth MiB | new FLOP measurements |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["rows"]:
-        lines.append(f"| {r['method']} | {r['stage']} ({r['stage_name']}) | {r['batch']} | {r['warmup_steps']} + "
-                     f"{r['timed_steps']} | {r['step_time_s']:.3f} ({r['step_time_min_s']:.3f}) | "
-                     f"{r['flops_per_step']:.3g} | {r['achieved_flops_per_s']:.3g} | {mib(r['peak_memory_bytes'])} | "
-                     f"{mib(r['memory_after_warmup_bytes'])} | {r['new_flop_measurements']} |")
-    lines += ["", f"Rerun: `{command}`  ",
-              f"Measured {record['date']} in {seconds:.0f} s, commit {record['git_commit']}; JSON beside this file "
-              "(read by `rtdmd-bench plan` when base, device, method, stage and dtype match).", ""]
+        lines.append(f"| {r['method']} | {r['stage']} ({r['stage_name']}) | {r['batch']} | {r['cycle_steps']} | "
+                     f"{r['warmup_steps']} + {r['timed_steps']} | {r['step_time_s']:.3f} ({r['step_time_min_s']:.3f}"
+                     f"-{r['step_time_max_s']:.3f}) | {r['flops_per_step']:.3g} | {r['achieved_flops_per_s']:.3g} | "
+                     f"{mib(r['peak_memory_bytes'])} | {mib(r['memory_after_warmup_bytes'])} | "
+                     f"{mib(r['peak_memory_growth_bytes'])} | {r['new_flop_measurements']} |")
+    lines += ["", f"Rerun (from the repository root): `{record['command']}`  ",
+              f"Measured {record['date']} in {seconds:.0f} s, commit {record['git_commit']}. The JSON beside this "
+              "file is what `rtdmd-bench plan` reads for its GPU-hours when base, device, method, stage and dtype "
+              "match (a CPU record never matches a GPU plan; it shows the format and the CPU's figures).", ""]
     return "\n".join(lines)
 
 
@@ -188,8 +196,8 @@ def main() -> None:
     parser.add_argument("--base", default="tiny-sd3")
     parser.add_argument("--methods", default="all", help="comma-separated method names, or all")
     parser.add_argument("--batch", type=int, default=4, help="train.batch_size (samples per step)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up steps (rounded up to whole cycles)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (rounded up to whole cycles)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (rounded up to whole cycles)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (rounded up to whole cycles)")
     parser.add_argument("--threads", type=int, default=0, help="train.threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--out-dir", type=Path, default=Path("results/benchmarks"))
@@ -198,7 +206,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
-    from rtdmd_bench.step_costs import record_stem
+    from rtdmd_bench.step_costs import write_record
 
     start = time.perf_counter()
     results = []
@@ -208,18 +216,15 @@ def main() -> None:
         print(f"{r['method']} stage {r['stage']}: {r['step_time_s']:.3f} s/step, {r['achieved_flops_per_s']:.3g} FLOP/s",
               flush=True)
     env = results[0]["env"]
-    record = {"benchmark": "step_cost", **env, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "git_commit": _git_commit(), "rows": [r["row"] for r in results]}
     command = " ".join(["python benchmarks/step_cost.py", f"--base {args.base}", f"--methods {args.methods}",
                         f"--batch {args.batch}", f"--warmup {args.warmup}", f"--steps {args.steps}",
                         f"--threads {args.threads}", *[f"--set {s}" for s in args.set]])
-    record["command"] = command
-    text = render(record, command, time.perf_counter() - start)
-    stem = args.out_dir / record_stem(env["device"], env["base"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    Path(f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    Path(f"{stem}.md").write_text(text)
+    record = {"benchmark": "step_cost", **env, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "git_commit": _git_commit(), "command": command, "rows": [r["row"] for r in results]}
+    text = render(record, time.perf_counter() - start)
+    path = write_record(args.out_dir, record, text)
     print(text)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

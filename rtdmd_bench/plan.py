@@ -160,14 +160,18 @@ def lora_settings(base: str) -> LoraSettings:
 
 
 def stage_gpu_hours(flops: float, base: str, gpu: str, method: str, stage: int, precision: str,
-                    recorded_dir: Path = RECORD_DIR) -> tuple[float, str]:
+                    recorded_dir: Path = RECORD_DIR, samples_per_gpu: int | None = None) -> tuple[float, str]:
     """(GPU-hours, where from) of `flops` spent in `stage` (1-based) of `method`: from a recorded
     step time of that base, stage and precision on `gpu` when there is one, else estimated."""
     rec = find_recorded(recorded_dir, base, gpu, method, stage, precision)
     if rec is not None:
-        return rec.gpu_hours(flops), f"recorded: {rec.describe()}"
+        # the achieved FLOP/s depends on the batch (a GPU is busier with more samples): say when they differ
+        other = (f"; measured at {rec.batch} samples per step, this stage's per-GPU step has {samples_per_gpu}"
+                 if samples_per_gpu is not None and samples_per_gpu != rec.batch else "")
+        return rec.gpu_hours(flops), f"recorded: {rec.describe()}{other}"
     return gpu_hours(flops, gpu), (f"estimated: FLOPs / ({GPU_PEAK_FLOPS[gpu] / 1e12:.0f} TFLOP/s {gpu.upper()} "
-                                   f"bf16 peak x {ASSUMED_MFU:.0%} assumed MFU)")
+                                   f"bf16 peak x {ASSUMED_MFU:.0%} assumed MFU); no step time of {base} {precision} "
+                                   f"on {gpu.upper()} recorded in {recorded_dir} (benchmarks/step_cost.py)")
 
 
 def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp",
@@ -220,8 +224,8 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
                       + st.decode_fwd * costs["decode_fwd"] + st.decode_bwd * costs["decode_bwd"])
         per_step = samples * per_sample
         run = per_step * st.steps if st.steps else None
-        hours, source = (stage_gpu_hours(run, base, gpu, method, i, precision, recorded_dir) if run
-                         else (None, "no official run"))
+        hours, source = (stage_gpu_hours(run, base, gpu, method, i, precision, recorded_dir, samples // num_gpus)
+                         if run else (None, "no official run"))
         stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
                        "flops_run": run, "samples_per_step": samples, "gpu_hours": hours, "gpu_hours_from": source})
     gen = "a second frozen copy (generator weights)" if rb.separate_generator else "the shared frozen copy"
