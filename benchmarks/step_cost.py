@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -166,7 +167,9 @@ def render(record: dict[str, Any], seconds: float) -> str:
         f"# Training-step cost: {record['base_label']} on {record['device']}",
         "",
         f"Base `{record['base']}`{weights}, weights {record['dtype']}, bf16 autocast {record['autocast_bf16']}; "
-        f"torch {record['torch']}, {record['threads']} thread(s). Per method and stage: warm-up steps (the meter "
+        f"torch {record['torch']}, {record['threads']} thread(s); 1-minute load average "
+        f"{record['load_average_1min_at_start']} on {record['cpu_count']} cores at the start (other work on the "
+        "machine slows the steps). Per method and stage: warm-up steps (the meter "
         "measures each new call shape once), then timed steps, both whole TTUR cycles (`cycle` steps: "
         "`num_fake_per_gen`); s / step is the median over timed cycles of the cycle's time / its steps "
         "(fastest and slowest cycle in brackets); achieved FLOP/s = the FLOPs the training meter charged per "
@@ -209,6 +212,7 @@ def main() -> None:
     from rtdmd_bench.step_costs import write_record
 
     start = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine skews the times
     results = []
     for spec in specs(args):
         results.append(run_child(spec))
@@ -220,7 +224,8 @@ def main() -> None:
                         f"--batch {args.batch}", f"--warmup {args.warmup}", f"--steps {args.steps}",
                         f"--threads {args.threads}", *[f"--set {s}" for s in args.set]])
     record = {"benchmark": "step_cost", **env, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "git_commit": _git_commit(), "command": command, "rows": [r["row"] for r in results]}
+              "git_commit": _git_commit(), "command": command,
+              "load_average_1min_at_start": None if load is None else round(load, 2), "cpu_count": os.cpu_count(), "rows": [r["row"] for r in results]}
     text = render(record, time.perf_counter() - start)
     path = write_record(args.out_dir, record, text)
     print(text)
