@@ -111,3 +111,32 @@ def test_the_benchmark_measures_and_records_on_tiny_sd3(tmp_path):
     assert row["peak_memory_bytes"] >= row["memory_after_warmup_bytes"] > 0
     assert row["peak_memory_growth_bytes"] == row["peak_memory_bytes"] - row["memory_after_warmup_bytes"]
     assert "--methods acdmd --batch 2 --warmup 1 --steps 3" in (tmp_path / "step_cost_cpu_tiny-sd3_fp32.md").read_text()
+
+
+def _benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_cost_benchmark", ROOT / "benchmarks" / "step_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_grid_on_a_real_base_keeps_its_recipe_and_passes_random_init():
+    """On a real base: no smoke-test shrinking or tiny reward, `--set` last; RTDMD once per stage; the
+    official AC-DMD cycle is 10 steps (a generator update every 10th), RTDMD stage 2 one."""
+    import argparse
+
+    from rtdmd_bench.config import resolve_config
+
+    bench = _benchmark_module()
+    args = argparse.Namespace(base="sd3", methods="dmd2,rtdmd", batch=9, warmup=2, steps=30, threads=0,
+                              set=["base.init=random"])
+    grid = bench.specs(args)
+    assert [(s["method"], s["stage"]) for s in grid] == [("dmd2", 1), ("rtdmd", 1), ("rtdmd", 2)]
+    assert grid[0]["sets"] == ["train.batch_size=9", "train.budget=1e30", "base.init=random"]
+    assert grid[2]["sets"] == ["train.batch_size=9", "train.budget=1e30", "method.stage1_fraction=0.0", "base.init=random"]
+    assert bench.cycle_length(resolve_config("acdmd", "sd3", []), 1) == 10
+    assert bench.cycle_length(resolve_config("rtdmd", "sd3", []), 2) == 1
+    tiny = bench.specs(argparse.Namespace(**{**vars(args), "base": "tiny-sd3", "set": []}))
+    assert tiny[0]["sets"][-3:] == ["run.rewards=tiny-clipscore=1.0", "train.batch_size=9", "train.budget=1e30"]
