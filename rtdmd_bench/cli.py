@@ -452,18 +452,23 @@ def prepare(what: Literal["digits", "geneval-train"] = typer.Argument(
 PlanPrecision = Literal["bf16", "fp32"]
 """`plan --precision` choices: `plan.WEIGHT_BYTES` spelled here for --help (a test checks the two agree)."""
 
+PlanGpu = Literal["h100", "a100"]
+"""`plan --gpu` choices: `plan.GPU_PEAK_FLOPS` spelled here for --help (a test checks the two agree)."""
+
 
 @app.command()
 def plan(method: str = typer.Option(..., help="Method name."), base: str = typer.Option(..., help="Real base name."),
          precision: PlanPrecision = typer.Option("bf16", help="Weights and activations precision."),
          parallelism: Parallelism = typer.Option("ddp", help="ddp = whole model per GPU; fsdp = sharded."),
-         num_gpus: int = typer.Option(8, min=1, help="GPUs.")) -> None:
+         num_gpus: int = typer.Option(8, min=1, help="GPUs."),
+         gpu: PlanGpu = typer.Option("h100", help="The GPU of the GPU-hours (a step time benchmarks/step_cost.py "
+                                     "recorded on it is used when there is one).")) -> None:
     """Estimate parameters per role, trainable LoRA parameters, memory per GPU and FLOPs of a real base
     (built on the meta device: no weights needed)."""
     registry.entry("methods", method)
     from rtdmd_bench.plan import main as plan_main
 
-    plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus)
+    plan_main(method=method, base=base, precision=precision, parallelism=parallelism, num_gpus=num_gpus, gpu=gpu)
 
 
 def _usage_errors() -> tuple[type, ...]:

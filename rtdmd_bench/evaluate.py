@@ -146,6 +146,9 @@ def evaluate_suite(suite: Any, base: Any, spec: SamplerSpec, rewards: RewardSet,
         "processes": shard()[1],
         "eval_wall_time_s": time.perf_counter() - t0, "versions": versions(), "git_commit": git_commit(),
     }
+    note = getattr(base, "weights_note", lambda: None)()  # base.init=random: scores of random weights
+    if note:
+        result["run"]["base"], result["note"] = base.label, note
     if out_path is None and out_dir is not None:
         out_path = Path(out_dir) / f"{suite.name}.json"
     if out_path is not None:

@@ -24,17 +24,22 @@ the parameter counts are exact for the recorded configs. The rest are documented
   official per-GPU batches recorded in `real_configs` (AC-DMD 9; RTDMD stage 2 per base); reward
   models (< 1% of a stage-2 step) and text encoders (not metered) are left out. The official run's
   FLOPs (`Plan.official_flops`) are what the real bases' recipes give `train.budget`.
-- GPU-hours = FLOPs / (peak x ASSUMED_MFU), an assumption stated in the output.
+- GPU-hours: from a recorded step time when `benchmarks/step_cost.py` has measured this base, method
+  and stage on that GPU in that precision (results/benchmarks/step_cost_*.json, `step_costs.py`):
+  FLOPs / the achieved FLOP/s of one device; else FLOPs / (datasheet peak x ASSUMED_MFU), an
+  assumption. The output says which, per stage.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rtdmd_bench.bases.diffusers_common import LoraSettings, lora_parameter_count
 from rtdmd_bench.bases.real_configs import REAL_BASES, Component, RealBase, tiny_bases
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.step_costs import RECORD_DIR, find_recorded
 # The meta-device measurements live in their own module; their names stay importable from here.
 from rtdmd_bench.meta_costs import (  # noqa: F401
     build_meta, count, device_attention_on_meta, measured_decode_flops, measured_forward_flops, measured_lora_costs,
@@ -113,8 +118,9 @@ class Plan:
     memory_per_gpu: dict[str, float]  # bytes by part
     flops_per_forward: float  # measured on meta (FlopCounterMode)
     flops_per_forward_formula: float  # 2 P T + 4 L T^2 d cross-check
-    stages: list[dict[str, Any]]
+    stages: list[dict[str, Any]]  # + gpu_hours (None: no official run) and gpu_hours_from (recorded | estimated)
     costs: dict[str, float]  # lora_fwd_A, lora_bwd_A (x F, A adapters), decode_fwd, decode_bwd (FLOPs); meta
+    gpu: str = "h100"  # the GPU the GPU-hours are for
 
     @property
     def official_flops(self) -> float | None:
@@ -153,8 +159,26 @@ def lora_settings(base: str) -> LoraSettings:
     return resolve("bases", base).Config().lora
 
 
+def stage_gpu_hours(flops: float, base: str, gpu: str, method: str, stage: int, precision: str,
+                    recorded_dir: Path = RECORD_DIR, samples_per_gpu: int | None = None) -> tuple[float, str]:
+    """(GPU-hours, where from) of `flops` spent in `stage` (1-based) of `method`: from a recorded
+    step time of that base, stage and precision on `gpu` when there is one, else estimated."""
+    rec = find_recorded(recorded_dir, base, gpu, method, stage, precision)
+    if rec is not None:
+        # the achieved FLOP/s depends on the batch (a GPU is busier with more samples): say when they differ
+        other = (f"; measured at {rec.batch} samples per step, this stage's per-GPU step has {samples_per_gpu}"
+                 if samples_per_gpu is not None and samples_per_gpu != rec.batch else "")
+        return rec.gpu_hours(flops), f"recorded: {rec.describe()}{other}"
+    return gpu_hours(flops, gpu), (f"estimated: FLOPs / ({GPU_PEAK_FLOPS[gpu] / 1e12:.0f} TFLOP/s {gpu.upper()} "
+                                   f"bf16 peak x {ASSUMED_MFU:.0%} assumed MFU); no step time of {base} {precision} "
+                                   f"on {gpu.upper()} recorded in {recorded_dir} (benchmarks/step_cost.py)")
+
+
 def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp",
-                 num_gpus: int = 8, micro_batch: int | None = None) -> Plan:
+                 num_gpus: int = 8, micro_batch: int | None = None, gpu: str = "h100",
+                 recorded_dir: Path = RECORD_DIR) -> Plan:
+    if gpu not in GPU_PEAK_FLOPS:
+        raise UserError(f"--gpu must be one of {', '.join(GPU_PEAK_FLOPS)}, got {gpu!r}")
     if precision not in WEIGHT_BYTES:
         raise UserError(f"--precision must be one of {', '.join(WEIGHT_BYTES)}, got {precision!r}")
     if parallelism not in ("ddp", "fsdp"):
@@ -193,25 +217,32 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
         costs["decode_fwd"], costs["decode_bwd"] = measured_decode_flops(rb)
         for a, (fwd, bwd) in measured_lora_costs(net, rb, lora, {st.adapters for st in RECIPES[method]}).items():
             costs[f"lora_fwd_{a}"], costs[f"lora_bwd_{a}"] = fwd, bwd
-    for st in RECIPES.get(method, ()):
+    for i, st in enumerate(RECIPES.get(method, ()), start=1):
         samples = batches[st.batch] * st.batches_per_step * num_gpus
         per_sample = ((st.teacher + st.lora_fwd * costs[f"lora_fwd_{st.adapters}"]
                        + st.lora_bwd * costs[f"lora_bwd_{st.adapters}"]) * f
                       + st.decode_fwd * costs["decode_fwd"] + st.decode_bwd * costs["decode_bwd"])
         per_step = samples * per_sample
+        run = per_step * st.steps if st.steps else None
+        hours, source = (stage_gpu_hours(run, base, gpu, method, i, precision, recorded_dir, samples // num_gpus)
+                         if run else (None, "no official run"))
         stages.append({"stage": st.name, "how": st.how, "steps": st.steps, "flops_per_step": per_step,
-                       "flops_run": per_step * st.steps if st.steps else None, "samples_per_step": samples})
+                       "flops_run": run, "samples_per_step": samples, "gpu_hours": hours, "gpu_hours_from": source})
     gen = "a second frozen copy (generator weights)" if rb.separate_generator else "the shared frozen copy"
     roles = {"teacher": "shared frozen transformer, adapters disabled",
              "fake": f"shared frozen transformer + 'fake' LoRA ({lora_n:,} params)",
              "student": f"{gen} + 'student' LoRA ({lora_n:,} params)"}
     return Plan(base, method, precision, parallelism, num_gpus, params, roles, lora_n, resident,
                 frozen + (3 - copies) * params["transformer"], frozen * WEIGHT_BYTES[precision] + 2 * lora_n * 4, memory, f,
-                forward_flops(params["transformer"], blocks, tokens, width), stages, costs)
+                forward_flops(params["transformer"], blocks, tokens, width), stages, costs, gpu)
 
 
 def _gib(x: float) -> str:
     return f"{x / 2 ** 30:.2f} GiB"
+
+
+def _hours(h: float | None) -> str:
+    return "-" if h is None else f"{h:,.0f}" if h >= 10 else f"{h:.3g}"
 
 
 def render_plan(plan: Plan) -> list[Any]:
@@ -241,33 +272,39 @@ def render_plan(plan: Plan) -> list[Any]:
     f = Table(title=f"FLOPs (F = one transformer forward on one sample = {plan.flops_per_forward:.3g} counted "
                     f"on meta; formula 2PT + 4LT^2d gives {plan.flops_per_forward_formula:.3g})",
               caption="; ".join(f"{s['stage']}: {s['how']}" for s in plan.stages) or None)
-    for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs", "H100 GPU-hours"):
-        f.add_column(col, justify="right" if col != "stage" else "left")
+    for col in ("stage", "samples / step", "FLOPs / step", "steps", "official run FLOPs",
+                f"{plan.gpu.upper()} GPU-hours", "GPU-hours from"):
+        f.add_column(col, justify="right" if col not in ("stage", "GPU-hours from") else "left")
     for s in plan.stages:
         f.add_row(s["stage"], str(s["samples_per_step"]), f"{s['flops_per_step']:.3g}", str(s["steps"] or "-"),
                   f"{s['flops_run']:.3g}" if s["flops_run"] else "no official run",
-                  f"{gpu_hours(s['flops_run']):,.0f}" if s["flops_run"] else "-")
-    runs = [s["flops_run"] for s in plan.stages if s["flops_run"]]
+                  _hours(s["gpu_hours"]), s["gpu_hours_from"].split(":")[0])
+    runs = [s for s in plan.stages if s["flops_run"]]
     if len(runs) > 1:
-        f.add_row("whole recipe", "", "", "", f"{sum(runs):.3g}", f"{gpu_hours(sum(runs)):,.0f}")
+        sources = {s["gpu_hours_from"].split(":")[0] for s in runs}
+        f.add_row("whole recipe", "", "", "", f"{sum(s['flops_run'] for s in runs):.3g}",
+                  _hours(sum(s["gpu_hours"] for s in runs)), " + ".join(sorted(sources)))
     if not plan.stages:
         f.add_row(plan.method, "-", "no cost model for this method", "-", "-")
     return [p, r, m, f]
 
 
-def main(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp", num_gpus: int = 8) -> Plan:
+def main(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp", num_gpus: int = 8,
+         gpu: str = "h100", recorded_dir: Path = RECORD_DIR) -> Plan:
     """Entry point of `rtdmd-bench plan`: compute and print."""
     from rich.console import Console
 
-    plan = compute_plan(method, base, precision, parallelism, num_gpus)
+    plan = compute_plan(method, base, precision, parallelism, num_gpus, gpu=gpu, recorded_dir=recorded_dir)
     console = Console()
     for table in render_plan(plan):
         console.print(table)
     back = (f"LoRA forward {plan.costs['lora_fwd_1']:.3f}F, backward {plan.costs['lora_bwd_1']:.2f}F"
             if plan.costs else "no backward counted")
     console.print("Estimates: see rtdmd_bench/plan.py (weights x precision, 16 B per trainable, checkpointed "
-                  f"activations 17 T d per live block, F and the VAE decode counted on the meta device, {back}; "
-                  f"GPU-hours at {ASSUMED_MFU:.0%} of the H100 bf16 peak, an assumption).")
+                  f"activations 17 T d per live block, F and the VAE decode counted on the meta device, {back}).")
+    for s in plan.stages:
+        if s["gpu_hours"] is not None:
+            console.print(f"{plan.gpu.upper()} GPU-hours of {s['stage']}: {s['gpu_hours_from']}", highlight=False)
     return plan
 
 
@@ -285,6 +322,9 @@ def run_summary(cfg: Any, processes: int = 1) -> list[str]:
     lines = [f"budget {flops:.4g} FLOPs on {cfg.run.base}: {gpu_hours(flops):,.0f} H100 GPU-hours at "
              f"{ASSUMED_MFU:.0%} of peak (plan's assumption), {gpu_hours(flops) / processes:,.1f} h on "
              f"{processes} process(es)"]
+    if getattr(cfg.base, "init", "pretrained") == "random":
+        lines.append(f"base.init=random: {cfg.run.base} with RANDOM weights (seed {cfg.base.seed}), for step time and "
+                     "memory only: its samples and scores are not the model's, and its results say so")
     fraction = getattr(cfg.method, "stage1_fraction", None)
     if fraction is not None:
         lines.append(f"stages: {fraction:.4g} of it ({fraction * flops:.4g} FLOPs) in stage 1, then stage 2 "

@@ -213,6 +213,8 @@ def compare_runs(run_dirs: Sequence[Path], suite: str | None = None, metrics: Se
         key_cfg = {k: v for k, v in cfg.items() if k not in ("run", "overrides")}
         key_cfg["run"] = {k: v for k, v in cfg.get("run", {}).items() if k not in ("seed", "run_id")}
         label = f"{cfg['run']['method']} / {cfg['run']['base']}"
+        if cfg.get("base", {}).get("init") == "random" and not cfg["run"]["base"].startswith("tiny-"):
+            label += "[random-init]"  # random weights (base.init=random): never read as the real model
         sig = json.dumps([label, key_cfg], sort_keys=True, default=str)
         groups[sig].append({"label": label, "cells": cells, "seed": cfg["run"]["seed"]})
     if not groups:

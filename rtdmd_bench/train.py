@@ -221,6 +221,9 @@ def _loop(cfg: ResolvedConfig, run: RunDir, par: Parallel, b: Built, resume: boo
         "versions": versions(), "git_commit": git_commit(),
         "processes": par.shard.world,
     }
+    note = getattr(b.base, "weights_note", lambda: None)()  # base.init=random: never mistaken for a real run
+    if note:
+        result.update(base=b.base.label, note=note)
     if par.main:
         run.write_result(result)
     par.barrier()  # the run folder is complete before any rank moves on (e.g. to --eval)

@@ -29,13 +29,14 @@ def test_literal_choices_agree_with_the_code_that_uses_them():
     assert get_args(cli.Kind) == registry.KINDS
     assert get_args(cli.Benchmark) == tuple(reproduce.GROUPS)
     assert get_args(cli.PlanPrecision) == tuple(plan.WEIGHT_BYTES)
+    assert get_args(cli.PlanGpu) == tuple(plan.GPU_PEAK_FLOPS)
     assert get_args(config.Parallelism) == ("ddp", "fsdp")
     with pytest.raises(UserError, match="ddp or fsdp"):  # what plan refuses is outside the Literal
         plan.compute_plan("dmd2", "sd3", parallelism="tp")
 
 
 @pytest.mark.parametrize("command,choices", [
-    (["plan"], ["bf16", "fp32", "ddp", "fsdp"]),
+    (["plan"], ["bf16", "fp32", "ddp", "fsdp", "h100", "a100"]),
     (["eval"], ["cps", "euler", "euler-pipeline", "euler-few-step"]),
     (["list"], list(registry.KINDS)),
     (["reproduce"], ["toy", "toy2d", "digits"]),

@@ -134,3 +134,86 @@ def test_run_summary_states_budget_split_and_gpu_hours():
     assert "0.637 of it" in lines[1] and f"{0.637 * 1.623e20:.4g}" in lines[1]
     assert "stage-2 samples per step 256" in lines[2]
     assert run_summary(resolve_config("dmd2", "toy2d", [])) == []  # CPU bases: nothing to estimate
+
+
+def _record(folder, device: str, dtype: str, rate: float, base: str = "tiny-sd3", date: str = "2026-01-02",
+            name: str | None = None) -> None:
+    """A step-cost record in the format benchmarks/step_cost.py writes, typed out here (not through the
+    writer): rtdmd stage 1 at `rate` FLOP/s, 2 s per step of 9 samples."""
+    import json
+
+    data = {"device": device, "base": base, "base_init": "random", "dtype": dtype, "date": date, "torch": "x",
+            "rows": [{"method": "rtdmd", "stage": 1, "batch": 9, "step_time_s": 2.0, "flops_per_step": 2.0 * rate,
+                      "achieved_flops_per_s": rate, "peak_memory_bytes": 1}]}
+    name = name or f"step_cost_{device.lower().replace(' ', '-')}_{base}_{dtype}.json"
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_stage_gpu_hours_from_a_record_by_hand(tmp_path):
+    from rtdmd_bench.plan import stage_gpu_hours
+
+    hours, source = stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "bf16", tmp_path)
+    assert hours == pytest.approx(1.08e18 / (989e12 * 0.35) / 3600)  # no record: H100 bf16 peak x 35%, by hand
+    assert source.startswith("estimated: FLOPs / (989 TFLOP/s H100 bf16 peak x 35% assumed MFU); "
+                             f"no step time of sd3 bf16 on H100 recorded in {tmp_path}")
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "bf16", 3e14, base="sd3", date="2026-05-06 07:08 UTC")
+    hours, source = stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "bf16", tmp_path, samples_per_gpu=9)
+    assert hours == pytest.approx(1.0)  # 1.08e18 FLOPs / 3e14 FLOP/s = 3600 s = 1 hour
+    path = tmp_path / "step_cost_nvidia-h100-80gb-hbm3_sd3_bf16.json"
+    assert source == (f"recorded: {path} (NVIDIA H100 80GB HBM3, random weights, 2026-05-06 07:08 UTC: 2 s per step "
+                      "of 9 samples = 300 TFLOP/s achieved)")
+    _, other = stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "bf16", tmp_path, samples_per_gpu=16)
+    assert other.endswith("; measured at 9 samples per step, this stage's per-GPU step has 16")
+    assert stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 2, "bf16", tmp_path)[1].startswith("estimated")  # stage 2
+    assert stage_gpu_hours(1.08e18, "sd3", "h100", "dmd2", 1, "bf16", tmp_path)[1].startswith("estimated")  # method
+    _record(tmp_path, "NVIDIA A100-SXM4-80GB", "bf16", 1e14, base="sd3")  # another GPU
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "fp32", 5e13, base="sd3")  # another precision
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "bf16", 1e13, base="sd35m")  # another base
+    _record(tmp_path, "cpu (AMD EPYC)", "bf16", 1e9, base="sd3")  # a CPU: never a GPU's record
+    assert stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "bf16", tmp_path)[0] == pytest.approx(1.0)
+    assert stage_gpu_hours(1.08e18, "sd3", "a100", "rtdmd", 1, "bf16", tmp_path)[0] == pytest.approx(3.0)  # 1.08e18/1e14 s
+    assert stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "fp32", tmp_path)[0] == pytest.approx(6.0)  # /5e13
+    assert stage_gpu_hours(1.08e18, "sd35m", "h100", "rtdmd", 1, "bf16", tmp_path)[0] == pytest.approx(30.0)  # /1e13
+    _record(tmp_path, "NVIDIA H100 PCIe", "bf16", 2e14, base="sd3", date="2026-05-07 00:00 UTC")  # newest wins
+    hours, source = stage_gpu_hours(1.08e18, "sd3", "h100", "rtdmd", 1, "bf16", tmp_path)
+    assert hours == pytest.approx(1.5) and "NVIDIA H100 PCIe" in source  # 1.08e18 / 2e14 = 5400 s
+
+
+def test_plan_gpu_hours_from_a_recorded_step_time_else_estimated(tmp_path, capsys):
+    estimated = compute_plan("rtdmd", "tiny-sd3", num_gpus=1, recorded_dir=tmp_path)  # no record at all
+    for s in estimated.stages:
+        assert s["gpu_hours"] == pytest.approx(s["flops_run"] / (989e12 * 0.35) / 3600)  # by hand: H100 peak x 35%
+        assert s["gpu_hours_from"].startswith("estimated: FLOPs / (989 TFLOP/s H100 bf16 peak x 35% assumed MFU)")
+    _record(tmp_path, "NVIDIA H100 80GB HBM3", "bf16", 3e14)
+    plan = main("rtdmd", "tiny-sd3", "bf16", "ddp", 1, recorded_dir=tmp_path)
+    s1, s2 = plan.stages
+    assert s1["gpu_hours"] == pytest.approx(s1["flops_run"] / 3e14 / 3600)  # stage-1 FLOPs at the recorded rate
+    assert s1["gpu_hours_from"].startswith("recorded: ") and "NVIDIA H100 80GB HBM3, random weights" in s1["gpu_hours_from"]
+    assert "2026-01-02: 2 s per step of 9 samples = 300 TFLOP/s achieved" in s1["gpu_hours_from"]
+    assert s2["gpu_hours"] == estimated.stages[1]["gpu_hours"] and s2["gpu_hours_from"].startswith("estimated")
+    out = capsys.readouterr().out
+    assert "H100 GPU-hours of stage 1 (AC-DMD): recorded:" in out and "H100 GPU-hours of stage 2 (reward-tilted): estimated:" in out
+    with pytest.raises(UserError, match="--gpu must be one of h100, a100"):
+        compute_plan("rtdmd", "tiny-sd3", gpu="v100")
+
+
+def test_plan_command_reads_results_benchmarks_of_the_working_folder(tmp_path, monkeypatch):
+    """`rtdmd-bench plan --gpu a100` run where results/benchmarks holds an A100 record prints its file
+    and date, and the GPU-hours at its rate (the stage's FLOPs come from the same plan)."""
+    from typer.testing import CliRunner
+
+    from rtdmd_bench.cli import app
+
+    folder = tmp_path / "results" / "benchmarks"
+    folder.mkdir(parents=True)
+    _record(folder, "NVIDIA A100-SXM4-80GB", "bf16", 1e14, date="2026-07-08 09:10 UTC")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")  # one line per message, to match it whole
+    result = CliRunner().invoke(app, ["plan", "--method", "rtdmd", "--base", "tiny-sd3", "--num-gpus", "1",
+                                      "--gpu", "a100"])
+    assert result.exit_code == 0, result.output
+    run = compute_plan("rtdmd", "tiny-sd3", num_gpus=1, recorded_dir=folder).stages[0]["flops_run"]
+    assert "A100 GPU-hours of stage 1 (AC-DMD): recorded: results/benchmarks/step_cost_nvidia-a100-sxm4-80gb_" \
+           "tiny-sd3_bf16.json (NVIDIA A100-SXM4-80GB, random weights, 2026-07-08 09:10 UTC" in result.output
+    assert "A100 GPU-hours of stage 2 (reward-tilted): estimated: FLOPs / (312 TFLOP/s A100" in result.output
+    assert "A100 GPU-hours" in result.output and f"{run / 1e14 / 3600:.3g}" in result.output  # the table's cell

@@ -2,8 +2,8 @@
 
 - `LoraSettings`, `AdapterSwitch`: the student's and fake score's LoRA adapters on ONE frozen
   transformer (`lora_adapters.py`, re-exported here).
-- weights and local tokenizers: `diffusers_loading.py` (re-exported here); prompt files:
-  `rtdmd_bench/prompt_files.py`.
+- weights and local tokenizers: `diffusers_loading.py` (re-exported here); random weights of the
+  published architectures (`base.init=random`): `random_weights.py`; prompt files: `prompt_files.py`.
 - `DiffusersBase`: the `Base` interface written once over family hooks (`_build`,
   `_encode_text`, `_forward`, `_decode`, `sigmas`); methods never branch on the family.
 """
@@ -27,6 +27,7 @@ from rtdmd_bench.bases.diffusers_loading import (  # noqa: F401  (re-exported fo
 from rtdmd_bench.bases.lora_adapters import (  # noqa: F401  (re-exported for the family modules)
     ATTN_TARGETS, AdapterSwitch, LoraSettings, _peft_config, lora_modules, lora_parameter_count,
 )
+from rtdmd_bench.bases.random_weights import RANDOM_INIT, random_init_note, random_networks
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_path
 from rtdmd_bench.ranges import PositiveInt
@@ -74,7 +75,13 @@ class DiffusersConfig:
     device: str = "auto"
     """'auto' = this rank's GPU if any, else CPU; or an explicit torch device string."""
     seed: int = 0
-    """Seed of the Gaussian LoRA init (and of the random weights of tiny bases)."""
+    """Seed of the Gaussian LoRA init (and of the random weights of tiny bases and of `init=random`)."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """Frozen weights: 'pretrained' loads them (base_path, $RTDMD_BENCH_<BASE>_PATH or the hub); 'random'
+    builds the published architecture (bases/real_configs.py) with random weights seeded by `seed` and
+    word tokenizers, with no download and no hub access (the env var is not read), for step-time and
+    memory measurements on a GPU without the weights (benchmarks/step_cost.py). Its samples mean
+    nothing: the run config, result.json and every eval result say 'random-init'."""
 
 
 @dataclass
@@ -112,9 +119,35 @@ class DiffusersBase:
             warnings.warn(f"base {self.name!r} found no GPU and runs on CPU (very slow); "
                           "--set base.device=cpu says that is intended", stacklevel=2)
         self.dtype = torch_dtype(cfg.weights_dtype)
+        if self.random_init:
+            given = [f"base.{k}={getattr(cfg, k)}" for k in ("base_path", "generator_path") if getattr(cfg, k, None)]
+            if given:
+                raise UserError(f"base.init=random builds random weights and loads none, but {', '.join(given)} "
+                                "is set: drop it (and --base-path), or use base.init=pretrained to load those weights")
         self.nets: Networks | None = None
         self._switch: dict[str, AdapterSwitch] = {}
         self._negative: dict[str, Tensor] | None = None
+
+    # ---- random weights (`base.init=random`) ------------------------------------------------
+    @property
+    def random_init(self) -> bool:
+        """A real base built with random weights (tiny bases are random by nature, not by this switch)."""
+        return self.cfg.init == "random" and not self.name.startswith("tiny-")
+
+    @property
+    def label(self) -> str:
+        """The base's name as results show it: `sd3[random-init]` for a random-init real base."""
+        return f"{self.name}[{RANDOM_INIT}]" if self.random_init else self.name
+
+    def weights_note(self) -> str | None:
+        """The note a random-init base's results carry (None for real weights and tiny bases)."""
+        return random_init_note(self.name, self.cfg.seed) if self.random_init else None
+
+    def _random_networks(self, text_keys: Sequence[str], tokenizers: dict[str, Any],
+                         separate_generator: bool = False) -> Networks:
+        """The family's networks from the recorded architecture, random weights (random_weights.py)."""
+        return random_networks(self.name, self.cfg.seed, self.device, self.dtype, text_keys, tokenizers,
+                               separate_generator)
 
     # ---- family hooks ------------------------------------------------------------------------
     def _build(self) -> Networks:
@@ -329,8 +362,8 @@ class DiffusersBase:
 
     def student_weights(self) -> str:
         """Where the frozen weights under the student's LoRA come from (the LoRA applies to them)."""
-        if self.name.startswith("tiny-"):
-            return f"{self.name}: random weights of seed {self.cfg.seed}, built by rtdmd_bench (no repository)"
+        if self.name.startswith("tiny-") or self.random_init:
+            return f"{self.label}: random weights of seed {self.cfg.seed}, built by rtdmd_bench (no repository)"
         return weights_location(self.cfg.base_path, self.env_var, self.cfg.hub_id)[0]
 
     def diffusers_pipeline(self) -> Any:

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rtdmd_bench.bases.diffusers_common import DiffusersBase, DiffusersConfig, Networks, load_component
+from rtdmd_bench.bases.diffusers_common import (
+    TINY_PROMPTS, DiffusersBase, DiffusersConfig, Networks, load_component, word_tokenizer,
+)
 from rtdmd_bench.bases.diffusers_loading import check_scheduler_config
 from rtdmd_bench.bases.real_configs import FLUX_SCHEDULER
 from rtdmd_bench.core.schedules import few_step_sigmas, flux_mu, scheduler_sigmas
@@ -74,6 +76,9 @@ class Flux1Dev(DiffusersBase):
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        if self.random_init:  # the published architecture, random weights, tokenizers built here
+            clip, t5 = (word_tokenizer(TINY_PROMPTS, n) for n in (CLIP_MAX_LENGTH, self.cfg.max_sequence_length))
+            return self._random_networks(("enc1", "enc2"), {"tok1": clip, "tok2": t5})
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, FLUX1_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", FLUX1_SUBFOLDERS)
         check_scheduler_config(loc, local, self.scheduler_config, self.name)

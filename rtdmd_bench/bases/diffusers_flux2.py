@@ -106,6 +106,9 @@ class Flux2Klein4B(DiffusersBase):
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
         from transformers import AutoTokenizer, Qwen3ForCausalLM
 
+        if self.random_init:  # the published architecture, random weights, a tokenizer built here
+            tok = word_tokenizer([*TINY_PROMPTS, "user assistant"], self.cfg.max_sequence_length, TINY_CHAT_TEMPLATE)
+            return self._random_networks(("enc",), {"tok": tok}, self.cfg.separate_generator)
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, FLUX2_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", FLUX2_SUBFOLDERS)
         check_scheduler_config(loc, local, self.scheduler_config, self.name)
@@ -254,6 +257,8 @@ class TinyFlux2(Flux2Klein4B):
         """bf16 autocast (off: CPU tests compare outputs exactly)."""
         gradient_checkpointing: bool = False
         """Recompute blocks in backward."""
+        init: Literal["random"] = "random"
+        """Always random weights (seeded by `seed`): a tiny base has no pretrained ones."""
         lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=4, alpha=8.0, targets=FLUX2_TARGETS))
         """Small LoRA on the official FLUX.2 targets."""
         max_sequence_length: int = 16

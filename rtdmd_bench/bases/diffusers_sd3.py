@@ -62,6 +62,9 @@ class SD3(DiffusersBase):
         from diffusers import AutoencoderKL, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+        if self.random_init:  # the published architecture, random weights, tokenizers built here
+            clip, t5 = (word_tokenizer(TINY_PROMPTS, n) for n in (CLIP_MAX_LENGTH, self.cfg.max_sequence_length))
+            return self._random_networks(("enc1", "enc2", "enc3"), {"tok1": clip, "tok2": clip, "tok3": t5})
         loc, local = self.resolve_weights(self.cfg.base_path, self.cfg.hub_id, SD3_SUBFOLDERS)
         msg = self.weights_error(loc, "not found locally and the hub is unreachable or offline", SD3_SUBFOLDERS)
         check_scheduler_config(loc, local, self.scheduler_config, self.name)
@@ -216,6 +219,8 @@ class TinySD3(SD3):
         """bf16 autocast (off: CPU tests compare outputs exactly)."""
         gradient_checkpointing: bool = False
         """Recompute blocks in backward (tested on, off by default for speed)."""
+        init: Literal["random"] = "random"
+        """Always random weights (seeded by `seed`): a tiny base has no pretrained ones."""
         lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=4, alpha=8.0))
         """Small LoRA (same alpha / rank = 2 as the official 64 / 32)."""
         max_sequence_length: int = 8

@@ -65,6 +65,12 @@ VAE_16CH = Component("diffusers", "AutoencoderKL", dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
     latent_channels=16, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False))
+# The latent scale and shift constants of the VAE configs: no parameters (plan's counts do not see them),
+# but a VAE built from the config (`base.init=random`) decodes with them, as the pretrained one does.
+VAE_SD3 = Component("diffusers", "AutoencoderKL", dict(VAE_16CH.kwargs, scaling_factor=1.5305, shift_factor=0.0609))
+"""stable-diffusion-3-medium-diffusers and the SD3.5 repositories: vae/config.json."""
+VAE_FLUX1 = Component("diffusers", "AutoencoderKL", dict(VAE_16CH.kwargs, scaling_factor=0.3611, shift_factor=0.1159))
+"""FLUX.1-dev: vae/config.json (BFL's flux `ae_params`: scale_factor 0.3611, shift_factor 0.1159)."""
 VAE_FLUX2 = Component("diffusers", "AutoencoderKLFlux2", dict(
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=32, norm_num_groups=32))
 
@@ -89,14 +95,14 @@ def _flux2(num_layers: int, num_single: int, heads: int, joint_dim: int) -> Comp
 
 REAL_BASES: dict[str, RealBase] = {
     "sd3": RealBase("sd3", "stabilityai/stable-diffusion-3-medium-diffusers",
-                    _sd3(24, 24, 1536, pos_embed_max_size=192), VAE_16CH, SD3_TEXT, 1024, SD3_TEXT_TOKENS,
+                    _sd3(24, 24, 1536, pos_embed_max_size=192), VAE_SD3, SD3_TEXT, 1024, SD3_TEXT_TOKENS,
                     stage2_batch=2),
     "sd35m": RealBase("sd35m", "stabilityai/stable-diffusion-3.5-medium",
                       _sd3(24, 24, 1536, pos_embed_max_size=384, qk_norm="rms_norm",
-                           dual_attention_layers=tuple(range(13))), VAE_16CH, SD3_TEXT, 512, SD3_TEXT_TOKENS,
+                           dual_attention_layers=tuple(range(13))), VAE_SD3, SD3_TEXT, 512, SD3_TEXT_TOKENS,
                       stage2_batch=9),
     "sd35l": RealBase("sd35l", "stabilityai/stable-diffusion-3.5-large",
-                      _sd3(38, 38, 2432, pos_embed_max_size=192, qk_norm="rms_norm"), VAE_16CH, SD3_TEXT, 1024,
+                      _sd3(38, 38, 2432, pos_embed_max_size=192, qk_norm="rms_norm"), VAE_SD3, SD3_TEXT, 1024,
                       SD3_TEXT_TOKENS, stage2_batch=3),  # no official SD3.5-L config: FLUX-sized batch
     "flux2-4b": RealBase("flux2-4b", "black-forest-labs/FLUX.2-klein-base-4B", _flux2(5, 20, 24, 3 * 2560),
                          VAE_FLUX2, (QWEN3_4B,), 512, 512, separate_generator=True, stage2_batch=6),
@@ -106,7 +112,7 @@ REAL_BASES: dict[str, RealBase] = {
         "diffusers", "FluxTransformer2DModel", dict(
             patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56))), VAE_16CH, (CLIP_L_NO_PROJ, T5_XXL), 512, 512,
+            axes_dims_rope=(16, 56, 56))), VAE_FLUX1, (CLIP_L_NO_PROJ, T5_XXL), 512, 512,
         stage2_batch=3),
 }
 
