@@ -154,7 +154,9 @@ def lora_settings(base: str) -> LoraSettings:
 
 
 def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp",
-                 num_gpus: int = 8, micro_batch: int | None = None) -> Plan:
+                 num_gpus: int = 8, micro_batch: int | None = None, measure_costs: bool = True) -> Plan:
+    """`measure_costs=False` skips the stages' measured LoRA backward and VAE decode FLOPs (seconds on the
+    meta device): parameters and memory are the same, `stages` is empty (`reproduce TABLE` wants memory)."""
     if precision not in WEIGHT_BYTES:
         raise UserError(f"--precision must be one of {', '.join(WEIGHT_BYTES)}, got {precision!r}")
     if parallelism not in ("ddp", "fsdp"):
@@ -188,12 +190,13 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
         # rtdmd creates them at its stage switch; data-parallel wrapping creates them up front
         memory["restart adapters (RTDMD stage 2)"] = 2 * lora_n * 4 / shard
     f = measured_forward_flops(net, rb)
+    recipe = RECIPES.get(method, ()) if measure_costs else ()
     stages, costs = [], {}
-    if RECIPES.get(method):
+    if recipe:
         costs["decode_fwd"], costs["decode_bwd"] = measured_decode_flops(rb)
         for a, (fwd, bwd) in measured_lora_costs(net, rb, lora, {st.adapters for st in RECIPES[method]}).items():
             costs[f"lora_fwd_{a}"], costs[f"lora_bwd_{a}"] = fwd, bwd
-    for st in RECIPES.get(method, ()):
+    for st in recipe:
         samples = batches[st.batch] * st.batches_per_step * num_gpus
         per_sample = ((st.teacher + st.lora_fwd * costs[f"lora_fwd_{st.adapters}"]
                        + st.lora_bwd * costs[f"lora_bwd_{st.adapters}"]) * f
