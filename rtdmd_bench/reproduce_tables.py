@@ -20,6 +20,7 @@ Running the jobs (local, torchrun, slurm) is `reproduce_launch`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,13 +129,21 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
 def memory_per_gpu(method: str, base: str, cfg: Any, gpus: int) -> float | None:
     """plan.compute_plan's per-GPU memory (bytes) for the run's micro-batch; None off the real bases."""
     from rtdmd_bench.bases.real_configs import REAL_BASES
-    from rtdmd_bench.plan import WEIGHT_BYTES, compute_plan
+    from rtdmd_bench.plan import WEIGHT_BYTES
 
     if base not in REAL_BASES:
         return None
     precision = cfg.base.weights_dtype if cfg.base.weights_dtype in WEIGHT_BYTES else "bf16"
     micro = math.ceil(cfg.train.batch_size / (gpus * cfg.train.micro_batches))
-    p = compute_plan(method, base, precision, cfg.train.parallel, gpus, micro_batch=micro, measure_costs=False)
+    return _plan_memory(method, base, precision, cfg.train.parallel, gpus, micro)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan_memory(method: str, base: str, precision: str, parallel: str, gpus: int, micro: int) -> float:
+    """Cached: a meta-device build of the base per call (about a second each)."""
+    from rtdmd_bench.plan import compute_plan
+
+    p = compute_plan(method, base, precision, parallel, gpus, micro_batch=micro, measure_costs=False)
     return float(sum(p.memory_per_gpu.values()))
 
 
@@ -209,6 +218,7 @@ def teacher_job(row: str, base: str, nfe: int, root: Path, groups: list[Any]) ->
     guidance = base_cfg.get("default_cfg")
     folder = root / f"teacher-{base}-{TEACHER_SAMPLER}{nfe}"
     want = {"base": base, "base_config": base_cfg, "sampler": TEACHER_SAMPLER, "steps": nfe, "guidance": guidance}
+    want = yaml.safe_load(yaml.safe_dump(want, sort_keys=False))  # as the job file holds it (tuples as lists)
     note = stale_note(folder, want, TEACHER_JOB)
     target = ["--base", base, "--teacher-sampler", TEACHER_SAMPLER, "--teacher-steps", str(nfe), "--out", str(folder)]
     if guidance is not None:
