@@ -58,14 +58,17 @@ def suite_weights(registry_name: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def base_weights(base_cfg: dict[str, Any], what: str) -> list[tuple[str, str]]:
+    """(hub id or local folder, what) of a diffusers base's teacher and separate generator; none for CPU bases."""
+    return [(base_cfg.get(local) or base_cfg[key], what) for key, local in
+            (("hub_id", "base_path"), ("generator_hub_id", "generator_path")) if base_cfg.get(key)]
+
+
 def run_weights(cfg: dict[str, Any], base: str, method: str) -> list[tuple[str, str]]:
     """(hub id or local folder, what) a run's base and training rewards load (its resolved config)."""
     from rtdmd_bench.config import resolve_config
 
-    out = []
-    for key, local in (("hub_id", "base_path"), ("generator_hub_id", "generator_path")):
-        if cfg["base"].get(key):
-            out.append((cfg["base"].get(local) or cfg["base"][key], f"base {base}"))
+    out = base_weights(cfg["base"], f"base {base}")
     for name, reward in resolve_config(method, base, []).rewards.items():
         out += [(i, f"reward {name}") for i in hub_ids(reward)]
     return out
@@ -102,8 +105,7 @@ def weights_needed(jobs: Iterable[Any], groups: list[Any]) -> list[tuple[str, st
     used: dict[str, list[str]] = {}
     for job in jobs:
         pairs = (run_weights(job.config, job.base, job.method) if job.kind == "run"
-                 else [(job.config["base_config"].get("base_path") or job.config["base_config"]["hub_id"],
-                        f"teacher {job.base}")])
+                 else base_weights(job.config["base_config"], f"teacher {job.base}")[:1])
         for repo, what in pairs:
             used.setdefault(repo, []).append(what)
     for _, members in groups:

@@ -268,3 +268,35 @@ def test_memory_without_measured_costs_is_plans_memory():
     full = plan_mod.compute_plan("rtdmd", "sd3")
     assert quick.memory_per_gpu == full.memory_per_gpu and quick.stages == [] and len(full.stages) == 2
     assert math.isclose(full.official_flops, recipe_budget("sd3"), rel_tol=1e-3)  # the recipe's budget is plan's FLOPs
+
+
+def tiny_table(folder: Path) -> Path:
+    """RTDMD's SD3-M table turned into a CPU one: its teacher and RTDMD rows on toy2d (dmd2, a 4-step
+    teacher), every column scored by toy-tilt. Valid against the schema; used only by this test."""
+    doc = json.loads((PAPER_DIR / "rtdmd-sd3m-table1.json").read_text())
+    teacher, ours = doc["rows"][0], doc["rows"][3]
+    teacher.update(base_key="toy2d", nfe=4)
+    ours.update(base_key="toy2d", method_key="dmd2")
+    doc.update(id="tiny-toy2d", rows=[teacher, ours], claims=[])
+    for m in doc["metrics"].values():
+        m["computed_by"] = [{**m["computed_by"][0], "suite": "toy-tilt", "registry": "toy-tilt", "set": [],
+                             "metric": "kl_target"}]
+    path = folder / "tiny-toy2d.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.slow  # a real toy2d run and two toy-tilt evaluations through the local launcher (~20 s CPU)
+def test_local_launcher_runs_a_table_then_finds_everything_done(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    table = tiny_table(tmp_path)
+    p = build_plan(table, budget="2e8", runs_dir=tmp_path / "runs", gpus=1)
+    assert [(j.kind, j.method, j.base) for j in p.jobs] == [("teacher", "", "toy2d"), ("run", "dmd2", "toy2d")]
+    launch(p, "local", SlurmOptions(gpus_per_node=1), _Quiet())
+    run = tmp_path / "runs" / "tiny-toy2d" / "dmd2-toy2d-s0"
+    result = json.loads((run / "result.json").read_text())
+    assert result["compute"]["budget_flops"] == 2e8
+    assert json.loads((run / "eval" / "toy-tilt.json").read_text())["metrics"]["kl_target"] >= 0
+    assert (tmp_path / "runs" / "tiny-toy2d" / "teacher-toy2d-euler4" / "eval" / "toy-tilt.json").exists()
+    again = build_plan(table, budget="2e8", runs_dir=tmp_path / "runs", gpus=1)
+    assert all(not j.todo for j in again.jobs)  # resumed reproduction: nothing left to run
