@@ -12,7 +12,9 @@ images per prompt. Rows that cannot be run (a base or method this project does n
 third-party model) are listed with the table's own reason.
 
 Resuming: a run is done when its folder holds result.json and the config.yaml the grid asks for
-now; an evaluation is done when RUN/eval/<suite>.json exists. A folder made with another config is
+now; an evaluation is done when RUN/eval/<suite>.json exists and is newer than result.json (else it
+scored an earlier checkpoint); a teacher's when its folder's teacher_job.yaml (base config, sampler,
+steps, guidance) is the one asked for and the result exists. A folder made with another config is
 moved aside (`reproduce.set_aside_if_stale`) before it runs again; a dry run only says it would be.
 Running the jobs (local, torchrun, slurm) is `reproduce_launch`.
 """
@@ -161,14 +163,20 @@ def stale_note(folder: Path, cfg: dict[str, Any], config_file: str = "config.yam
     return f"{folder}: config changed ({'; '.join(diff[:4])})" if diff else ""
 
 
-def _eval_steps(target: list[str], folder: Path, groups: list[Any], fresh: bool) -> list[Step]:
-    """One `eval` per suite group with the suites whose result is missing (all of them in a new folder)."""
+def _eval_steps(target: list[str], folder: Path, groups: list[Any], fresh: bool, after: Path | None = None) -> list[Step]:
+    """One `eval` per suite group with the suites whose result is missing (all of them when `fresh`);
+    a result older than `after` (a run's result.json: made from an earlier checkpoint) counts as missing."""
+    def done(res: str) -> bool:
+        path = folder / "eval" / f"{res}.json"
+        return (not fresh and path.exists()
+                and (after is None or path.stat().st_mtime >= after.stat().st_mtime))
+
     steps = []
     for sets, members in groups:
-        missing = [(reg, res) for reg, res in members if fresh or not (folder / "eval" / f"{res}.json").exists()]
-        done = [(reg, res) for reg, res in members if (reg, res) not in missing]
-        if done:
-            steps.append(Step("eval", (), "done", tuple(f"eval/{res}.json" for _, res in done)))
+        missing = [(reg, res) for reg, res in members if not done(res)]
+        finished = [(reg, res) for reg, res in members if (reg, res) not in missing]
+        if finished:
+            steps.append(Step("eval", (), "done", tuple(f"eval/{res}.json" for _, res in finished)))
         if missing:
             argv = ["eval", *target, *[x for reg, _ in missing for x in ("--suite", reg)],
                     *[x for s in sets for x in ("--set", s)]]
@@ -201,7 +209,8 @@ def run_job(row: str, method: str, base: str, seed: int, budget: str, root: Path
             ["train", "--method", method, "--base", base, "--seed", str(seed), "--budget", budget,
              "--out", str(root), "--run-id", run_id])
     steps = [Step("train", tuple(argv) if state != "done" else (), state, ("result.json",))]
-    steps += _eval_steps(["--run", str(folder)], folder, groups, fresh=state in ("new", "stale"))
+    # A run not finished yet is evaluated again once it is (any result there is of an earlier checkpoint).
+    steps += _eval_steps(["--run", str(folder)], folder, groups, fresh=state != "done", after=folder / "result.json")
     b = parse_budget(budget)
     flops = b.amount if b.unit == "flops" else None
     if (method, base) not in memory:

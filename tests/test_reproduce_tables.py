@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -157,6 +158,7 @@ def test_finished_runs_and_evaluations_are_skipped_and_a_started_run_resumes(tmp
     _write(run.folder / "eval" / "rtdmd-64-drawbench.json", "{}")
     gdmd = next(j for j in first.jobs if j.method == "gdmd")
     _write(gdmd.folder / "config.yaml", yaml.safe_dump(gdmd.config, sort_keys=False))  # started, no result
+    _write(gdmd.folder / "eval" / "rtdmd-64-drawbench.json", "{}")  # of a checkpoint before the end: redone
     _write(teacher.folder / "teacher_job.yaml", yaml.safe_dump(teacher.config, sort_keys=False))
     for name in ("rtdmd-64-drawbench", "rtdmd-full-drawbench"):
         _write(teacher.folder / "eval" / f"{name}.json", "{}")
@@ -164,10 +166,16 @@ def test_finished_runs_and_evaluations_are_skipped_and_a_started_run_resumes(tmp
     again = {j.folder: j for j in build_plan("rtdmd-sd3m-table1", runs_dir=tmp_path).jobs}
     todo = [list(s.argv) for s in again[run.folder].todo]
     assert todo == [["eval", "--run", str(run.folder), "--suite", "rtdmd-drawbench", "--set", "suite.variant=full"]]
-    assert [s.argv[:3] for s in again[gdmd.folder].todo][0] == ("train", "--resume", str(gdmd.folder))
+    assert [s.argv[:3] for s in again[gdmd.folder].todo] == [("train", "--resume", str(gdmd.folder))] + [
+        ("eval", "--run", str(gdmd.folder))] * 2
     assert again[teacher.folder].todo == ()
     text = "\n".join(render(build_plan("rtdmd-sd3m-table1", runs_dir=tmp_path), "local", SlurmOptions()))
-    assert "commands (4 to run, 4 done and skipped)" in text  # rtdmd: train + 64; teacher: 64 + full
+    assert "commands (4 to run, 4 done and skipped)" in text  # to run: rtdmd full, gdmd resume + 2; done: the rest
+    # An evaluation older than the run's result.json scored an earlier checkpoint: run again.
+    result = (run.folder / "result.json").stat().st_mtime
+    os.utime(run.folder / "eval" / "rtdmd-64-drawbench.json", (result - 60, result - 60))
+    older = next(j for j in build_plan("rtdmd-sd3m-table1", runs_dir=tmp_path).jobs if j.folder == run.folder)
+    assert [s.argv[-1] for s in older.todo] == ["suite.variant=64", "suite.variant=full"]
 
 
 def test_a_folder_made_with_another_config_is_set_aside_only_when_launching(tmp_path):
@@ -248,7 +256,6 @@ def test_reproduce_cli_refuses_table_options_for_the_cpu_benchmark_and_unknown_n
 
 @pytest.mark.slow  # a subprocess importing the diffusers base configs (~10-30 s on a loaded machine)
 def test_dry_run_from_the_command_line_offline(tmp_path):
-    import os
     import subprocess
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
