@@ -185,7 +185,7 @@ def _eval_steps(target: list[str], folder: Path, groups: list[Any], fresh: bool,
 
 
 def run_job(row: str, method: str, base: str, seed: int, budget: str, root: Path, groups: list[Any],
-            gpus: int, memory: dict[tuple[str, str], float | None]) -> Job:
+            gpus: int) -> Job:
     """A row's training run for one seed, with its evaluations, in root/<method>-<base>-s<seed>."""
     from rtdmd_bench.compute import parse_budget
     from rtdmd_bench.config import resolve_config
@@ -213,10 +213,8 @@ def run_job(row: str, method: str, base: str, seed: int, budget: str, root: Path
     steps += _eval_steps(["--run", str(folder)], folder, groups, fresh=state != "done", after=folder / "result.json")
     b = parse_budget(budget)
     flops = b.amount if b.unit == "flops" else None
-    if (method, base) not in memory:
-        memory[(method, base)] = memory_per_gpu(method, base, cfg, gpus)
-    return Job(row, "run", method, base, seed, folder, tuple(steps), flops,
-               gpu_hours(flops) if flops is not None else None, memory[(method, base)], want, "config.yaml", note)
+    return Job(row, "run", method, base, seed, folder, tuple(steps), flops, gpu_hours(flops) if flops is not None else None,
+               memory_per_gpu(method, base, cfg, gpus), want, "config.yaml", note)
 
 
 def teacher_job(row: str, base: str, nfe: int, root: Path, groups: list[Any]) -> Job:
@@ -278,7 +276,8 @@ def classify_rows(doc: dict[str, Any]) -> tuple[list[dict], list[dict], list[tup
 def build_plan(table: str | Path, seeds: int = 1, budget: str | None = None, runs_dir: Path = Path("runs/reproduce"),
                gpus: int = 8) -> TablePlan:
     """The grid of a reference table (module docstring); a UserError when nothing of it can be run."""
-    from rtdmd_bench.references import load_reference
+    from rtdmd_bench.references import load_reference, reference_path
+    from rtdmd_bench.reproduce_needs import prompt_files_needed, weights_needed
 
     if seeds < 1 or gpus < 1:
         raise UserError(f"--seeds and --gpus-per-node must be >= 1, got {seeds} and {gpus}")
@@ -295,15 +294,12 @@ def build_plan(table: str | Path, seeds: int = 1, budget: str | None = None, run
                    if skipped else "the table has no rows")
     if why:
         raise UserError(f"cannot reproduce {doc['id']} ({doc['level']}-level): " + "; and ".join(why)
-                        + ". Nothing to plan; its figures can still be read with `rtdmd-bench compare`.")
+                        + f". Nothing to plan; its figures stay in {reference_path(table)}.")
     root = Path(runs_dir) / doc["id"]
     budgets = {b: table_budget(b, budget) for b in dict.fromkeys(r["base_key"] for r in train)}
-    memory: dict[tuple[str, str], float | None] = {}
     jobs = [teacher_job(r["label"], r["base_key"], int(r["nfe"]), root, groups) for r in teachers]
-    jobs += [run_job(r["label"], r["method_key"], r["base_key"], s, budgets[r["base_key"]][0], root, groups, gpus, memory)
+    jobs += [run_job(r["label"], r["method_key"], r["base_key"], s, budgets[r["base_key"]][0], root, groups, gpus)
              for r in train for s in range(seeds)]
-    from rtdmd_bench.reproduce_needs import prompt_files_needed, weights_needed
-
     return TablePlan(doc["id"], doc["title"], root, seeds, gpus, budgets, jobs, skipped, protocol_lines(doc),
                      prompt_files_needed(jobs, groups), weights_needed(jobs, groups))
 
