@@ -10,6 +10,7 @@ Launchers (`--launcher`):
   torchrun on one node with --gpus-per-node GPUs. Stale folders are set aside and teacher job files
   written here, before submission, so tasks only run commands.
 
+Launching writes <runs>/<table>/reproduce.json (rows and seeds -> folders, budgets, result files).
 The printed commands are copy-pasteable (`rtdmd-bench ...`, the console entry point; the runs
 themselves use `python -m rtdmd_bench`, the same program).
 """
@@ -48,9 +49,12 @@ class SlurmOptions:
 
 def prefix(launcher: Launcher, gpus: int, printed: bool = False) -> list[str]:
     """The program part of a command: `rtdmd-bench` (printed) or `python -m rtdmd_bench`; under
-    torchrun (also inside a slurm task with more than one GPU) `torchrun --nproc_per_node N -m rtdmd_bench`."""
+    torchrun (also inside a slurm task with more than one GPU) `torchrun --nproc_per_node N -m
+    rtdmd_bench`, run as `python -m torch.distributed.run` (the same program; a batch job's PATH
+    need not hold the environment's scripts)."""
     if launcher == "torchrun" or (launcher == "slurm" and gpus > 1):
-        return ["torchrun", "--nproc_per_node", str(gpus), "-m", "rtdmd_bench"]
+        program = ["torchrun"] if printed else [sys.executable, "-m", "torch.distributed.run"]
+        return program + ["--nproc_per_node", str(gpus), "-m", "rtdmd_bench"]
     return ["rtdmd-bench"] if printed else [sys.executable, "-m", "rtdmd_bench"]
 
 
@@ -129,6 +133,7 @@ def launch(plan: Any, launcher: Launcher, slurm: SlurmOptions, console: Any, clu
 
     for note in prepare_folders(plan):
         console.print(note, markup=False, highlight=False, soft_wrap=True)
+    write_record(plan, launcher)
     todo = [job for job in plan.jobs if job.todo]
     if not todo:
         console.print(f"{plan.table}: every run and evaluation is done", markup=False)
@@ -140,6 +145,24 @@ def launch(plan: Any, launcher: Launcher, slurm: SlurmOptions, console: Any, clu
             run_commands(job_commands(job, launcher, gpus))
         return []
     return submit_array([job_commands(job, launcher, gpus) for job in todo], plan.folder / "slurm", slurm, cluster)
+
+
+def write_record(plan: Any, launcher: Launcher) -> Path:
+    """<runs>/<table>/reproduce.json: which folder holds which row and seed, the budgets and the suites'
+    result files, so the measured rows can be put beside the table's (rewritten at every launch)."""
+    from rtdmd_bench.files import atomic_write_json
+
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    path = plan.folder / "reproduce.json"
+    atomic_write_json(path, {
+        "table": plan.table, "seeds": plan.seeds, "gpus_per_job": plan.gpus, "launcher": launcher,
+        "budgets": {b: {"budget": v, "how": how} for b, (v, how) in plan.budgets.items()},
+        "jobs": [{"row": j.row, "kind": j.kind, "method": j.method or None, "base": j.base, "seed": j.seed,
+                  "folder": str(j.folder), "flops": j.flops,
+                  "results": [f for s in j.steps if s.kind == "eval" for f in s.produces]} for j in plan.jobs],
+        "not_run": [{"row": label, "why": why} for label, why in plan.skipped],
+    })
+    return path
 
 
 def submit_array(commands: list[list[list[str]]], folder: Path, slurm: SlurmOptions,

@@ -203,9 +203,11 @@ def test_launcher_commands():
                                                           Step("eval", (), "done", ())), 1.0, 1.0, 1.0)
     assert job_commands(job, "local", 1) == [[sys.executable, "-m", "rtdmd_bench", "train", "--resume", "r"]]
     assert job_commands(job, "local", 1, printed=True) == [["rtdmd-bench", "train", "--resume", "r"]]
-    assert job_commands(job, "torchrun", 4) == [["torchrun", "--nproc_per_node", "4", "-m", "rtdmd_bench",
-                                                 "train", "--resume", "r"]]
-    assert job_commands(job, "slurm", 8)[0][:3] == ["torchrun", "--nproc_per_node", "8"]
+    assert job_commands(job, "torchrun", 4, printed=True) == [["torchrun", "--nproc_per_node", "4", "-m", "rtdmd_bench",
+                                                               "train", "--resume", "r"]]
+    assert job_commands(job, "torchrun", 4) == [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
+                                                 "-m", "rtdmd_bench", "train", "--resume", "r"]]
+    assert job_commands(job, "slurm", 8)[0][:5] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "8"]
     assert job_commands(job, "slurm", 1)[0][:3] == [sys.executable, "-m", "rtdmd_bench"]
     assert get_args(cli.Launcher) == get_args(Launcher)
 
@@ -232,6 +234,8 @@ def test_slurm_array_runs_under_submitits_debug_executor(tmp_path, monkeypatch):
     assert len(jobs) == 2 and [j.result() for j in jobs] == [1, 1]
     assert [(tmp_path / f"out{i}.txt").read_text() for i in range(2)] == ["task", "task"]
     assert (tmp_path / "t0" / "teacher_job.yaml").exists()
+    record = json.loads((tmp_path / "reproduce.json").read_text())
+    assert [(j["row"], j["folder"]) for j in record["jobs"]] == [("row0", str(tmp_path / "t0")), ("row1", str(tmp_path / "t1"))]
 
 
 @pytest.mark.slow  # submitit's local executor starts a Python process per task (~5 s here)
