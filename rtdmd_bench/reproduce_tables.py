@@ -111,7 +111,7 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
     from suites import rtdmd_protocol as p
 
     lines = []
-    for key, m in doc["metrics"].items():
+    for m in doc["metrics"].values():
         if not m.get("computed_by"):
             continue
         pr = m.get("prompts") or {}
@@ -123,6 +123,8 @@ def protocol_lines(doc: dict[str, Any]) -> list[str]:
     if any(reg.startswith("rtdmd-") for _, members in suite_groups(doc) for reg, _ in members):
         lines.append(f"students: the suites' RTDMD protocol: {p.STEPS} CPS steps, eta {p.ETA}, guidance {p.GUIDANCE}, "
                      f"seed {p.SEED}, {p.RESOLUTION} px on every real base, bf16 uint8 rounding")
+    else:
+        lines.append("students: each method's own few-step sampler, the suites' prompts and seeds")
     lines.append(f"teachers: {TEACHER_SAMPLER} sampler with the row's NFE as steps and the base's default "
                  "guidance (the table states neither: this module's choice), same suites, prompts and seeds")
     return lines
