@@ -409,22 +409,65 @@ def report(
 
 
 Benchmark = Literal["toy", "toy2d", "digits"]
-"""`reproduce` choices: `reproduce.GROUPS` spelled here for --help (a test checks the two agree)."""
+"""`reproduce` CPU benchmarks: `reproduce.GROUPS` spelled here for --help (a test checks the two agree).
+Any other name is a reference table (results/paper/, `rtdmd_bench/reproduce_tables.py`)."""
+Launcher = Literal["local", "torchrun", "slurm"]
+"""`reproduce TABLE --launcher` choices (`reproduce_launch.Launcher`; a test checks the two agree)."""
 
 
 @app.command()
 def reproduce(
-    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them."),
-    out: Path = typer.Option(Path("results"), help="Where the tables and plots go."),
-    seeds: int = typer.Option(3, min=1, help="Seeds per method."),
-    workers: int = typer.Option(2, min=1, help="Parallel training processes (one torch thread each)."),
+    what: str = typer.Argument("toy", metavar="BENCHMARK|TABLE", help=(
+        "toy = toy2d + digits (CPU), or one of toy2d, digits; or a published table of results/paper/ "
+        "(rtdmd-sd3m-table1, rtdmd-flux2-4b-table2, ...) by id or .json path.")),
+    out: Path = typer.Option(Path("results"), help="Where the tables and plots go (CPU benchmark)."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per method (default: 3 on the CPU benchmark, 1 for a table)."),
+    workers: int = typer.Option(2, min=1, help="Parallel training processes (CPU benchmark; one torch thread each)."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where the runs go (resumable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="TABLE: print the plan (runs, FLOPs, GPU-hours, memory, "
+                                 "files, commands) and run nothing."),
+    budget: Optional[str] = typer.Option(None, help="TABLE: the matched FLOP budget of every run (default: the "
+                                         "official RTDMD recipe's on the table's base)."),
+    launcher: Launcher = typer.Option("local", help="TABLE: local = here, one command after another; torchrun = "
+                                      "each command under torchrun; slurm = a submitit job array."),
+    gpus_per_node: int = typer.Option(8, min=1, help="TABLE with torchrun/slurm: processes (GPUs) per job."),
+    slurm_partition: str = typer.Option("", help="TABLE with slurm: partition (default: the cluster's)."),
+    slurm_account: str = typer.Option("", help="TABLE with slurm: account."),
+    timeout_min: int = typer.Option(4320, min=1, help="TABLE with slurm: time limit of one array task, minutes."),
+    cpus_per_task: int = typer.Option(16, min=1, help="TABLE with slurm: CPUs per array task."),
+    array_parallelism: int = typer.Option(16, min=1, help="TABLE with slurm: array tasks running at once."),
 ) -> None:
     """Train every method on the CPU benchmark under one matched FLOP budget, evaluate, and write
-    tables (Markdown/CSV/LaTeX) and plots under results/."""
+    tables (Markdown/CSV/LaTeX) and plots under results/; or, for a published TABLE, train its rows'
+    methods at one matched budget and evaluate them and its teachers with the table's protocol
+    (finished runs and evaluations are skipped, so a reproduction resumes)."""
+    if what not in reproduce_groups():
+        from rtdmd_bench.reproduce_launch import SlurmOptions, launch, render
+        from rtdmd_bench.reproduce_tables import build_plan
+
+        gpus = 1 if launcher == "local" else gpus_per_node
+        plan = build_plan(what, seeds or 1, budget, _folder(runs_dir, "--runs-dir"), gpus)
+        slurm = SlurmOptions(slurm_partition, gpus, timeout_min, cpus_per_task, array_parallelism, slurm_account)
+        if dry_run:
+            for line in render(plan, launcher, slurm):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        for job in launch(plan, launcher, slurm, console):
+            console.print(f"submitted {job.job_id}", markup=False, highlight=False)
+        return
+    if dry_run or budget is not None or launcher != "local":
+        raise UserError("--dry-run, --budget and --launcher apply to a published table (reproduce TABLE); "
+                        f"`reproduce {what}` is the embedded CPU benchmark")
     from rtdmd_bench.reproduce import reproduce as run_reproduce
 
-    run_reproduce(what, _folder(out, "--out"), seeds, workers, _folder(runs_dir, "--runs-dir"), console)
+    run_reproduce(what, _folder(out, "--out"), seeds or 3, workers, _folder(runs_dir, "--runs-dir"), console)
+
+
+def reproduce_groups() -> tuple[str, ...]:
+    """The CPU benchmark names (`Benchmark`)."""
+    from typing import get_args
+
+    return get_args(Benchmark)
 
 
 @app.command()

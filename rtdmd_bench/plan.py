@@ -176,7 +176,9 @@ def stage_gpu_hours(flops: float, base: str, gpu: str, method: str, stage: int, 
 
 def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: str = "ddp",
                  num_gpus: int = 8, micro_batch: int | None = None, gpu: str = "h100",
-                 recorded_dir: Path = RECORD_DIR) -> Plan:
+                 recorded_dir: Path = RECORD_DIR, measure_costs: bool = True) -> Plan:
+    """`measure_costs=False` skips the stages' measured LoRA backward and VAE decode FLOPs (seconds on the
+    meta device): parameters and memory are the same, `stages` is empty (`reproduce TABLE` wants memory)."""
     if gpu not in GPU_PEAK_FLOPS:
         raise UserError(f"--gpu must be one of {', '.join(GPU_PEAK_FLOPS)}, got {gpu!r}")
     if precision not in WEIGHT_BYTES:
@@ -212,12 +214,13 @@ def compute_plan(method: str, base: str, precision: str = "bf16", parallelism: s
         # rtdmd creates them at its stage switch; data-parallel wrapping creates them up front
         memory["restart adapters (RTDMD stage 2)"] = 2 * lora_n * 4 / shard
     f = measured_forward_flops(net, rb)
+    recipe = RECIPES.get(method, ()) if measure_costs else ()
     stages, costs = [], {}
-    if RECIPES.get(method):
+    if recipe:
         costs["decode_fwd"], costs["decode_bwd"] = measured_decode_flops(rb)
         for a, (fwd, bwd) in measured_lora_costs(net, rb, lora, {st.adapters for st in RECIPES[method]}).items():
             costs[f"lora_fwd_{a}"], costs[f"lora_bwd_{a}"] = fwd, bwd
-    for i, st in enumerate(RECIPES.get(method, ()), start=1):
+    for i, st in enumerate(recipe, start=1):
         samples = batches[st.batch] * st.batches_per_step * num_gpus
         per_sample = ((st.teacher + st.lora_fwd * costs[f"lora_fwd_{st.adapters}"]
                        + st.lora_bwd * costs[f"lora_bwd_{st.adapters}"]) * f
