@@ -436,6 +436,12 @@ def reproduce(
     timeout_min: int = typer.Option(4320, min=1, help="TABLE with slurm: time limit of one array task, minutes."),
     cpus_per_task: int = typer.Option(16, min=1, help="TABLE with slurm: CPUs per array task."),
     array_parallelism: int = typer.Option(16, min=1, help="TABLE with slurm: array tasks running at once."),
+    base: Optional[str] = typer.Option(None, help="Abstract-level TABLE (required): the base every job runs on "
+                                       "(the abstract states none)."),
+    suite: Optional[list[str]] = typer.Option(None, help="Abstract-level TABLE (required, repeatable): a suite that "
+                                              "scores every job (the abstract states no protocol)."),
+    teacher_steps: Optional[int] = typer.Option(None, min=1, help="Abstract-level TABLE naming a teacher: its "
+                                                "sampler's steps (default: the base's teacher NFE in a full table)."),
 ) -> None:
     """Train every method on the CPU benchmark under one matched FLOP budget, evaluate, and write
     tables (Markdown/CSV/LaTeX) and plots under results/; or, for a published TABLE, train its rows'
@@ -446,7 +452,8 @@ def reproduce(
         from rtdmd_bench.reproduce_tables import build_plan
 
         gpus = 1 if launcher == "local" else gpus_per_node
-        plan = build_plan(what, seeds or 1, budget, _folder(runs_dir, "--runs-dir"), gpus)
+        plan = build_plan(what, seeds or 1, budget, _folder(runs_dir, "--runs-dir"), gpus, base, suite or (),
+                          teacher_steps)
         slurm = SlurmOptions(slurm_partition, gpus, timeout_min, cpus_per_task, array_parallelism, slurm_account)
         if dry_run:
             for line in render(plan, launcher, slurm):
@@ -455,8 +462,9 @@ def reproduce(
         for job in launch(plan, launcher, slurm, console):
             console.print(f"submitted {job.job_id}", markup=False, highlight=False)
         return
-    if dry_run or budget is not None or launcher != "local":
-        raise UserError("--dry-run, --budget and --launcher apply to a published table (reproduce TABLE); "
+    if dry_run or budget is not None or launcher != "local" or base or suite or teacher_steps:
+        raise UserError("--dry-run, --budget, --launcher, --base, --suite and --teacher-steps apply to a published "
+                        "table (reproduce TABLE); "
                         f"`reproduce {what}` is the embedded CPU benchmark")
     from rtdmd_bench.reproduce import reproduce as run_reproduce
 

@@ -83,11 +83,11 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def render(plan: Any, launcher: Launcher, slurm: SlurmOptions) -> list[str]:
-    """The dry-run text: budget, runs with FLOPs, GPU-hours and memory, protocol, files, commands."""
-    from rtdmd_bench.plan import ASSUMED_MFU
-
+    """The dry-run text: (an abstract table's choices and unknowns), budget, runs with FLOPs, GPU-hours
+    (and where each comes from) and memory, protocol, files, commands."""
     gpus = plan.gpus
-    lines = [f"reproduce {plan.table}: {plan.title}", f"runs under {plan.folder}; {plan.seeds} seed(s) per row "
+    lines = [f"reproduce {plan.table}: {plan.title}", *plan.header,
+             f"runs under {plan.folder}; {plan.seeds} seed(s) per row "
              f"(--seeds); {gpus} GPU(s) per job (--gpus-per-node); launcher {launcher}"]
     for base, (budget, how) in plan.budgets.items():
         lines.append(f"budget on {base}: {budget} FLOPs: {how}")
@@ -101,9 +101,13 @@ def render(plan: Any, launcher: Launcher, slurm: SlurmOptions) -> list[str]:
         total += job.gpu_hours or 0.0
         if job.note:
             lines.append(f"    would be set aside: {job.note}")
-    lines.append(f"  training total: {total:,.0f} H100 GPU-hours at {ASSUMED_MFU:.0%} of the bf16 peak (plan's "
-                 f"assumption), {total / gpus:,.1f} h on {gpus} GPU(s); memory per GPU: plan's estimate for the "
-                 f"run's micro-batch (train.batch_size / ({gpus} GPU(s) x train.micro_batches)) and train.parallel")
+    lines.append(f"  training total: {total:,.0f} H100 GPU-hours, {total / gpus:,.1f} h on {gpus} GPU(s); memory per "
+                 f"GPU: plan's estimate for the run's micro-batch (train.batch_size / ({gpus} GPU(s) x "
+                 "train.micro_batches)) and train.parallel")
+    sources = {(j.method, j.base): j.gpu_hours_from for j in plan.jobs if j.kind == "run" and j.gpu_hours_from}
+    if sources:
+        lines += ["  GPU-hours from (plan.stage_gpu_hours; seeds alike):"] + [
+            f"    {method} on {base}: {source}" for (method, base), source in sources.items()]
     if plan.skipped:
         lines += ["", "rows not run:"] + [f"  {label}: {why}" for label, why in plan.skipped]
     lines += ["", "evaluation protocol:"] + [f"  {p}" for p in plan.protocol]

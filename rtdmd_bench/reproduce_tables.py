@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from rtdmd_bench.errors import UserError
+from rtdmd_bench.step_costs import RECORD_DIR
 
 TEACHER_SAMPLER = "euler"
 """Teacher rows: Euler on the base's scheduler schedule (RTDMD's normal mode) for the row's NFE steps."""
@@ -63,11 +64,12 @@ class Job:
     folder: Path
     steps: tuple[Step, ...]
     flops: float | None  # training FLOPs (the matched budget); None: a teacher, or a budget in teacher forwards
-    gpu_hours: float | None  # plan.gpu_hours(flops)
+    gpu_hours: float | None  # H100 GPU-hours of the training FLOPs (`run_gpu_hours`)
     memory_per_gpu: float | None  # bytes, plan.compute_plan's estimate; None off the real bases
     config: dict[str, Any] = field(default_factory=dict)  # what the folder's config must equal
     config_file: str = "config.yaml"
     note: str = ""  # why a folder would be set aside
+    gpu_hours_from: str = ""  # "recorded: <file> (...)" or "estimated: ..." (per stage for rtdmd)
 
     @property
     def todo(self) -> tuple[Step, ...]:
@@ -87,6 +89,7 @@ class TablePlan:
     protocol: list[str]  # lines: each column's suites, prompts, images per prompt, seed; the sampler
     prompt_files: list[tuple[str, str, bool]]  # (name, cached path, present and verified)
     weights: list[tuple[str, str, bool]]  # (hub id or what, used by, present)
+    header: list[str] = field(default_factory=list)  # printed first: an abstract-level plan's choices and unknowns
 
 
 def _unknown(row: dict[str, Any], key: str, fallback: str) -> str:
@@ -186,12 +189,41 @@ def _eval_steps(target: list[str], folder: Path, groups: list[Any], fresh: bool,
     return steps
 
 
+def run_gpu_hours(method: str, base: str, cfg: Any, flops: float, gpus: int,
+                  recorded_dir: Path = RECORD_DIR, gpu: str = "h100") -> tuple[float, str]:
+    """(GPU-hours, where from) of a run spending `flops`: `plan.stage_gpu_hours` per stage, i.e. a
+    recorded step time of this base, method, stage and weights dtype on `gpu` when
+    benchmarks/step_cost.py has one, else plan's estimate. A two-stage method (rtdmd) splits the
+    budget by its resolved `method.stage1_fraction`, as training does; every other method is one
+    stage. Samples per GPU per step (for the record's batch note): train.batch_size / gpus, and
+    method.stage2_batch_size / gpus in stage 2."""
+    from rtdmd_bench.plan import WEIGHT_BYTES, stage_gpu_hours
+
+    precision = getattr(cfg.base, "weights_dtype", "bf16")
+    precision = precision if precision in WEIGHT_BYTES else "bf16"
+    fraction = getattr(cfg.method, "stage1_fraction", None)
+    batches = [cfg.train.batch_size]
+    shares = [flops] if fraction is None else [fraction * flops, (1 - fraction) * flops]  # (stages,)
+    if fraction is not None:
+        batches.append(getattr(cfg.method, "stage2_batch_size", 0) or cfg.train.batch_size)
+    hours, sources = 0.0, []
+    for stage, (share, batch) in enumerate(zip(shares, batches), start=1):
+        h, source = stage_gpu_hours(share, base, gpu, method, stage, precision, recorded_dir, math.ceil(batch / gpus))
+        hours += h
+        sources.append(source)
+    if fraction is None:
+        return hours, sources[0]
+    split = f"{fraction:.4g} / {1 - fraction:.4g} of the budget by method.stage1_fraction"
+    if len(set(sources)) == 1:
+        return hours, f"stages 1 and 2 ({split}), each {sources[0]}"
+    return hours, f"stages 1 and 2 ({split}): " + "; ".join(f"stage {i} {s}" for i, s in enumerate(sources, start=1))
+
+
 def run_job(row: str, method: str, base: str, seed: int, budget: str, root: Path, groups: list[Any],
-            gpus: int) -> Job:
+            gpus: int, recorded_dir: Path = RECORD_DIR) -> Job:
     """A row's training run for one seed, with its evaluations, in root/<method>-<base>-s<seed>."""
     from rtdmd_bench.compute import parse_budget
     from rtdmd_bench.config import resolve_config
-    from rtdmd_bench.plan import gpu_hours
 
     run_id = f"{method}-{base}-s{seed}"
     cfg = resolve_config(method, base, [f"train.budget={budget}", f"run.seed={seed}"])
@@ -215,8 +247,10 @@ def run_job(row: str, method: str, base: str, seed: int, budget: str, root: Path
     steps += _eval_steps(["--run", str(folder)], folder, groups, fresh=state != "done", after=folder / "result.json")
     b = parse_budget(budget)
     flops = b.amount if b.unit == "flops" else None
-    return Job(row, "run", method, base, seed, folder, tuple(steps), flops, gpu_hours(flops) if flops is not None else None,
-               memory_per_gpu(method, base, cfg, gpus), want, "config.yaml", note)
+    hours, source = (run_gpu_hours(method, base, cfg, flops, gpus, recorded_dir) if flops is not None
+                     else (None, "a budget in teacher forwards: no FLOPs to turn into GPU-hours"))
+    return Job(row, "run", method, base, seed, folder, tuple(steps), flops, hours,
+               memory_per_gpu(method, base, cfg, gpus), want, "config.yaml", note, source)
 
 
 def teacher_job(row: str, base: str, nfe: int, root: Path, groups: list[Any]) -> Job:
@@ -276,14 +310,23 @@ def classify_rows(doc: dict[str, Any]) -> tuple[list[dict], list[dict], list[tup
 
 
 def build_plan(table: str | Path, seeds: int = 1, budget: str | None = None, runs_dir: Path = Path("runs/reproduce"),
-               gpus: int = 8) -> TablePlan:
-    """The grid of a reference table (module docstring); a UserError when nothing of it can be run."""
+               gpus: int = 8, base: str | None = None, suites: tuple[str, ...] | list[str] = (),
+               teacher_steps: int | None = None, recorded_dir: Path = RECORD_DIR) -> TablePlan:
+    """The grid of a reference table (module docstring); a UserError when nothing of it can be run.
+    An abstract-level table needs `base` and `suites` (`reproduce_abstract`); a full table fixes them."""
     from rtdmd_bench.references import load_reference, reference_path
     from rtdmd_bench.reproduce_needs import prompt_files_needed, weights_needed
 
     if seeds < 1 or gpus < 1:
         raise UserError(f"--seeds and --gpus-per-node must be >= 1, got {seeds} and {gpus}")
     doc = load_reference(table)
+    if doc["level"] == "abstract":
+        from rtdmd_bench.reproduce_abstract import build_abstract_plan
+
+        return build_abstract_plan(doc, base, list(suites), seeds, budget, runs_dir, gpus, teacher_steps, recorded_dir)
+    if base is not None or suites or teacher_steps is not None:
+        raise UserError(f"--base, --suite and --teacher-steps apply to an abstract-level table; {doc['id']} fixes "
+                        "its rows' bases and teacher steps and its columns' suites")
     groups = suite_groups(doc)
     train, teachers, skipped = classify_rows(doc)
     why = []
@@ -300,8 +343,8 @@ def build_plan(table: str | Path, seeds: int = 1, budget: str | None = None, run
     root = Path(runs_dir) / doc["id"]
     budgets = {b: table_budget(b, budget) for b in dict.fromkeys(r["base_key"] for r in train)}
     jobs = [teacher_job(r["label"], r["base_key"], int(r["nfe"]), root, groups) for r in teachers]
-    jobs += [run_job(r["label"], r["method_key"], r["base_key"], s, budgets[r["base_key"]][0], root, groups, gpus)
-             for r in train for s in range(seeds)]
+    jobs += [run_job(r["label"], r["method_key"], r["base_key"], s, budgets[r["base_key"]][0], root, groups, gpus,
+                     recorded_dir) for r in train for s in range(seeds)]
     return TablePlan(doc["id"], doc["title"], root, seeds, gpus, budgets, jobs, skipped, protocol_lines(doc),
                      prompt_files_needed(jobs, groups), weights_needed(jobs, groups))
 
