@@ -165,6 +165,7 @@ def write_record(plan: Any, launcher: Launcher) -> Path:
                   "folder": str(j.folder), "flops": j.flops,
                   "results": [f for s in j.steps if s.kind == "eval" for f in s.produces]} for j in plan.jobs],
         "not_run": [{"row": label, "why": why} for label, why in plan.skipped],
+        "abstract_plan": plan.header,  # an abstract-level table: the user's base and suites, what stays unknown
     })
     return path
 

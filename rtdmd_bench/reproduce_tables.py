@@ -9,7 +9,10 @@ do not state these, so they are this module's choice and are printed). Every run
 scored with the suites the table's metrics name in `computed_by` (one `eval` per group of suites
 sharing their `--set`), which fix the table's protocol: prompt files, resolution, sampler, seed and
 images per prompt. Rows that cannot be run (a base or method this project does not have, a
-third-party model) are listed with the table's own reason.
+third-party model) are listed with the table's own reason. An abstract-level table (no base, no
+protocol) is planned by `reproduce_abstract` on the `--base` and `--suite`s the user names.
+GPU-hours of a run: `run_gpu_hours` (a recorded step time per stage when benchmarks/step_cost.py has
+one for that base, method, stage and dtype on an H100, else plan's estimate; the source is printed).
 
 Resuming: a run is done when its folder holds result.json and the config.yaml the grid asks for
 now; an evaluation is done when RUN/eval/<suite>.json exists and is newer than result.json (else it
