@@ -195,11 +195,15 @@ def build_abstract_plan(doc: dict[str, Any], base: str | None, suites: list[str]
     from rtdmd_bench.reproduce_needs import prompt_files_needed, weights_needed
     from rtdmd_bench.reproduce_tables import TEACHER_SAMPLER, TablePlan, run_job, table_budget, teacher_job
 
+    from rtdmd_bench.registry import SUITE_GROUPS
+
+    suites = list(dict.fromkeys(x for s in suites for x in SUITE_GROUPS.get(s, (s,))))  # `--suite rtdmd`: its five
     require_choices(doc, base, suites)
     assert base is not None
-    suites = list(dict.fromkeys(suites))
     groups = [((), [(s, result_name(s)) for s in suites])]
     runs, teachers, skipped = entities(doc)
+    if teacher_steps is not None and not teachers:
+        raise UserError(f"--teacher-steps: {doc['id']} names no teacher (nothing runs with those steps); drop it")
     steps = teacher_steps_for(base, teacher_steps) if teachers else None
     root = Path(runs_dir) / doc["id"]
     budgets = {base: table_budget(base, budget)}

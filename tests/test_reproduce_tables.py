@@ -414,6 +414,13 @@ def test_abstract_teacher_steps_are_the_users_where_no_table_gives_them(tmp_path
         build_plan("gdmd-abstract", base="sd35m", suites=["geneval"], runs_dir=tmp_path)
     p = build_plan("gdmd-abstract", base="sd35m", suites=["geneval"], runs_dir=tmp_path, teacher_steps=28)
     assert [j.config["steps"] for j in p.jobs if j.kind == "teacher"] == [28]
+    with pytest.raises(UserError, match="names no teacher"):
+        build_plan("rdm-gndm-abstract", base="sd3", suites=["fid"], runs_dir=tmp_path, teacher_steps=28)
+    # a suite group stands for its members (registry.SUITE_GROUPS 'rtdmd': RTDMD's five protocol suites)
+    grouped = build_plan("rdm-gndm-abstract", base="sd3", suites=["rtdmd", "fid"], runs_dir=tmp_path)
+    evals = [s for s in grouped.jobs[0].steps if s.kind == "eval"]
+    assert [evals[0].argv[i + 1] for i, a in enumerate(evals[0].argv) if a == "--suite"] == [
+        "rtdmd-drawbench", "rtdmd-geneval", "rtdmd-geneval2", "rtdmd-ocr", "rtdmd-hpsv3", "fid"]
 
 
 def _record(folder: Path, rates: dict[tuple[str, int], float]) -> Path:
