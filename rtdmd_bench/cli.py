@@ -451,6 +451,12 @@ def reproduce(
         from rtdmd_bench.reproduce_launch import SlurmOptions, launch, render
         from rtdmd_bench.reproduce_tables import build_plan
 
+        from rtdmd_bench.references import reference_ids
+
+        if not what.endswith(".json") and what not in reference_ids():  # a usage error, as a bad choice is
+            raise typer.BadParameter(f"{what!r} is neither a CPU benchmark ({', '.join(reproduce_groups())}) nor a "
+                                     f"reference table ({', '.join(reference_ids())}) nor a table's .json file",
+                                     param_hint="'BENCHMARK|TABLE'")
         gpus = 1 if launcher == "local" else gpus_per_node
         plan = build_plan(what, seeds or 1, budget, _folder(runs_dir, "--runs-dir"), gpus, base, suite or (),
                           teacher_steps)
