@@ -65,8 +65,19 @@ BENCHES: dict[str, BenchSpec] = {
         (("accuracy", "class accuracy"), ("reward.digit-correct", "digit-correct"), ("reward.digit-ink", "digit-ink"),
          ("fid", "FID (real)"), ("fid_t", "FID-T (teacher)"), ("diversity", "diversity")),
         teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50))),
+    # The compositional base (issue 15): GenEval's figures by a rule-based detector. rtdmd's two
+    # ablations isolate its hybrid reward term: GRPO alone, reward backprop (through the proxy) alone.
+    "shapes": BenchSpec(
+        "shapes", "shapes-geneval",
+        (("overall", "GenEval overall"), ("single_object", "single"), ("two_object", "two obj."),
+         ("counting", "counting"), ("colors", "colours"), ("position", "position"), ("color_attr", "colour attr."),
+         ("reward.shapes-partial", "partial credit"), ("reward.shapes-proxy", "proxy"),
+         ("fid", "FID (renders)"), ("fid_t", "FID-T (teacher)"), ("diversity", "diversity")),
+        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50)),
+        ablations=(("rtdmd grpo-only", "rtdmd", ("method.reward_term=grpo",)),
+                   ("rtdmd backprop-only", "rtdmd", ("method.reward_term=backprop",)))),
 }
-GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
+GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",), "shapes": ("shapes",)}
 TEACHER_CONFIG = "teacher_config.yaml"  # in a teacher row's folder: the config its evaluation resolved
 
 
@@ -341,7 +352,7 @@ def _row_samples(runs_dir: Path, bench: str, label: str, teacher: Any, suite: An
 
 def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
     """toy2d: samples over the exact target (seed 0, first prompt) and KL vs FLOPs;
-    digits: a grid of samples (rows: teacher and methods, columns: prompts)."""
+    digits, shapes: a grid of samples (rows: teacher and methods, columns: prompts)."""
     from rtdmd_bench.evaluate import build_suite, build_teacher, suite_prompts
 
     labels = ["teacher (4-step CPS)"] + [label for label, _, _ in BENCHES[bench].rows()]
@@ -354,7 +365,7 @@ def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
         panels = {label: _row_samples(runs_dir, bench, label, b, suite, [0])[0] for label in labels}
         plot_samples_over_target(panels, b.base, b.rewards, b.base.train_prompts()[0],
                                  folder / "samples_over_target.png")
-    elif bench == "digits":
+    elif bench in ("digits", "shapes"):
         import torch
 
         from suites.digits import save_digit_grid

@@ -125,7 +125,7 @@ def train_proxy(cfg: ProxyConfig, progress: bool = True) -> tuple[ProxyNet, dict
             sched.step()
             bar.update(task, advance=1, info=f"mse {loss.item():.4f}")
     net.eval().requires_grad_(False)
-    held_x, held_p, held_t = proxy_examples(1000, 10_000)
+    held_x, held_p, held_t = proxy_examples(cfg.held_out_size, 10_000)
     with torch.no_grad():
         pred = net(noisy(held_x, 0.1, torch.Generator().manual_seed(10_000)), tokenize(held_p))
     return net, {"held_out_mae": (pred - held_t).abs().mean().item(),

@@ -149,6 +149,8 @@ class ProxyConfig:
     """Renders in the fixed training set (each scored against its own and other prompts)."""
     lr: NonNegative = 2e-3
     """AdamW learning rate (cosine-decayed to 0)."""
+    held_out_size: PositiveInt = 1000
+    """Held-out renders (seeds from 10000) on which the proxy's error is measured and recorded."""
     noise_std: NonNegative = 0.15
     """Largest std of the Gaussian pixel noise added in training (uniform in [0, this] per image),
     so the proxy reads generated (noisy) images as it reads renders."""
