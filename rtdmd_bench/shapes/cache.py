@@ -18,7 +18,7 @@ from torch import nn
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.files import atomic_path, atomic_write_json
 from rtdmd_bench.paths import cache_dir, config_hash
-from rtdmd_bench.shapes import detect, scenes
+from rtdmd_bench.shapes import detect, scenes, slots
 
 CACHE_FORMAT = 1  # bump when the architectures, renderer or training code change meaning
 
@@ -34,13 +34,15 @@ def cache_key(kind: str, cfg: Any) -> str:
 
 
 def evaluator_accuracy() -> dict[str, Any]:
-    """`detect.evaluator_accuracy()` (its defaults), measured once per world and detector setting and
-    kept as a JSON file in the cache."""
+    """`detect.evaluator_accuracy` on noisy renders (its defaults) and on clean decoded slot codes,
+    measured once per world, renderer and detector setting and kept as a JSON file in the cache."""
     key = config_hash({"world": _world(), "foreground": detect.FOREGROUND, "min_area": detect.MIN_AREA,
+                       "max_area": detect.MAX_AREA, "min_iou": detect.MIN_IOU, "tau": slots.TAU,
                        "format": CACHE_FORMAT})
     path = cache_dir("shapes") / f"evaluator-{key}.json"
     if not path.exists():
-        atomic_write_json(path, detect.evaluator_accuracy())
+        atomic_write_json(path, {"renders": detect.evaluator_accuracy(),
+                                 "decoded": detect.evaluator_accuracy(noise_std=0.0, source="decoded")})
     return json.loads(path.read_text())
 
 

@@ -3,8 +3,9 @@
 Detector (per image, no learning): a pixel is foreground when its brightest channel exceeds
 `FOREGROUND`; it takes the nearest palette colour (Euclidean in RGB); each colour's foreground
 splits into 8-connected components (scipy.ndimage.label); components under `MIN_AREA` pixels are
-noise. A component's shape is the template (circle, square, apex-up triangle drawn to fill the
-component's box) its mask overlaps best. Box = the mask's box, confidence 1 (so GenEval's 0.3 / 0.9 thresholds keep every
+noise, over `MAX_AREA` no single object. A component's shape is the template (circle, square,
+apex-up triangle drawn to fill the component's box) its mask overlaps best; under `MIN_IOU` it is
+no object (noise, smears), so a noisy or smeared sample cannot pass by chance. Box = the mask's box, confidence 1 (so GenEval's 0.3 / 0.9 thresholds keep every
 detection), colour = the palette colour nearest the component's mean pixel.
 
 The detections then go through `rtdmd_bench.geneval.rules` (select_detections, evaluate_image:
@@ -15,7 +16,7 @@ counting, colours, relative position) exactly as the `geneval` suite's Mask2Form
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +27,17 @@ from rtdmd_bench.geneval.rules import Detection, evaluate_image, select_detectio
 from rtdmd_bench.shapes.scenes import (
     COLOURS, PALETTE, SHAPES, ColouredDetection, all_rows, render, scene_for, truth_detections,
 )
+from rtdmd_bench.shapes.slots import decode_slots, encode_scene
 
 FOREGROUND = 0.4
 """A pixel belongs to an object when max(R, G, B) > this (background is black)."""
-MIN_AREA = 6
-"""Components smaller than this (pixels) are noise (the smallest rendered object has ~20)."""
+MIN_AREA = 12
+"""Components smaller than this (pixels) are noise (rendered objects have ~21-41)."""
+MAX_AREA = 80
+"""Components larger than this are no object (two merged objects, a smear, a noise field)."""
+MIN_IOU = 0.6
+"""A component is an object only if its best shape template overlaps it this well (IoU); noise
+blobs and smears do not (rendered objects: >= 0.75)."""
 _PALETTE = torch.tensor([PALETTE[c] for c in COLOURS])  # (C, 3)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -55,17 +62,17 @@ def shape_templates(box: tuple[float, float, float, float], size_hw: tuple[int, 
             "triangle": (depth >= 0) & (depth <= 1) & (np.abs(dx) <= w / 2 * depth + 0.25)}
 
 
-def shape_of(mask: np.ndarray) -> str:
-    """circle | square | triangle of one component's (H, W) bool mask: the shape whose template
-    drawn in the component's box overlaps the mask best (IoU; ties go to the first in SHAPES)."""
+def shape_of(mask: np.ndarray) -> tuple[str, float]:
+    """(circle | square | triangle, IoU) of one component's (H, W) bool mask: the shape whose
+    template drawn in the component's box overlaps the mask best (ties go to the first in SHAPES)."""
     ys, xs = np.nonzero(mask)
     box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
     best, best_iou = SHAPES[0], -1.0
     for name, tmpl in shape_templates(box, mask.shape).items():
         iou = (mask & tmpl).sum() / max((mask | tmpl).sum(), 1)
         if iou > best_iou:
-            best, best_iou = name, iou
-    return best
+            best, best_iou = name, float(iou)
+    return best, best_iou
 
 
 def detect(image: Tensor) -> list[ColouredDetection]:
@@ -78,13 +85,16 @@ def detect(image: Tensor) -> list[ColouredDetection]:
         labels, n = ndimage.label(fg & (colour_idx == c), structure=_EIGHT)
         for k in range(1, n + 1):
             mask = labels == k
-            if mask.sum() < MIN_AREA:
+            if not MIN_AREA <= mask.sum() <= MAX_AREA:
+                continue
+            shape, iou = shape_of(mask)
+            if iou < MIN_IOU:
                 continue
             ys, xs = np.nonzero(mask)
             box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
             mean_rgb = pix[torch.from_numpy(mask)].mean(0)  # (3,)
             colour = COLOURS[int(nearest_colour(mean_rgb[None])[0])]
-            out.append(ColouredDetection(shape_of(mask), 1.0, box, torch.from_numpy(mask), colour=colour))
+            out.append(ColouredDetection(shape, 1.0, box, torch.from_numpy(mask), colour=colour))
     return out
 
 
@@ -104,13 +114,16 @@ def noisy(image: Tensor, std: float, gen: torch.Generator) -> Tensor:
     return (image + std * torch.randn(image.shape, generator=gen)).clamp(0, 1)
 
 
-def evaluator_accuracy(n_scenes: int = 600, seed: int = 10_000, noise_std: float = 0.1) -> dict[str, Any]:
+def evaluator_accuracy(n_scenes: int = 600, seed: int = 10_000, noise_std: float = 0.1,
+                       source: Literal["render", "decoded"] = "render") -> dict[str, Any]:
     """How often the detector + rules give the verdict the true objects give, on held-out renders.
 
     Each of `n_scenes` scenes is rendered for a prompt (uniform tag, then uniform prompt) and
     scored twice: against its own prompt (true verdict: correct) and against another prompt of the
     same tag (the true objects' verdict: usually wrong). Renders carry N(0, noise_std^2) pixel
-    noise. Also reports scene recovery: the detected (shape, colour) multiset equals the truth.
+    noise. source "decoded": the scene's slot code drawn by the base's soft renderer instead of the
+    hard render (what generated samples go through). Also reports scene recovery: the detected
+    (shape, colour) multiset equals the truth.
     Seeds from 10000 up are used by nothing else (training draws from 0)."""
     rows = all_rows()
     by_tag: dict[str, list[dict[str, Any]]] = {}
@@ -123,7 +136,8 @@ def evaluator_accuracy(n_scenes: int = 600, seed: int = 10_000, noise_std: float
         tag = rng.choice(tags)
         meta, other = rng.choice(by_tag[tag]), rng.choice(by_tag[tag])
         scene = scene_for(meta, rng)
-        dets, truth = detect(noisy(render(scene), noise_std, gen)), truth_detections(scene)
+        image = render(scene) if source == "render" else decode_slots(encode_scene(scene, rng)[None])[0]
+        dets, truth = detect(noisy(image, noise_std, gen)), truth_detections(scene)
         scene_ok += sorted((d.cls, d.colour) for d in dets) == sorted((d.cls, d.colour) for d in truth)
         for m in (meta, other):
             same = verdict(dets, m) == verdict(truth, m)
@@ -132,4 +146,4 @@ def evaluator_accuracy(n_scenes: int = 600, seed: int = 10_000, noise_std: float
             per_tag[tag][1] += 1
     return {"verdict_accuracy": agree / (2 * n_scenes), "scene_accuracy": scene_ok / n_scenes,
             "per_tag": {t: a / max(n, 1) for t, (a, n) in per_tag.items()},
-            "n_scenes": n_scenes, "seed": seed, "noise_std": noise_std}
+            "n_scenes": n_scenes, "seed": seed, "noise_std": noise_std, "source": source}

@@ -2,7 +2,7 @@
 
 - `tokenize`: prompt -> (L,) word ids over the benchmark's fixed vocabulary (0 = padding; the
   empty prompt, all padding, is the null prompt of classifier-free guidance).
-- `ShapesFlowNet`: a prompt-conditioned flow-matching velocity model on flattened 24x24 RGB images
+- `ShapesFlowNet`: a prompt-conditioned flow-matching velocity model on object-slot latents
   (the digits `FlowNet`'s adaLN residual MLP, conditioned on a learned embedding of the word
   sequence instead of a class), with the same zero-initialised sampler-step embedding for the
   student / fake score.
@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from rtdmd_bench.digits.nets import AdaLNBlock, sigma_embedding
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.ranges import NonNegative, NonNegativeInt, PositiveInt, Unit
-from rtdmd_bench.shapes.scenes import IMAGE_SHAPE, all_rows
+from rtdmd_bench.shapes.scenes import all_rows
+from rtdmd_bench.shapes.slots import LATENT_SHAPE
 
 MAX_WORDS = 12  # the longest prompt ("a photo of a red circle and a blue square") has 10
 
@@ -68,18 +69,18 @@ class PromptEmbedding(nn.Module):
 class TeacherConfig:
     """Architecture and training of the shapes flow teacher (hashed into its cache key)."""
 
-    hidden: PositiveInt = 384
+    hidden: PositiveInt = 256
     """Width of the residual MLP."""
     blocks: PositiveInt = 3
     """Number of adaLN residual blocks."""
     step_slots: PositiveInt = 16
     """Size of the sampler-step embedding table used by student / fake (max steps + 1 slots)."""
-    train_steps: NonNegativeInt = 3000
-    """Optimiser steps of flow-matching training."""
+    train_steps: NonNegativeInt = 2000
+    """Optimiser steps of flow-matching training (about 2 minutes on a loaded 2-core CPU)."""
     batch_size: PositiveInt = 128
     """Training batch size."""
     dataset_size: PositiveInt = 20000
-    """Renders in the (fixed, deterministic) training set; each for a prompt of any tag."""
+    """Scenes in the (fixed, deterministic) training set; each for a prompt of any tag."""
     lr: NonNegative = 1e-3
     """AdamW learning rate (cosine-decayed to 0)."""
     prompt_dropout: Unit = 0.1
@@ -91,14 +92,15 @@ class TeacherConfig:
 
 
 class ShapesFlowNet(nn.Module):
-    """Prompt-conditioned velocity model on flattened (3, 24, 24) images in [-1, 1].
+    """Prompt-conditioned velocity model on (4, 12) object-slot latents (rtdmd_bench/shapes/slots.py):
+    the digits FlowNet's adaLN residual MLP, conditioned on sigma and the prompt's word sequence.
 
     `step` (student / fake score only) indexes a zero-initialised embedding added to the
     conditioning, so a copy of the teacher equals the teacher until trained; None adds nothing."""
 
     def __init__(self, cfg: TeacherConfig) -> None:
         super().__init__()
-        h, d = cfg.hidden, math.prod(IMAGE_SHAPE)
+        h, d = cfg.hidden, math.prod(LATENT_SHAPE)
         self.inp = nn.Linear(d, h)
         self.sigma_mlp = nn.Sequential(nn.Linear(64, h), nn.SiLU(), nn.Linear(h, h))
         self.prompt = PromptEmbedding(h)
@@ -108,7 +110,7 @@ class ShapesFlowNet(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(h), nn.SiLU(), nn.Linear(h, d))
 
     def forward(self, x: Tensor, sigma: Tensor, tokens: Tensor, step: Tensor | None = None) -> Tensor:
-        # x (B, 3, 24, 24), sigma (B,), tokens (B, L) long, step (B,) long | None -> (B, 3, 24, 24)
+        # x (B, 4, 12), sigma (B,), tokens (B, L) long, step (B,) long | None -> v (B, 4, 12)
         e = self.sigma_mlp(sigma_embedding(sigma, 64)) + self.prompt(tokens)  # (B, H)
         if step is not None:
             if step.min() < 0 or step.max() >= self.step.num_embeddings:
@@ -141,11 +143,11 @@ class ProxyConfig:
     """Channels of the conv layers (the first has half)."""
     feature_dim: PositiveInt = 64
     """Width of the image features: the dimension of the suite's FID features."""
-    train_steps: NonNegativeInt = 3000
+    train_steps: NonNegativeInt = 1500
     """Optimiser steps."""
     batch_size: PositiveInt = 128
     """Training batch size."""
-    dataset_size: PositiveInt = 20000
+    dataset_size: PositiveInt = 10000
     """Renders in the fixed training set (each scored against its own and other prompts)."""
     lr: NonNegative = 2e-3
     """AdamW learning rate (cosine-decayed to 0)."""

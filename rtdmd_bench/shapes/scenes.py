@@ -227,9 +227,10 @@ def scene_for(meta: dict[str, Any], rng: random.Random, size: int = IMAGE_SIZE) 
     raise RuntimeError(f"shapes: could not place a scene for {meta['prompt']!r}")  # never seen at 24 px
 
 
-def training_pairs(n: int, seed: int, rows: Sequence[dict[str, Any]] | None = None) -> tuple[Tensor, list[str]]:
-    """(images (n, 3, H, W) in [0, 1], prompts): n renders, each for a prompt drawn with a uniform
-    tag and then a uniform prompt of that tag from `rows` (default: every prompt: the teacher's
+def training_scenes(n: int, seed: int, rows: Sequence[dict[str, Any]] | None = None
+                    ) -> tuple[list[list[SceneObject]], list[str], random.Random]:
+    """(scenes, prompts, the generator after drawing them): n scenes, each for a prompt drawn with a
+    uniform tag and then a uniform prompt of that tag from `rows` (default: every prompt: the teacher's
     "pretraining" world holds all of them, as a real teacher's does). Deterministic in `seed`."""
     rows = list(rows or all_rows())
     by_tag: dict[str, list[dict[str, Any]]] = {}
@@ -237,9 +238,15 @@ def training_pairs(n: int, seed: int, rows: Sequence[dict[str, Any]] | None = No
         by_tag.setdefault(r["tag"], []).append(r)
     tags = sorted(by_tag)
     rng = random.Random(seed)
-    images, prompts = [], []
+    scenes, prompts = [], []
     for _ in range(n):
         meta = rng.choice(by_tag[rng.choice(tags)])
-        images.append(render(scene_for(meta, rng)))
+        scenes.append(scene_for(meta, rng))
         prompts.append(meta["prompt"])
-    return torch.stack(images), prompts
+    return scenes, prompts, rng
+
+
+def training_pairs(n: int, seed: int, rows: Sequence[dict[str, Any]] | None = None) -> tuple[Tensor, list[str]]:
+    """(images (n, 3, H, W) in [0, 1], prompts): the renders of `training_scenes(n, seed, rows)`."""
+    scenes, prompts, _ = training_scenes(n, seed, rows)
+    return torch.stack([render(s) for s in scenes]), prompts

@@ -24,30 +24,32 @@ from rtdmd_bench.geneval.rules import aggregate
 from rtdmd_bench.progress import progress_bar
 from rtdmd_bench.shapes.detect import detect, verdict
 from rtdmd_bench.shapes.nets import ShapesFlowNet, TeacherConfig, guided_velocity, tokenize
-from rtdmd_bench.shapes.scenes import IMAGE_SHAPE, split_rows, training_pairs
+from rtdmd_bench.shapes.scenes import split_rows, training_scenes
+from rtdmd_bench.shapes.slots import LATENT_SHAPE, decode_slots, encode_scene
 
 
 def flow_matching_loss(net: ShapesFlowNet, x0: Tensor, tokens: Tensor, gen: torch.Generator) -> Tensor:
     """E ||v(x_sigma, sigma, c) - (eps - x0)||^2, sigma ~ U(0, 1) (METHODS.md section 1; uniform, as
     for digits, because the methods query the teacher on all of [0.02, 0.98])."""
-    eps = torch.randn(x0.shape, generator=gen)  # (B, 3, 24, 24)
+    eps = torch.randn(x0.shape, generator=gen)  # (B, 4, 12)
     sigma = torch.rand(x0.shape[0], generator=gen)  # (B,)
-    s = sigma.view(-1, 1, 1, 1)
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
     return F.mse_loss(net((1 - s) * x0 + s * eps, sigma, tokens), eps - x0)
 
 
 @isolated_rng
 @single_thread()
 def train_teacher(cfg: TeacherConfig, progress: bool = True) -> tuple[ShapesFlowNet, dict[str, Any]]:
-    """Train the flow teacher from scratch on fixed renders; return its EMA copy and a log."""
+    """Train the flow teacher from scratch on the slot codes of fixed scenes; return its EMA copy and a log."""
     torch.manual_seed(cfg.seed)  # global RNG forked by @isolated_rng: initialisation only
     net, ema = ShapesFlowNet(cfg), ShapesFlowNet(cfg)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     net.step.weight.requires_grad_(False)  # the step table stays zero in the teacher
     start = time.time()
-    images, prompts = training_pairs(cfg.dataset_size, cfg.seed)
-    images, tokens = images * 2 - 1, tokenize(prompts)  # (N, 3, 24, 24) in [-1, 1], (N, L)
+    scenes, prompts, rng = training_scenes(cfg.dataset_size, cfg.seed)
+    images = torch.stack([encode_scene(s, rng) for s in scenes])  # (N, 4, 12) slot latents
+    tokens = tokenize(prompts)  # (N, L)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -91,9 +93,9 @@ def teacher_check(teacher: ShapesFlowNet, cfg_scale: float, samples_per_prompt: 
     seeds): the teacher's compositional accuracy, which should leave rewards headroom."""
     rows = [r for r in split_rows("eval") for _ in range(samples_per_prompt)]
     tokens = tokenize([r["prompt"] for r in rows])
-    noise = torch.randn((len(rows), *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((len(rows), *LATENT_SHAPE), generator=torch.Generator().manual_seed(seed))
     sigmas = torch.linspace(1.0, 0.0, steps + 1)
     x0 = euler_sample(lambda x, s: guided_velocity(teacher, x, s, tokens, cfg_scale), noise, sigmas)
-    scores = geneval_scores(((x0 + 1) / 2).clamp(0, 1), rows)
+    scores = geneval_scores(decode_slots(x0), rows)
     return {**{k: round(v, 4) for k, v in scores.items()}, "cfg_scale": cfg_scale, "steps": steps,
             "samples_per_prompt": samples_per_prompt, "seed": seed}
