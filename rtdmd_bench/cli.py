@@ -386,7 +386,7 @@ Benchmark = Literal["toy", "toy2d", "digits", "shapes"]
 
 @app.command()
 def reproduce(
-    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them."),
+    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them; shapes = the compositional base."),
     out: Path = typer.Option(Path("results"), help="Where the tables and plots go."),
     seeds: int = typer.Option(3, min=1, help="Seeds per method."),
     workers: int = typer.Option(2, min=1, help="Parallel training processes (one torch thread each)."),

@@ -267,6 +267,7 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtdmd_bench import __version__
+    from rtdmd_bench.evaluate import build_teacher
     from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
     if what not in GROUPS:
@@ -300,7 +301,10 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
         console.print(table.rich(title=f"{b}: {len(rows)} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
         cfg0 = json.loads((run_folder(runs_dir, b, rows[0][0], 0) / "result.json").read_text())
+        described = build_teacher(BENCHES[b].base).base.describe()
         atomic_write_json(folder / "metadata.json", {
+            # The base's measured checks (teacher accuracy, classifier / evaluator accuracy), not its cache paths.
+            "base_checks": {k: v for k, v in described.items() if k in BASE_CHECKS},
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
             "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in rows],
             "seeds": list(range(seeds)), "budget": cfg0["budget"],
@@ -310,6 +314,9 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
             "runs": {label: [str(run_folder(runs_dir, b, label, s)) for s in range(seeds)] for label, _, _ in rows},
         })
     console.print(f"[green]done[/green] in {time.perf_counter() - t0:.0f}s; tables and plots under {out}/")
+
+
+BASE_CHECKS = ("teacher_check", "evaluator_accuracy", "classifier_held_out_accuracy")
 
 
 def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:
