@@ -20,7 +20,7 @@ from rtdmd_bench.files import atomic_path, atomic_write_json
 from rtdmd_bench.paths import cache_dir, config_hash
 from rtdmd_bench.shapes import detect, scenes, slots
 
-CACHE_FORMAT = 1  # bump when the architectures, renderer or training code change meaning
+CACHE_FORMAT = 2  # bump when the architectures, renderer or training code change meaning (2: slot-latent teacher)
 
 
 def _world() -> dict[str, Any]:
