@@ -51,3 +51,16 @@ def test_the_proxy_reward_is_differentiable_and_bounded():
     assert r.shape == (4,) and bool(((r > 0) & (r < 1)).all())
     r.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_the_default_teacher_leaves_headroom_and_the_evaluator_is_accurate():
+    # Trains the default teacher and measures the evaluator on first use (~3 minutes), cached after.
+    from rtdmd_bench.bases.shapes import TEACHER_CHECK_FLOOR, prepare_shapes
+
+    info = prepare_shapes()
+    overall = info["teacher_check"]["overall"]
+    assert TEACHER_CHECK_FLOOR <= overall <= 0.8, info["teacher_check"]  # learned the scenes, far from perfect
+    assert info["teacher_check"]["position"] < 0.5 and info["teacher_check"]["color_attr"] < 0.5
+    for source in ("renders", "decoded"):
+        assert info["evaluator_accuracy"][source]["verdict_accuracy"] >= 0.98
