@@ -64,3 +64,26 @@ def test_the_default_teacher_leaves_headroom_and_the_evaluator_is_accurate():
     assert info["teacher_check"]["position"] < 0.5 and info["teacher_check"]["color_attr"] < 0.5
     for source in ("renders", "decoded"):
         assert info["evaluator_accuracy"][source]["verdict_accuracy"] >= 0.98
+
+
+def test_second_prepare_does_not_retrain_and_records_the_check(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from rtdmd_bench.bases import shapes as shapes_base
+    from rtdmd_bench.config import resolve_config as resolve
+
+    monkeypatch.setenv("RTDMD_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(shapes_base, "evaluator_accuracy", lambda: {"measured": "elsewhere"})
+    calls = []
+    real = shapes_base.train_teacher
+    monkeypatch.setattr(shapes_base, "train_teacher", lambda cfg, progress: calls.append(1) or real(cfg, progress))
+    cfg = resolve("dmd2", "shapes", TINY).base
+    first = shapes_base.prepare_shapes(cfg)
+    mtime = Path(first["teacher"]).stat().st_mtime_ns
+    second = shapes_base.prepare_shapes(cfg)
+    assert calls == [1] and Path(first["teacher"]).stat().st_mtime_ns == mtime
+    assert second["teacher_check"] == first["teacher_check"]
+    meta = json.loads(Path(first["teacher_meta"]).read_text())
+    assert list(meta["checks"].values()) == [first["teacher_check"]]
+    assert first["evaluator_accuracy"] == {"measured": "elsewhere"}
