@@ -408,7 +408,7 @@ def report(
         console.print(f"wrote {p}", markup=False, highlight=False)
 
 
-Benchmark = Literal["toy", "toy2d", "digits"]
+Benchmark = Literal["toy", "toy2d", "digits", "shapes"]
 """`reproduce` CPU benchmarks: `reproduce.GROUPS` spelled here for --help (a test checks the two agree).
 Any other name is a reference table (results/paper/, `rtdmd_bench/reproduce_tables.py`)."""
 Launcher = Literal["local", "torchrun", "slurm"]
@@ -418,7 +418,7 @@ Launcher = Literal["local", "torchrun", "slurm"]
 @app.command()
 def reproduce(
     what: str = typer.Argument("toy", metavar="BENCHMARK|TABLE", help=(
-        "toy = toy2d + digits (CPU), or one of toy2d, digits; or a published table of results/paper/ "
+        "toy = toy2d + digits (CPU), or one of toy2d, digits; shapes = the compositional CPU base; or a published table of results/paper/ "
         "(rtdmd-sd3m-table1, rtdmd-flux2-4b-table2, ...) by id or .json path.")),
     out: Path = typer.Option(Path("results"), help="Where the tables and plots go (CPU benchmark)."),
     seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per method (default: 3 on the CPU benchmark, 1 for a table)."),
@@ -485,9 +485,9 @@ def reproduce_groups() -> tuple[str, ...]:
 
 
 @app.command()
-def prepare(what: Literal["digits", "geneval-train"] = typer.Argument(
-                ..., help="digits: cache the digits networks; geneval-train: write prompts to --out"),
-            force: bool = typer.Option(False, help="digits: rebuild even if cached."),
+def prepare(what: Literal["digits", "shapes", "geneval-train"] = typer.Argument(
+                ..., help="digits / shapes: cache the base's networks; geneval-train: write prompts to --out"),
+            force: bool = typer.Option(False, help="digits / shapes: rebuild even if cached."),
             out: Optional[Path] = typer.Option(None, help="geneval-train: the jsonl file to write."),
             n: int = typer.Option(5000, min=1, help="geneval-train: number of prompts."),
             seed: int = typer.Option(0, help="geneval-train: seed of the draw."),
@@ -499,9 +499,16 @@ def prepare(what: Literal["digits", "geneval-train"] = typer.Argument(
         written = write_training_metadata(out, n, seed, exclude)
         console.print(f"wrote {written} GenEval-style training prompts to {out}", markup=False, soft_wrap=True)
         return
-    from rtdmd_bench.bases.digits import Digits, prepare_digits
+    if what == "shapes":
+        from rtdmd_bench.bases.shapes import Shapes, prepare_shapes
+        from rtdmd_bench.rewards.shapes import ShapesProxy, load_proxy
 
-    info = prepare_digits(Digits.Config(), force=force)
+        info = {**prepare_shapes(Shapes.Config(), force=force),
+                "proxy": load_proxy(ShapesProxy.Config().proxy, force=force)[1]}
+    else:
+        from rtdmd_bench.bases.digits import Digits, prepare_digits
+
+        info = prepare_digits(Digits.Config(), force=force)
     for k, v in info.items():
         console.print(f"{k}: {v}")
 

@@ -65,8 +65,19 @@ BENCHES: dict[str, BenchSpec] = {
         (("accuracy", "class accuracy"), ("reward.digit-correct", "digit-correct"), ("reward.digit-ink", "digit-ink"),
          ("fid", "FID (real)"), ("fid_t", "FID-T (teacher)"), ("diversity", "diversity")),
         teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50))),
+    # The compositional base (issue 15): GenEval's figures by a rule-based detector. rtdmd's two
+    # ablations isolate its hybrid reward term: GRPO alone, reward backprop (through the proxy) alone.
+    "shapes": BenchSpec(
+        "shapes", "shapes-geneval",
+        (("overall", "GenEval overall"), ("single_object", "single"), ("two_object", "two obj."),
+         ("counting", "counting"), ("colors", "colours"), ("position", "position"), ("color_attr", "colour attr."),
+         ("reward.shapes-partial", "partial credit"), ("reward.shapes-proxy", "proxy"),
+         ("fid", "FID (renders)"), ("fid_t", "FID-T (teacher)"), ("diversity", "diversity")),
+        teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50)),
+        ablations=(("rtdmd grpo-only", "rtdmd", ("method.reward_term=grpo",)),
+                   ("rtdmd backprop-only", "rtdmd", ("method.reward_term=backprop",)))),
 }
-GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",)}
+GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",), "shapes": ("shapes",)}
 TEACHER_CONFIG = "teacher_config.yaml"  # in a teacher row's folder: the config its evaluation resolved
 
 
@@ -256,6 +267,7 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtdmd_bench import __version__
+    from rtdmd_bench.evaluate import build_teacher
     from rtdmd_bench.runs import atomic_write_json, git_commit, versions
 
     if what not in GROUPS:
@@ -289,7 +301,10 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
         console.print(table.rich(title=f"{b}: {len(rows)} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
         cfg0 = json.loads((run_folder(runs_dir, b, rows[0][0], 0) / "result.json").read_text())
+        described = build_teacher(BENCHES[b].base).base.describe()
         atomic_write_json(folder / "metadata.json", {
+            # The base's measured checks (teacher accuracy, classifier / evaluator accuracy), not its cache paths.
+            "base_checks": {k: v for k, v in described.items() if k in BASE_CHECKS},
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
             "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in rows],
             "seeds": list(range(seeds)), "budget": cfg0["budget"],
@@ -299,6 +314,9 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
             "runs": {label: [str(run_folder(runs_dir, b, label, s)) for s in range(seeds)] for label, _, _ in rows},
         })
     console.print(f"[green]done[/green] in {time.perf_counter() - t0:.0f}s; tables and plots under {out}/")
+
+
+BASE_CHECKS = ("teacher_check", "evaluator_accuracy", "classifier_held_out_accuracy")
 
 
 def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:
@@ -341,7 +359,7 @@ def _row_samples(runs_dir: Path, bench: str, label: str, teacher: Any, suite: An
 
 def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
     """toy2d: samples over the exact target (seed 0, first prompt) and KL vs FLOPs;
-    digits: a grid of samples (rows: teacher and methods, columns: prompts)."""
+    digits, shapes: a grid of samples (rows: teacher and methods, columns: prompts)."""
     from rtdmd_bench.evaluate import build_suite, build_teacher, suite_prompts
 
     labels = ["teacher (4-step CPS)"] + [label for label, _, _ in BENCHES[bench].rows()]
@@ -354,7 +372,7 @@ def _plots(bench: str, runs_dir: Path, seeds: int, folder: Path) -> None:
         panels = {label: _row_samples(runs_dir, bench, label, b, suite, [0])[0] for label in labels}
         plot_samples_over_target(panels, b.base, b.rewards, b.base.train_prompts()[0],
                                  folder / "samples_over_target.png")
-    elif bench == "digits":
+    elif bench in ("digits", "shapes"):
         import torch
 
         from suites.digits import save_digit_grid

@@ -39,8 +39,8 @@ def test_literal_choices_agree_with_the_code_that_uses_them():
     (["plan"], ["bf16", "fp32", "ddp", "fsdp", "h100", "a100"]),
     (["eval"], ["cps", "euler", "euler-pipeline", "euler-few-step"]),
     (["list"], list(registry.KINDS)),
-    (["reproduce"], ["toy", "toy2d", "digits"]),
-    (["prepare"], ["digits", "geneval-train"]),
+    (["reproduce"], ["toy", "toy2d", "digits", "shapes"]),
+    (["prepare"], ["digits", "shapes", "geneval-train"]),
 ])
 def test_help_lists_every_choice(command, choices):
     out = run(*command, "--help")

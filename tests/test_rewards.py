@@ -202,7 +202,7 @@ def test_max_length_padding_equals_official_longest_padding():
 
 def test_every_reward_config_field_can_be_set_from_the_command_line():
     """`--set reward.NAME.FIELD=VALUE` parses every field type (config.py's strict parser)."""
-    from dataclasses import fields
+    from dataclasses import fields, is_dataclass
 
     from rtdmd_bench.config import set_field
 
@@ -212,6 +212,11 @@ def test_every_reward_config_field_can_be_set_from_the_command_line():
         cfg = registry.resolve("rewards", name).Config()
         for f in fields(cfg):
             value = getattr(cfg, f.name)
+            if is_dataclass(value):  # a group (shapes-proxy's proxy): its fields are set one by one
+                for sub in fields(value):
+                    assert set_field(cfg, [f.name, sub.name], str(getattr(value, sub.name)),
+                                     f"reward.{name}.{f.name}.{sub.name}") == cfg
+                continue
             assert set_field(cfg, [f.name], str(value), f"reward.{name}.{f.name}") == cfg
 
 
