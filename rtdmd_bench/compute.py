@@ -149,16 +149,19 @@ class ComputeMeter:
         self.calls[role] += calls
 
     def call(self, role: str, fn: Callable[..., Any], *args: Any,
-             params: Sequence[Tensor] = (), key_extra: Any = None, **kwargs: Any) -> Any:
+             params: Sequence[Tensor] | Callable[[], Sequence[Tensor]] = (), key_extra: Any = None,
+             **kwargs: Any) -> Any:
         """Run fn(*args, **kwargs) and charge its forward FLOPs (and backward FLOPs if the output
-        requires grad) to `role`. `params` are the parameters the call can train."""
+        requires grad) to `role`. `params` are the parameters the call can train, or a function
+        giving them (asked only when the call is measured: listing a network's parameters on every
+        call is a noticeable share of a small CPU step)."""
         grad_mode = torch.is_grad_enabled()
         key = (role, _shape_key(args), _shape_key(kwargs), key_extra, grad_mode)
         if key not in self.cache:
             out, fwd = measure_flops(lambda: fn(*args, **kwargs))
             bwd = 0.0
             if isinstance(out, Tensor) and out.requires_grad:
-                inputs = _grad_inputs(out, list(args) + list(kwargs.values()), params)
+                inputs = _grad_inputs(out, list(args) + list(kwargs.values()), params() if callable(params) else params)
                 if inputs:
                     # Probe the backward once: grad w.r.t. inputs/params, .grad left untouched.
                     with FlopCounterMode(display=False) as counter:
@@ -240,7 +243,7 @@ class MeteredBase:
 
     def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Any, cfg: float | None = None,
                  step: Tensor | None = None) -> Tensor:
-        params = self._base.trainable(role) if role in ("student", "fake") else ()
+        params = (lambda: self._base.trainable(role)) if role in ("student", "fake") else ()
         return self.meter.call(role, self._base.velocity, role, x, sigma, cond, cfg=cfg, step=step,
                                params=params)
 
