@@ -47,9 +47,11 @@ from rtdmd_bench.interfaces import draw_prompts  # noqa: E402
 
 def bench_config(base: str, sets: tuple[str, ...] = ()) -> Any:
     """The resolved dmd2 config `reproduce toy` trains on `base` (seed 0), with extra overrides."""
+    from rtdmd_bench.config import resolve_config
     from rtdmd_bench.reproduce import grid_config
 
-    return grid_config(base, "dmd2", tuple(sets), "dmd2", 0)
+    cfg = grid_config(base, "dmd2", (), "dmd2", 0)  # its overrides: the recipe's, then the bench's
+    return resolve_config("dmd2", base, list(cfg.overrides) + list(sets), use_recipe=False) if sets else cfg
 
 
 def _opt_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor], clip: float) -> None:
@@ -120,7 +122,7 @@ def measure(base: str, sets: tuple[str, ...], workdir: Path, repeat: int) -> dic
     t3, c3 = time.perf_counter(), time.process_time()
     hw, hc = per_step(hm)
     bw, bc = per_step(bm)
-    return {"base": base, "steps": steps, "batch": cfg.train.batch_size, "budget": cfg.train.budget,
+    return {"base": base + "".join(f" `{s}`" for s in sets), "steps": steps, "batch": cfg.train.batch_size, "budget": cfg.train.budget,
             "curve_points": cfg.train.curve_points, "checkpoint_every": cfg.train.checkpoint_every,
             "harness_wall": hw, "harness_cpu": hc, "bare_wall": bw, "bare_cpu": bc,
             "harness_once_wall": (t1 - t0) - (hm[-1][0] - hm[0][0]), "harness_once_cpu": (c1 - c0) - (hm[-1][1] - hm[0][1]),
@@ -139,15 +141,57 @@ HEADER = ("| base | steps | batch | bare CPU ms/step | harness CPU ms/step | rat
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+IMPORTS = (
+    ("the CLI (typer, rich, config, registry)", "import rtdmd_bench.cli"),
+    ("torch", "import torch"),
+    ("torch._dynamo, after torch (imported by the first torch optimiser, optimiser step or FLOP count)",
+     "import torch; import torch._dynamo"),
+    ("the training loop (train, compute, runs), after torch", "import torch; import rtdmd_bench.train"),
+    ("toy2d base and dmd2, after torch", "import torch; import rtdmd_bench.bases.toy2d, methods.dmd2"),
+    ("report (scipy.stats only inside mean_ci), after torch", "import torch, rtdmd_bench.runs; import rtdmd_bench.report"),
+    ("scipy.stats (report imported it at the top before)", "import torch; import scipy.stats"),
+    ("sklearn (digits data split, once per process)", "import torch; import sklearn.model_selection, sklearn.datasets"),
+)
+
+
+def import_costs(repeats: int = 3) -> list[tuple[str, str, float, float]]:
+    """(what, statement, CPU s, wall s) of each statement in a fresh interpreter, median of `repeats`;
+    a statement after `;` is timed alone (what it adds to the ones before it)."""
+    import statistics
+    import subprocess
+
+    rows = []
+    for what, stmt in IMPORTS:
+        *before, timed = stmt.split("; ")
+        code = "; ".join(before + ["import time", "c, w = time.process_time(), time.perf_counter()", timed,
+                                   "print(time.process_time() - c, time.perf_counter() - w)"])
+        runs = [tuple(map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()))
+                for _ in range(repeats)]
+        rows.append((what, stmt, statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)))
+    return rows
+
+
+def import_table(rows: list[tuple[str, str, float, float]]) -> str:
+    return ("| what | statement | CPU s | wall s |\n|---|---|---|---|\n"
+            + "\n".join(f"| {w} | `{s}` | {c:.2f} | {t:.2f} |" for w, s, c, t in rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bases", nargs="+", default=["toy2d", "digits"])
     ap.add_argument("--repeats", type=int, default=1, help="Measure each base this many times (rows each).")
     ap.add_argument("--budget", default=None, help="Override train.budget (default: the bench's).")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="Extra config override for both loops, e.g. train.curve_points=0 (repeatable).")
     ap.add_argument("--out", default=None, help="Write the Markdown table here (default: print only).")
+    ap.add_argument("--imports", action="store_true", help="Only print the import-time table (fresh interpreters).")
     args = ap.parse_args()
+    if args.imports:
+        print(import_table(import_costs()))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sets = (f"train.budget={args.budget}",) if args.budget else ()
+    sets = tuple(args.sets) + ((f"train.budget={args.budget}",) if args.budget else ())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for base in args.bases:

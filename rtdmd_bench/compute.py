@@ -97,12 +97,14 @@ def measure_flops(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _shape_key(obj: Any) -> Any:
+    """What a call's cost depends on. Built on every metered call (several per step), so it keeps
+    torch's own hashable shape and dtype objects rather than converting them."""
     if isinstance(obj, Tensor):
-        return ("T", tuple(obj.shape), str(obj.dtype), obj.requires_grad)
+        return ("T", obj.shape, obj.dtype, obj.requires_grad)
     if isinstance(obj, (list, tuple)):
         if obj and all(isinstance(o, str) for o in obj):
             return ("strings", len(obj))  # prompts: cost depends on the count, not the text
-        return tuple(_shape_key(o) for o in obj)
+        return tuple([_shape_key(o) for o in obj])
     if isinstance(obj, dict):
         return tuple(sorted((k, _shape_key(v)) for k, v in obj.items()))
     if isinstance(obj, (int, float, str, bool)) or obj is None:

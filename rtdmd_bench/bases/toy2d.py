@@ -196,10 +196,10 @@ class Toy2D:
     def encode(self, prompts: Sequence[str]) -> Tensor:
         """(B,) long prompt ids (a dict lookup each: encoding runs on every step and every curve
         point, for hundreds of prompts)."""
-        ids = self._prompt_ids
-        if all(p in ids for p in prompts):
-            return torch.tensor([ids[p] for p in prompts], dtype=torch.long)
-        return torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long)  # names the unknown one
+        try:
+            return torch.tensor([self._prompt_ids[p] for p in prompts], dtype=torch.long)
+        except (KeyError, TypeError):
+            return torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long)  # names the unknown one
 
     def teacher_mixture(self, prompt: str) -> Mixture:
         """The exact data distribution of the teacher for one prompt."""
