@@ -97,12 +97,14 @@ def measure_flops(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _shape_key(obj: Any) -> Any:
+    """What a call's cost depends on. Built on every metered call (several per step), so it keeps
+    torch's own hashable shape and dtype objects rather than converting them."""
     if isinstance(obj, Tensor):
-        return ("T", tuple(obj.shape), str(obj.dtype), obj.requires_grad)
+        return ("T", obj.shape, obj.dtype, obj.requires_grad)
     if isinstance(obj, (list, tuple)):
         if obj and all(isinstance(o, str) for o in obj):
             return ("strings", len(obj))  # prompts: cost depends on the count, not the text
-        return tuple(_shape_key(o) for o in obj)
+        return tuple([_shape_key(o) for o in obj])
     if isinstance(obj, dict):
         return tuple(sorted((k, _shape_key(v)) for k, v in obj.items()))
     if isinstance(obj, (int, float, str, bool)) or obj is None:
@@ -149,16 +151,19 @@ class ComputeMeter:
         self.calls[role] += calls
 
     def call(self, role: str, fn: Callable[..., Any], *args: Any,
-             params: Sequence[Tensor] = (), key_extra: Any = None, **kwargs: Any) -> Any:
+             params: Sequence[Tensor] | Callable[[], Sequence[Tensor]] = (), key_extra: Any = None,
+             **kwargs: Any) -> Any:
         """Run fn(*args, **kwargs) and charge its forward FLOPs (and backward FLOPs if the output
-        requires grad) to `role`. `params` are the parameters the call can train."""
+        requires grad) to `role`. `params` are the parameters the call can train, or a function
+        giving them (asked only when the call is measured: listing a network's parameters on every
+        call is a noticeable share of a small CPU step)."""
         grad_mode = torch.is_grad_enabled()
         key = (role, _shape_key(args), _shape_key(kwargs), key_extra, grad_mode)
         if key not in self.cache:
             out, fwd = measure_flops(lambda: fn(*args, **kwargs))
             bwd = 0.0
             if isinstance(out, Tensor) and out.requires_grad:
-                inputs = _grad_inputs(out, list(args) + list(kwargs.values()), params)
+                inputs = _grad_inputs(out, list(args) + list(kwargs.values()), params() if callable(params) else params)
                 if inputs:
                     # Probe the backward once: grad w.r.t. inputs/params, .grad left untouched.
                     with FlopCounterMode(display=False) as counter:
@@ -240,7 +245,7 @@ class MeteredBase:
 
     def velocity(self, role: str, x: Tensor, sigma: Tensor, cond: Any, cfg: float | None = None,
                  step: Tensor | None = None) -> Tensor:
-        params = self._base.trainable(role) if role in ("student", "fake") else ()
+        params = (lambda: self._base.trainable(role)) if role in ("student", "fake") else ()
         return self.meter.call(role, self._base.velocity, role, x, sigma, cond, cfg=cfg, step=step,
                                params=params)
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from scipy import stats as sstats
-
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.runs import RunDir, atomic_write_text
 
@@ -25,6 +23,9 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
     m = sum(vals) / len(vals)
     if len(vals) < 2:
         return m, 0.0
+    from scipy import stats as sstats  # here: importing scipy.stats costs ~1 s, and every training
+    # run with a curve imports this module (numeric_metrics) without needing it
+
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
     return m, float(sstats.t.ppf(0.5 + level / 2, len(vals) - 1)) * sd / math.sqrt(len(vals))
 

@@ -18,6 +18,7 @@ that checkpoint and what to do (`write_failure`).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -279,6 +280,13 @@ def git_commit() -> str:
 
 
 def versions() -> dict[str, str]:
+    """Python, platform and package versions (looked up once per process: each lookup scans the
+    installed distributions, ~0.1 s, and evaluation asks again at every curve point)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("rtdmd-bench", "torch", "numpy", "scipy", "diffusers", "transformers", "peft",
                 "open_clip_torch", "clean-fid", "scikit-learn"):

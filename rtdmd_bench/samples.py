@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
@@ -131,12 +132,28 @@ def _noises(shape: tuple[int, ...], seed: int, prompt_index: int, js: range, num
             keep: int | None = None) -> Tensor:
     """(num_steps + 1, len(js), *shape): initial noise and each step's CPS noise, per image; only the
     first `keep` rows when given (Euler needs the initial noise alone: the draw is the same, but a
-    50-step teacher at 1024 px does not hold 51 latents per image)."""
+    50-step teacher at 1024 px does not hold 51 latents per image).
+
+    Small draws are remembered (`_NOISE_MEMO`): a training run's curve evaluates the same prompts
+    and seeds at every point, and one generator per image is most of a toy evaluation's cost."""
+    key = (tuple(shape), seed, prompt_index, js.start, js.stop, js.step, num_steps, keep)
+    if key in _NOISE_MEMO:
+        _NOISE_MEMO.move_to_end(key)
+        return _NOISE_MEMO[key].clone()
     out = []
     for j in js:
         g = torch.Generator().manual_seed(stable_seed("eval", seed, prompt_index, j))
         out.append(torch.randn((num_steps + 1, *shape), generator=g)[:keep])
-    return torch.stack(out, dim=1)
+    z = torch.stack(out, dim=1)
+    if z.numel() * z.element_size() <= _NOISE_MEMO_BYTES // 16:
+        _NOISE_MEMO[key] = z.clone()
+        while sum(t.numel() * t.element_size() for t in _NOISE_MEMO.values()) > _NOISE_MEMO_BYTES:
+            _NOISE_MEMO.popitem(last=False)
+    return z
+
+
+_NOISE_MEMO: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()  # least recently used first
+_NOISE_MEMO_BYTES = 64 << 20  # a few toy or digits evaluations; a real base's latents are not kept
 
 
 def sample_latents(base: Any, spec: SamplerSpec, cond: Any, z: Tensor, sigmas: Tensor | None = None) -> Tensor:

@@ -119,6 +119,7 @@ class Toy2D:
         self.default_cfg = float(self.cfg.default_cfg)
         self.mixture = self._build_mixture()
         self.prompt_names, self.prompt_modes = self._parse_prompts()
+        self._prompt_ids = {name: i for i, name in enumerate(self.prompt_names)}  # names are unique
         self.conditionals = [self.mixture.subset(m) for m in self.prompt_modes]
         self.prompt_log_weights = torch.full((len(self.prompt_modes), self.cfg.num_modes), -math.inf,
                                              dtype=torch.float64)  # (P, K)
@@ -186,14 +187,19 @@ class Toy2D:
         return False
 
     def prompt_id(self, prompt: str) -> int:
-        if prompt not in self.prompt_names:
+        pid = self._prompt_ids.get(prompt)
+        if pid is None:
             raise UserError(f"unknown toy2d prompt {prompt!r}; valid prompts: "
                             + ", ".join(repr(p) for p in self.prompt_names))
-        return self.prompt_names.index(prompt)
+        return pid
 
     def encode(self, prompts: Sequence[str]) -> Tensor:
-        """(B,) long prompt ids."""
-        return torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long)
+        """(B,) long prompt ids (a dict lookup each: encoding runs on every step and every curve
+        point, for hundreds of prompts)."""
+        try:
+            return torch.tensor([self._prompt_ids[p] for p in prompts], dtype=torch.long)
+        except (KeyError, TypeError):
+            return torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long)  # names the unknown one
 
     def teacher_mixture(self, prompt: str) -> Mixture:
         """The exact data distribution of the teacher for one prompt."""

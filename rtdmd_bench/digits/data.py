@@ -75,4 +75,10 @@ def parse_prompts(prompts: Any) -> Tensor:
     """(B,) long classes of a sequence of prompts (see `parse_prompt`)."""
     if isinstance(prompts, str):
         raise UserError("digits: expected a list of prompts, got a single string")
-    return torch.tensor([parse_prompt(p) for p in prompts], dtype=torch.long)
+    return torch.tensor([_class_of(p) if isinstance(p, str) else parse_prompt(p) for p in prompts], dtype=torch.long)
+
+
+@lru_cache(maxsize=4096)
+def _class_of(prompt: str) -> int:
+    """`parse_prompt`, remembered: every training step encodes a batch of the same few prompts."""
+    return parse_prompt(prompt)
