@@ -380,15 +380,17 @@ def compare(
         console.print(f"wrote {p}")
 
 
-Benchmark = Literal["toy", "toy2d", "digits"]
+Benchmark = Literal["toy", "toy2d", "digits", "toy-beta"]
 """`reproduce` choices: `reproduce.GROUPS` spelled here for --help (a test checks the two agree)."""
 
 
 @app.command()
 def reproduce(
-    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them."),
+    what: Benchmark = typer.Argument("toy", help="toy = toy2d + digits (CPU), or one of them; toy-beta = every "
+                                     "method on toy2d at several beta (not part of toy)."),
     out: Path = typer.Option(Path("results"), help="Where the tables and plots go."),
-    seeds: int = typer.Option(3, min=1, help="Seeds per method."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per method [default: 5; toy-beta: 2 per method "
+                                        "and beta]."),
     workers: int = typer.Option(2, min=1, help="Parallel training processes (one torch thread each)."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where the runs go (resumable)."),
 ) -> None:
