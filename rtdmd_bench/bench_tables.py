@@ -80,7 +80,8 @@ def paired_legend(seeds: int, reference: str, per_seed_reference: bool) -> str:
     return (f"Paired differences to **{reference}** ({how}): per seed, row − reference; mean ± half-width of "
             f"the 95% Student-t CI over the {seeds} per-seed differences (n − 1 degrees of freedom). `*`: the CI "
             "excludes 0, a difference these seeds resolve; without `*` the seeds cannot tell the row from the "
-            "reference in that column. Teacher rows other than the reference: a single difference, no CI.")
+            "reference in that column. " + ("Teacher rows: – (one evaluation has no seed to pair)." if per_seed_reference
+                                           else "Teacher rows other than the reference: a single difference, no CI."))
 
 
 def paired_markdown(cells: list[tuple[str, dict[str, Any]]], titles: Sequence[str]) -> str:
@@ -90,31 +91,43 @@ def paired_markdown(cells: list[tuple[str, dict[str, Any]]], titles: Sequence[st
     return "\n".join(lines) + "\n"
 
 
-def paired_csv(cells: list[tuple[str, dict[str, Any]]], titles: Sequence[str]) -> str:
+def paired_csv(blocks: Sequence[tuple[str, list[tuple[str, dict[str, Any]]]]], titles: Sequence[str]) -> str:
+    """One line per (reference, row): per column the difference's mean, CI half-width and n."""
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["row"] + [x for t in titles for x in (f"{t}_diff_mean", f"{t}_diff_ci95", f"{t}_n")])
-    for label, c in cells:
-        row = [label]
-        for t in titles:
-            v = c.get(t)
-            row += ["", "", ""] if v is None else [f"{v[0]:.6g}", f"{v[1]:.6g}", v[2]]
-        w.writerow(row)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["reference", "row"] + [x for t in titles for x in (f"{t}_diff_mean", f"{t}_diff_ci95", f"{t}_n")])
+    for ref, cells in blocks:
+        for label, c in cells:
+            row = [ref, label]
+            for t in titles:
+                v = c.get(t)
+                row += ["", "", ""] if v is None else [f"{v[0]:.6g}", f"{v[1]:.6g}", v[2]]
+            w.writerow(row)
     return buf.getvalue()
 
 
 def write_bench_tables(folder: Any, table: Table, rows: Rows, columns: Sequence[tuple[str, str]],
                        teacher_rows: Sequence[str], reference: str, seeds: int) -> str:
     """Write table.{md,csv,tex} (the table and, in the Markdown, its legend and the paired
-    differences) and paired.{md,csv}; returns the reference row's label."""
+    differences) and paired.{md,csv} (every block); returns the reference row's label.
+
+    When the reference is a single evaluation (the teacher), the differences' CI is the row's own; a
+    second block pairs every row with dmd2's run of the same seed, where pairing removes the spread
+    the two rows share (the same training seed)."""
     ref = reference_label(reference, teacher_rows)
-    cells = paired_cells(rows, columns, ref)
+    labels = [label for label, _ in rows]
+    refs = [ref] + (["dmd2"] if ref != "dmd2" and "dmd2" in labels else [])
     titles = [t for _, t in columns]
-    per_seed_ref = len(dict((lab, s) for lab, s in rows)[ref]) > 1
     table.write(folder, "table")
-    paired_md = paired_markdown(cells, titles) + "\n" + paired_legend(seeds, ref, per_seed_ref) + "\n"
+    blocks, computed = [], []
+    for r in refs:
+        cells = paired_cells(rows, columns, r)
+        computed.append((r, cells))
+        per_seed_ref = len(dict((lab, s) for lab, s in rows)[r]) > 1
+        blocks.append(f"## Paired differences to {r}\n\n" + paired_markdown(cells, titles) + "\n"
+                      + paired_legend(seeds, r, per_seed_ref) + "\n")
     atomic_write_text(folder / "table.md", table.markdown() + "\n" + legend(seeds, teacher_rows, ref) + "\n\n"
-                      + f"## Paired differences to {ref}\n\n" + paired_md)
-    atomic_write_text(folder / "paired.md", paired_md)
-    atomic_write_text(folder / "paired.csv", paired_csv(cells, titles))
+                      + "\n".join(blocks))
+    atomic_write_text(folder / "paired.md", "\n".join(blocks))
+    atomic_write_text(folder / "paired.csv", paired_csv(computed, titles))
     return ref

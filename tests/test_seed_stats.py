@@ -98,5 +98,9 @@ def test_written_tables_carry_the_legend_and_the_paired_block(tmp_path):
     assert "95% Student-t CI over its 3 training seeds" in md and "## Paired differences to teacher" in md
     # 4.3027 * 2 / sqrt(3) = 4.968 > 4: the KL difference is not resolved; the reward one (+1 on each seed) is
     assert "| dmd2 | 4.000 ± 4.968 | 1.000 ± 0.000 * |" in md
+    # the second block pairs with dmd2's run of the same seed: rtdmd - dmd2 KL = -1, -3, -5
+    assert "## Paired differences to dmd2" in md and "| rtdmd | -3.000 ± 4.968 |" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "paired.csv").read_text())))
-    assert rows[0]["row"] == "dmd2" and float(rows[0]["KL_diff_mean"]) == 4.0 and rows[0]["KL_n"] == "3"
+    assert [(r["reference"], r["row"]) for r in rows] == [("teacher", "dmd2"), ("teacher", "rtdmd"),
+                                                           ("dmd2", "teacher"), ("dmd2", "rtdmd")]
+    assert float(rows[0]["KL_diff_mean"]) == 4.0 and rows[0]["KL_n"] == "3" and rows[2]["KL_n"] == ""
