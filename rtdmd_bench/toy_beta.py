@@ -129,6 +129,8 @@ def plot(results: dict[str, Any], exact: dict[float, dict[str, float]], path: Pa
     ax.set_title("toy2d: fidelity vs reward, each method's points over beta (mean over seeds)")
     ax.legend(fontsize=7)
     ax2.set_xscale("log")
+    ax2.set_xticks(betas, [f"{b:g}" for b in betas])
+    ax2.minorticks_off()
     ax2.set_yscale("log")
     ax2.set_xlabel("beta")
     ax2.set_ylabel("KL to p*_beta (k-NN estimate)")
