@@ -104,3 +104,21 @@ def test_written_tables_carry_the_legend_and_the_paired_block(tmp_path):
     assert [(r["reference"], r["row"]) for r in rows] == [("teacher", "dmd2"), ("teacher", "rtdmd"),
                                                            ("dmd2", "teacher"), ("dmd2", "rtdmd")]
     assert float(rows[0]["KL_diff_mean"]) == 4.0 and rows[0]["KL_n"] == "3" and rows[2]["KL_n"] == ""
+
+
+def test_every_committed_cpu_table_has_five_seeds_and_its_paired_blocks():
+    """The committed tables of every bench in the grid (toy2d, digits, and any base added later)."""
+    import json
+    from pathlib import Path
+
+    from rtdmd_bench.reproduce import BENCHES, GROUPS
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    benches = {b for group, names in GROUPS.items() if group != "toy-beta" for b in names}
+    for bench in sorted(benches):
+        meta = json.loads((root / bench / "metadata.json").read_text())
+        assert len(meta["seeds"]) >= 5, bench
+        teachers = [label for label, _, _ in BENCHES[bench].teacher_rows]
+        assert meta["paired_reference"] == bench_tables.reference_label(BENCHES[bench].reference, teachers)
+        md = (root / bench / "table.md").read_text()
+        assert f"## Paired differences to {meta['paired_reference']}" in md and "Uncertainty:" in md, bench
