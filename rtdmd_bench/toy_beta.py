@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import math
 import multiprocessing as mp
 import os
