@@ -12,7 +12,8 @@ one generator update:
    differences are not noise); E_theta[R_dm] ~ -KL(p_theta || p_teacher).
 3. A = w_dm A_dm + sum_k w_k c_k A_k, each A group-normalised (r - group mean)/(group std + 1e-6);
    the external sum only with `external_rewards` (GNDMR), c_k = 1 or, with `adaptive`, the scale
-   that keeps A_k's running magnitude at `adaptive_fraction` x A_dm's.
+   that keeps A_k's running magnitude at `adaptive_fraction` x A_dm's (guarded against rewards
+   constant within every group: `adaptive_guard`, docs/gndmr_scale_guard.md).
 4. `num_inner_epochs` optimiser steps of PPO-clip on the stochastic steps, importance ratios
    against the rollout's behaviour log-probs.
 
@@ -29,6 +30,7 @@ import torch
 from rtdmd_bench.core import dmd, optim, rewards_terms, rl, sampling, schedules
 from rtdmd_bench.core.generator_critic import GeneratorCriticConfig, GeneratorCritic
 from rtdmd_bench.core.parallel import BatchRandom
+from rtdmd_bench.core.rewards_terms import AdaptiveGuard
 from rtdmd_bench.core.sampling import LogProbMode
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.interfaces import Batch, RewardSet
@@ -79,6 +81,16 @@ class Config(GeneratorCriticConfig):
     """Target ratio of an external advantage's running magnitude to A_dm's (suite's choice)."""
     adaptive_momentum: Unit = 0.9
     """EMA momentum of the running magnitudes."""
+    adaptive_guard: AdaptiveGuard = "floor"
+    """Guard of the adaptive scale against rewards without within-group signal (docs/gndmr_scale_guard.md):
+    "floor" (suite default): a batch where an external advantage's mean |A_k| is below `adaptive_floor` x
+    A_dm's does not update that reward's running magnitude, and the scale's denominator is at least
+    `adaptive_floor` x A_dm's running magnitude (scale <= adaptive_fraction / adaptive_floor = 5);
+    "none": the unguarded EMA of METHODS.md section 7, whose scale reaches ~1e7 after a run of
+    batches where the reward is constant within every group."""
+    adaptive_floor: Positive = 0.1
+    """With adaptive_guard="floor": the degenerate-batch threshold and the denominator floor, both as
+    a fraction of A_dm's magnitude (suite's choice; 0.1 never binds on toy2d's continuous reward)."""
 
 
 class GNDM:
@@ -148,8 +160,9 @@ class GNDM:
             ext = {n: rl.group_advantages(s, k, std="group") for n, s in scores.items()}
             scales = {n: 1.0 for n in ext}
             if cfg.adaptive:
-                scales, self.running = rewards_terms.adaptive_scales(a_dm, ext, self.running,
-                                                                     cfg.adaptive_momentum, cfg.adaptive_fraction)
+                scales, self.running = rewards_terms.adaptive_scales(
+                    a_dm, ext, self.running, cfg.adaptive_momentum, cfg.adaptive_fraction,
+                    guard=cfg.adaptive_guard, floor=cfg.adaptive_floor)
             adv = adv + sum(self.rewards.weights[n] * scales[n] * a for n, a in ext.items())
             logs |= {f"reward/{n}": float(s.mean()) for n, s in scores.items()}
             logs |= {f"scale/{n}": c for n, c in scales.items()}

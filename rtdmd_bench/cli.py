@@ -408,7 +408,7 @@ def report(
         console.print(f"wrote {p}", markup=False, highlight=False)
 
 
-Benchmark = Literal["toy", "toy2d", "digits", "shapes"]
+Benchmark = Literal["toy", "toy2d", "digits", "shapes", "cpu-all", "toy-beta"]
 """`reproduce` CPU benchmarks: `reproduce.GROUPS` spelled here for --help (a test checks the two agree).
 Any other name is a reference table (results/paper/, `rtdmd_bench/reproduce_tables.py`)."""
 Launcher = Literal["local", "torchrun", "slurm"]
@@ -418,10 +418,12 @@ Launcher = Literal["local", "torchrun", "slurm"]
 @app.command()
 def reproduce(
     what: str = typer.Argument("toy", metavar="BENCHMARK|TABLE", help=(
-        "toy = toy2d + digits (CPU), or one of toy2d, digits; shapes = the compositional CPU base; or a published table of results/paper/ "
-        "(rtdmd-sd3m-table1, rtdmd-flux2-4b-table2, ...) by id or .json path.")),
+        "toy = toy2d + digits (CPU, the default); one of toy2d, digits, shapes (the compositional CPU base); "
+        "cpu-all = toy2d + digits + shapes; toy-beta = every method on toy2d at several beta (not part of toy); "
+        "or a published table of results/paper/ (rtdmd-sd3m-table1, rtdmd-flux2-4b-table2, ...) by id or .json path.")),
     out: Path = typer.Option(Path("results"), help="Where the tables and plots go (CPU benchmark)."),
-    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per method (default: 3 on the CPU benchmark, 1 for a table)."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per method [default: 5 on the CPU benchmark; "
+                                        "toy-beta: 2 per method and beta; a table: 1]."),
     workers: int = typer.Option(2, min=1, help="Parallel training processes (CPU benchmark; one torch thread each)."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where the runs go (resumable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="TABLE: print the plan (runs, FLOPs, GPU-hours, memory, "
@@ -474,7 +476,7 @@ def reproduce(
                         f"`reproduce {what}` is the embedded CPU benchmark")
     from rtdmd_bench.reproduce import reproduce as run_reproduce
 
-    run_reproduce(what, _folder(out, "--out"), seeds or 3, workers, _folder(runs_dir, "--runs-dir"), console)
+    run_reproduce(what, _folder(out, "--out"), seeds, workers, _folder(runs_dir, "--runs-dir"), console)
 
 
 def reproduce_groups() -> tuple[str, ...]:

@@ -1,6 +1,7 @@
-"""`rtdmd-bench reproduce toy`: every method on the CPU bases at one matched FLOP budget, 3 seeds.
+"""`rtdmd-bench reproduce toy`: every method on the CPU bases at one matched FLOP budget, 5 seeds.
 
-Writes under results/<base>/: the table (Markdown, CSV, LaTeX; mean ± 95% CI over seeds), plots,
+Writes under results/<base>/: the table (Markdown, CSV, LaTeX; mean ± 95% CI over seeds) with every
+row's paired difference to a reference row (bench_tables.py; also paired.md/csv), plots,
 and metadata.json (budget, seeds, versions, git commit, wall time, how to rerun). The rows are
 every registered method with its recipe, then the bench's ablations.
 
@@ -42,6 +43,7 @@ class BenchSpec:
     curve_points: int = 0
     teacher_rows: tuple[tuple[str, str, int], ...] = (("teacher (4-step CPS)", "cps", 4),)
     ablations: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (row label, method, overrides)
+    reference: str = ""  # the row every row's paired difference is to; "" = the last teacher row, else dmd2
 
     def rows(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(row label, method, extra overrides): every registered method with its recipe, then ablations."""
@@ -76,8 +78,14 @@ BENCHES: dict[str, BenchSpec] = {
         teacher_rows=(("teacher (4-step CPS)", "cps", 4), ("teacher (50-step Euler)", "euler", 50)),
         ablations=(("rtdmd grpo-only", "rtdmd", ("method.reward_term=grpo",)),
                    ("rtdmd backprop-only", "rtdmd", ("method.reward_term=backprop",)))),
+    # `reproduce toy-beta` (toy_beta.py): toy2d runs at several beta; no table of this grid, no curves.
+    "toy2d-beta": BenchSpec(
+        "toy2d", "toy-tilt", (("kl_target", "KL to p*_beta"), ("kl_teacher", "KL to teacher"),
+                              ("mean_reward", "mean reward")), teacher_rows=()),
 }
-GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",), "shapes": ("shapes",)}
+GROUPS = {"toy": ("toy2d", "digits"), "toy2d": ("toy2d",), "digits": ("digits",), "shapes": ("shapes",),
+          "cpu-all": ("toy2d", "digits", "shapes"),  # everything on CPU: toy + the compositional base
+          "toy-beta": ("toy2d",)}  # toy-beta: every method at several beta (toy_beta.py), not in `toy`
 TEACHER_CONFIG = "teacher_config.yaml"  # in a teacher row's folder: the config its evaluation resolved
 
 
@@ -248,7 +256,15 @@ def plot_curves(bench: str, runs_dir: Path, seeds: int, path: Path, metric: str)
 def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
     """The bench's table (report.grid_table): teacher rows from their suite results, then every row
     of the grid with one cell set per seed."""
-    from rtdmd_bench.report import RESOURCES, grid_table, run_cells, suite_cells
+    from rtdmd_bench.report import RESOURCES, grid_table
+
+    rows, hib = table_rows(bench, runs_dir, seeds, teacher_evals)
+    return grid_table(rows, list(BENCHES[bench].columns) + [(r, r) for r in RESOURCES], hib)
+
+
+def table_rows(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str, Path]):
+    """(rows, higher_is_better): (label, one cell dict per seed; a teacher row has one) per row."""
+    from rtdmd_bench.report import run_cells, suite_cells
 
     spec = BENCHES[bench]
     rows, hib = [], {}
@@ -260,10 +276,13 @@ def build_table(bench: str, runs_dir: Path, seeds: int, teacher_evals: dict[str,
         per_seed = [run_cells(run_folder(runs_dir, bench, label, seed), spec.suite) for seed in range(seeds)]
         rows.append((label, [cells for cells, _ in per_seed]))
         hib |= {k: v for _, h in per_seed for k, v in h.items()}
-    return grid_table(rows, list(spec.columns) + [(r, r) for r in RESOURCES], hib)
+    return rows, hib
 
 
-def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, console: Any) -> None:
+DEFAULT_SEEDS = 5  # every CPU table: >= 5 seeds, so paired differences have 4 degrees of freedom
+
+
+def reproduce(what: str, out: Path, seeds: int | None, workers: int, runs_dir: Path, console: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtdmd_bench import __version__
@@ -272,6 +291,11 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
 
     if what not in GROUPS:
         raise UserError(f"unknown benchmark {what!r}; valid: {', '.join(GROUPS)}")
+    if what == "toy-beta":  # not a table of the grid: the beta sweep (toy_beta.py)
+        from rtdmd_bench.toy_beta import reproduce_beta
+
+        return reproduce_beta(out / "toy2d" / "beta", seeds, workers, runs_dir, console)
+    seeds = seeds or DEFAULT_SEEDS
     benches = GROUPS[what]
     t0 = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -296,8 +320,14 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
     for b in benches:
         folder = out / b
         rows = BENCHES[b].rows()
-        table = build_table(b, runs_dir, seeds, teacher[b])
-        table.write(folder, "table")
+        from rtdmd_bench.bench_tables import write_bench_tables
+        from rtdmd_bench.report import RESOURCES, grid_table
+
+        spec = BENCHES[b]
+        grid_rows, hib = table_rows(b, runs_dir, seeds, teacher[b])
+        table = grid_table(grid_rows, list(spec.columns) + [(r, r) for r in RESOURCES], hib)
+        reference = write_bench_tables(folder, table, grid_rows, spec.columns,
+                                       [label for label, _, _ in spec.teacher_rows], spec.reference, seeds)
         console.print(table.rich(title=f"{b}: {len(rows)} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
         cfg0 = json.loads((run_folder(runs_dir, b, rows[0][0], 0) / "result.json").read_text())
@@ -307,7 +337,7 @@ def reproduce(what: str, out: Path, seeds: int, workers: int, runs_dir: Path, co
             "base_checks": {k: v for k, v in described.items() if k in BASE_CHECKS},
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
             "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in rows],
-            "seeds": list(range(seeds)), "budget": cfg0["budget"],
+            "seeds": list(range(seeds)), "paired_reference": reference, "budget": cfg0["budget"],
             "budget_flops": cfg0["compute"]["budget_flops"], "recipe": f"rtdmd_bench/recipes/{b}.yaml",
             "rtdmd_bench": __version__, "git_commit": git_commit(), "versions": versions(),
             "wall_time_total_s": time.perf_counter() - t0, "workers": workers,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start 1/2: set up on a fresh machine, then run the CPU benchmark (every method on toy2d and
-# digits at one matched FLOP budget, 3 seeds), writing tables and plots under results/.
+# digits at one matched FLOP budget, 5 seeds, each row paired to the teacher), writing tables and plots under results/.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 cd "$(dirname "$0")/.."

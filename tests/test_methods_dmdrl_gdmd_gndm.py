@@ -176,6 +176,64 @@ def test_adaptive_scales_hold_external_magnitude_at_a_fraction_of_a_dm():
     assert scales2["r"] == pytest.approx(0.5 * 1.0 / running2["r"])
 
 
+def test_adaptive_scale_guard_on_a_reward_constant_within_every_group():
+    """A saturated reward (constant in every group: A_k = 0 exactly) after one informative batch.
+    By hand: run_dm = 1, run_r = 2 after the first batch; 200 degenerate batches later the unguarded
+    run_r = 2 * 0.9^200 and the scale 0.5 / (2 * 0.9^200 + 1e-8) ~ 4.4e7; guarded, run_r stays 2 and
+    the scale stays 0.5 * 1 / 2 = 0.25, the value it had after the informative batch."""
+    a_dm = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    informative, saturated = {"r": torch.tensor([2.0, -2.0, 2.0, -2.0])}, {"r": torch.zeros(4)}
+    for guard, expected in (("none", 0.5 / (2 * 0.9 ** 200 + 1e-8)), ("floor", 0.25)):
+        scales, running = rewards_terms.adaptive_scales(a_dm, informative, {}, 0.9, 0.5, guard=guard)
+        assert scales["r"] == pytest.approx(0.25)
+        for _ in range(200):
+            scales, running = rewards_terms.adaptive_scales(a_dm, saturated, running, 0.9, 0.5, guard=guard)
+        assert scales["r"] == pytest.approx(expected, rel=1e-6)
+        assert running["dm"] == pytest.approx(1.0)
+    assert 0.5 / (2 * 0.9 ** 200 + 1e-8) > 1e7  # the failure the guard exists for
+
+
+def test_adaptive_scale_floor_bounds_a_weak_reward_and_a_degenerate_first_batch():
+    """Floor 0.1 x run_dm = 0.1. A first batch with mean |A_r| = 0.05 < 0.1 is degenerate: no
+    running value, scale = 0.5 * 1 / 0.1 = 5. A reward at 0.2 (above the threshold) for 300 batches:
+    run_r -> 0.2 (EMA from 0.2), scale 0.5 / 0.2 = 2.5, the unguarded value, as the floor does not bind."""
+    a_dm = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    scales, running = rewards_terms.adaptive_scales(a_dm, {"r": torch.full((4,), 0.05)}, {}, 0.9, 0.5, guard="floor")
+    assert "r" not in running and scales["r"] == pytest.approx(5.0)
+    for _ in range(300):
+        scales, running = rewards_terms.adaptive_scales(a_dm, {"r": torch.tensor([0.2, -0.2, 0.2, -0.2])}, running,
+                                                        0.9, 0.5, guard="floor")
+    assert running["r"] == pytest.approx(0.2) and scales["r"] == pytest.approx(2.5)
+
+
+class ConstantReward:
+    """A saturated non-differentiable reward: the same score for every image."""
+
+    differentiable = False
+
+    def __call__(self, images, prompts):
+        return torch.ones(images.shape[0])
+
+
+@pytest.mark.parametrize("guard", ["floor", "none"])
+def test_gndmr_with_a_saturated_reward_keeps_its_scale_only_when_guarded(guard):
+    base = GaussianBase()
+    rewards = RewardSet({"saturated": ConstantReward()}, {"saturated": 1.0})
+    method = GNDMR(GNDMR.Config(group_size=4, num_dm_draws=2, adaptive_guard=guard), base, rewards, ComputeMeter())
+    method.running = {"dm": 0.8, "saturated": 0.8}  # as left by earlier batches where the reward varied
+    prompts = ["p"] * 8
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    for i in range(100):
+        _, logs = method.advantages(x0, prompts, BatchRandom(i))
+    if guard == "floor":
+        assert method.running["saturated"] == 0.8  # never updated by a batch without signal
+        assert logs["scale/saturated"] == pytest.approx(0.5 * method.running["dm"] / 0.8)
+    else:
+        # the running magnitude decays as 0.8 * 0.9^100 (the constant reward's A is exactly 0)
+        assert method.running["saturated"] == pytest.approx(0.8 * 0.9 ** 100, rel=1e-6)
+        assert logs["scale/saturated"] > 1e3
+
+
 def test_annealed_beta_timesteps_favour_high_noise_then_become_uniform():
     g = torch.Generator().manual_seed(5)
     early = rewards_terms.annealed_beta_sigma(20_000, g, (3.0, 1.0), progress=0.0)

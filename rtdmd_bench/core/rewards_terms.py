@@ -89,20 +89,34 @@ def dm_reward(x0: Tensor, noise: Tensor, v_real: Tensor, v_fake: Tensor, weight:
     return (weight * (err_fake - err_real)).mean(dim=0)
 
 
+AdaptiveGuard = Literal["floor", "none"]
+
+
 def adaptive_scales(a_dm: Tensor, external: dict[str, Tensor], running: dict[str, float],
-                    momentum: float, fraction: float, eps: float = 1e-8
+                    momentum: float, fraction: float, eps: float = 1e-8,
+                    guard: AdaptiveGuard = "none", floor: float = 0.1
                     ) -> tuple[dict[str, float], dict[str, float]]:
     """GNDMR's adaptive combination (section 7, suite definition): the scale c_k of each external
     advantage A_k so that its running magnitude is `fraction` x the running magnitude of A_dm.
 
     Magnitude = batch mean |A|; running = EMA with `momentum` (first call: the batch value).
+    guard="none": c_k = fraction run_dm / (run_k + eps). A reward constant within every group has
+    A_k = 0, so run_k decays geometrically to 0 and c_k grows to ~fraction run_dm / eps (1e7).
+    guard="floor" (docs/gndmr_scale_guard.md): a batch whose |A_k| magnitude is below
+    `floor` x A_dm's (no within-group signal) leaves run_k unchanged, and the denominator is at
+    least `floor` x run_dm, so c_k <= fraction / floor however little signal the reward carries.
     Returns (scales by reward name, updated running magnitudes incl. key "dm"); pure: `running`
     is not modified."""
     new = dict(running)
     batch = {"dm": float(a_dm.abs().mean())} | {k: float(a.abs().mean()) for k, a in external.items()}
     for k, m in batch.items():
+        if guard == "floor" and k != "dm" and m < floor * batch["dm"]:
+            continue  # a degenerate batch measures no magnitude: keep the last informative one
         new[k] = m if k not in running else momentum * running[k] + (1 - momentum) * m
-    scales = {k: fraction * new["dm"] / (new[k] + eps) for k in external}
+    if guard == "floor":
+        scales = {k: fraction * new["dm"] / max(new.get(k, 0.0), floor * new["dm"], eps) for k in external}
+    else:
+        scales = {k: fraction * new["dm"] / (new[k] + eps) for k in external}
     return scales, new
 
 
