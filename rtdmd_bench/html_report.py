@@ -1,6 +1,6 @@
 """`rtdmd-bench report`: one self-contained HTML page (and a Markdown twin) per table.
 
-A page holds the table, a reward-vs-fidelity scatter with each method's Pareto front, metric-vs-
+A page holds the table (and a results folder's paired-difference tables under it), a reward-vs-fidelity scatter with each method's Pareto front, metric-vs-
 FLOPs curves from the runs' training curves, and sample grids. Every image is a base64 data URI and
 the style sheet is inline, so the page opens from disk with no server and no JavaScript; every text
 is escaped (html.escape), so a run label cannot inject markup. The Markdown twin links the PNGs
