@@ -1,7 +1,7 @@
 """`rtdmd-bench report`: one self-contained HTML page (and a Markdown twin) per table.
 
-A page holds the table (and a results folder's paired-difference tables under it), a reward-vs-fidelity scatter with each method's Pareto front, metric-vs-
-FLOPs curves from the runs' training curves, and sample grids. Every image is a base64 data URI and
+A page holds the table (and a results folder's paired-difference tables under it), a
+reward-vs-fidelity scatter with each method's Pareto front, metric-vs-FLOPs curves from the runs' training curves, and sample grids. Every image is a base64 data URI and
 the style sheet is inline, so the page opens from disk with no server and no JavaScript; every text
 is escaped (html.escape), so a run label cannot inject markup. The Markdown twin links the PNGs
 (the drawn ones are written beside it, the read ones are linked where they are).
@@ -166,7 +166,8 @@ def render_html(page: Page) -> str:
     out.append("<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in page.facts) + "</dl>")
     out.append("<h2>Table</h2>" + _table_html("results", page.columns, page.rows))
     for i, t in enumerate(page.tables, 1):
-        legend = "".join(f"<{_TAG[style]}>{esc(text)}</{_TAG[style]}>" if style else esc(text) for text, style in t.legend)
+        legend = "".join(f"<{_TAG[style]}>{esc(text)}</{_TAG[style]}>" if style else esc(text)
+                         for text, style in t.legend)
         out.append(f"<h2>{esc(t.title)}</h2>" + _table_html(f"paired-{i}", t.columns, t.rows)
                    + (f'<p class="legend">{legend}</p>' if legend else ""))
     if page.figures:
