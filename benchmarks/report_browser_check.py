@@ -1,7 +1,8 @@
 """The report in a real browser: render `rtdmd-bench report` for the committed CPU results
 (results/toy2d, results/digits), load each page in headless Chromium from disk (file://, no server),
-and check the DOM Chromium built: the results table with one row per row of table.csv, and every
-<img> a non-empty PNG data URI that decodes (PIL). Saves a screenshot of each page.
+and check the DOM Chromium built: the results table with one row per row of table.csv, a paired table
+per reference of paired.csv with its rows (where the folder has one), and every <img> a non-empty PNG
+data URI that decodes (PIL). Saves a screenshot of each page.
 
 Needs Chromium (Debian: `apt-get install chromium`). Writes the pages, screenshots/<page>.png and
 browser_check.md (what was checked, with Chromium's version) under --out.
@@ -92,20 +93,26 @@ def decode_png(uri: str) -> tuple[int, int]:
     return image.size
 
 
-def check_page(exe: str, page: Path, expected_rows: list[str], screenshot: Path) -> list[str]:
-    """Load `page` in the browser; the lines of the check's log (raises AssertionError on a failure)."""
+def check_page(exe: str, page: Path, expected_rows: list[str], screenshot: Path,
+               expected_paired: dict[str, list[str]] | None = None) -> list[str]:
+    """Load `page` in the browser; the lines of the check's log (raises AssertionError on a failure).
+    `expected_paired`: paired.csv's rows per reference, in its order (tables `paired-1`, `paired-2`, ...)."""
     dom = browser(exe, "--dump-dom", page.resolve().as_uri()).stdout
     summary = DomSummary()
     summary.feed(dom)
     rows = [" ".join(r.split()) for r in summary.tables.get("results", [])]
     assert rows == expected_rows, f"{page.name}: table rows {rows} != table.csv rows {expected_rows}"
+    paired = {k: [" ".join(r.split()) for r in v] for k, v in summary.tables.items() if k.startswith("paired-")}
+    want = {f"paired-{i}": labels for i, labels in enumerate((expected_paired or {}).values(), 1)}
+    assert paired == want, f"{page.name}: paired tables {paired} != paired.csv's {want}"
     assert summary.images, f"{page.name}: no images in the DOM"
     sizes = [decode_png(src) for src in summary.images]
     browser(exe, f"--screenshot={screenshot.resolve()}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
             "--hide-scrollbars", page.resolve().as_uri())
     shrink(screenshot)
     return [f"- `{page.name}`: DOM has the results table with its {len(rows)} rows (as table.csv), "
-            f"{len(sizes)} images, every one a PNG data URI that decodes ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
+            + (f"{len(paired)} paired tables (to {', '.join(expected_paired or {})}) with paired.csv's rows, " if paired else "")
+            + f"{len(sizes)} images, every one a PNG data URI that decodes ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
             f"screenshot `screenshots/{screenshot.name}`"]
 
 
@@ -115,6 +122,17 @@ def shrink(path: Path) -> None:
     image = Image.open(path).convert("RGB")
     height = round(image.height * SCREENSHOT_WIDTH / image.width)
     image.resize((SCREENSHOT_WIDTH, height), Image.Resampling.LANCZOS).quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+
+
+def paired_rows(folder: Path) -> dict[str, list[str]]:
+    """paired.csv's rows per reference, in its order ({} without one)."""
+    if not (folder / "paired.csv").exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    with open(folder / "paired.csv", newline="", encoding="utf-8") as f:
+        for line in list(csv.reader(f))[1:]:
+            out.setdefault(line[0], []).append(line[1])
+    return out
 
 
 def csv_rows(folder: Path) -> list[str]:
@@ -130,7 +148,7 @@ def run(out: Path, exe: str) -> list[str]:
     log = ["# Report in a headless browser", "", f"`python benchmarks/report_browser_check.py`, {version}, "
            f"window {WINDOW[0]}x{WINDOW[1]}, pages loaded from disk (file://).", ""]
     for page, source in zip(pages, SOURCES):
-        log += check_page(exe, page, csv_rows(source), out / "screenshots" / f"{page.stem}.png")
+        log += check_page(exe, page, csv_rows(source), out / "screenshots" / f"{page.stem}.png", paired_rows(source))
     (out / "browser_check.md").write_text("\n".join(log) + "\n", encoding="utf-8")
     return log
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from rtdmd_bench.report import Table
 from rtdmd_bench.runs import atomic_write_text
@@ -74,14 +74,28 @@ def legend(seeds: int, teacher_rows: Sequence[str], reference: str) -> str:
             "on that same noise: no CI. FLOPs and wall time are measured per run.")
 
 
-def paired_legend(seeds: int, reference: str, per_seed_reference: bool) -> str:
+LegendPart = tuple[str, Literal["", "strong", "code"]]
+"""A piece of a legend and how it is set: plain, strong (the reference's name) or code (the `*` marker)."""
+
+
+def paired_legend_parts(seeds: int, reference: str, per_seed_reference: bool) -> list[LegendPart]:
+    """The paired block's legend as pieces, so the Markdown here and the report's HTML set and escape
+    it each their own way from one text."""
     how = ("one value per seed, paired with the row's run of the same seed" if per_seed_reference else
            "one evaluation on the evaluation noise every run shares, subtracted from each seed's value")
-    return (f"Paired differences to **{reference}** ({how}): per seed, row − reference; mean ± half-width of "
-            f"the 95% Student-t CI over the {seeds} per-seed differences (n − 1 degrees of freedom). `*`: the CI "
-            "excludes 0, a difference these seeds resolve; without `*` the seeds cannot tell the row from the "
-            "reference in that column. " + ("Teacher rows: – (one evaluation has no seed to pair)." if per_seed_reference
-                                           else "Teacher rows other than the reference: a single difference, no CI."))
+    return [("Paired differences to ", ""), (reference, "strong"),
+            (f" ({how}): per seed, row − reference; mean ± half-width of the 95% Student-t CI over the {seeds} "
+             "per-seed differences (n − 1 degrees of freedom). ", ""), ("*", "code"),
+            (": the CI excludes 0, a difference these seeds resolve; without ", ""), ("*", "code"),
+            (" the seeds cannot tell the row from the reference in that column. "
+             + ("Teacher rows: – (one evaluation has no seed to pair)." if per_seed_reference
+                else "Teacher rows other than the reference: a single difference, no CI."), "")]
+
+
+def paired_legend(seeds: int, reference: str, per_seed_reference: bool) -> str:
+    """The legend in Markdown, as table.md and paired.md print it."""
+    marks = {"": "{}", "strong": "**{}**", "code": "`{}`"}
+    return "".join(marks[style].format(text) for text, style in paired_legend_parts(seeds, reference, per_seed_reference))
 
 
 def paired_markdown(cells: list[tuple[str, dict[str, Any]]], titles: Sequence[str]) -> str:

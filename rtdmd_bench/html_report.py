@@ -1,7 +1,7 @@
 """`rtdmd-bench report`: one self-contained HTML page (and a Markdown twin) per table.
 
-A page holds the table, a reward-vs-fidelity scatter with each method's Pareto front, metric-vs-
-FLOPs curves from the runs' training curves, and sample grids. Every image is a base64 data URI and
+A page holds the table (and a results folder's paired-difference tables under it), a
+reward-vs-fidelity scatter with each method's Pareto front, metric-vs-FLOPs curves from the runs' training curves, and sample grids. Every image is a base64 data URI and
 the style sheet is inline, so the page opens from disk with no server and no JavaScript; every text
 is escaped (html.escape), so a run label cannot inject markup. The Markdown twin links the PNGs
 (the drawn ones are written beside it, the read ones are linked where they are).
@@ -19,7 +19,7 @@ from typing import Sequence
 
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.report_figures import FIDELITY_AXES, REWARD_AXES, Axis, Curve, Point, curves_png, scatter_png
-from rtdmd_bench.report_pages import Cell, Figure, Page, collect_pages, run_curves, run_seed
+from rtdmd_bench.report_pages import Cell, Figure, Page, Row, collect_pages, run_curves, run_seed
 
 CURVE_KEYS = ("kl_target", "kl_teacher", "mean_reward", "fid", "fid_t", "accuracy")
 """Training-curve metrics drawn (the first three a run logged), in this order."""
@@ -130,7 +130,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.82em}.scroll{overflow-x:
 td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}th[scope=row],td.t{text-align:left}thead th{background:#f3f3f3}
 figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em;font-size:0.9em}dt{font-weight:bold}
-li{font-size:0.9em;margin:2px 0}"""
+li{font-size:0.9em;margin:2px 0}p.legend{font-size:0.85em;color:#555;max-width:70em}"""
 
 
 def _cell_html(text: str, emphasis: str) -> str:
@@ -146,18 +146,30 @@ def _td(cell: Cell | None) -> str:
     return f"<td{' class=t' if text else ''}>{_cell_html(cell.text, cell.emphasis)}</td>"
 
 
+_TAG = {"strong": "strong", "code": "code"}
+"""HTML element of a legend piece's style."""
+
+
+def _table_html(table_id: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -> str:
+    esc = html.escape
+    out = [f'<div class="scroll"><table id="{esc(table_id)}"><thead><tr><th scope="col">row</th>'
+           + "".join(f'<th scope="col">{esc(h)}</th>' for _, h in columns) + "</tr></thead><tbody>"]
+    for r in rows:
+        out.append(f'<tr><th scope="row">{esc(r.label)}</th>' + "".join(_td(r.cells.get(k)) for k, _ in columns) + "</tr>")
+    return "\n".join(out + ["</tbody></table></div>"])
+
+
 def render_html(page: Page) -> str:
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(page.title)}</title><style>{STYLE}</style></head><body>", f"<h1>{esc(page.title)}</h1>"]
     out.append("<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in page.facts) + "</dl>")
-    out.append('<h2>Table</h2><div class="scroll"><table id="results"><thead><tr><th scope="col">row</th>'
-               + "".join(f'<th scope="col">{esc(h)}</th>' for _, h in page.columns) + "</tr></thead><tbody>")
-    for r in page.rows:
-        cells = [r.cells.get(k) for k, _ in page.columns]
-        out.append(f'<tr><th scope="row">{esc(r.label)}</th>'
-                   + "".join(_td(c) for c in cells) + "</tr>")
-    out.append("</tbody></table></div>")
+    out.append("<h2>Table</h2>" + _table_html("results", page.columns, page.rows))
+    for i, t in enumerate(page.tables, 1):
+        legend = "".join(f"<{_TAG[style]}>{esc(text)}</{_TAG[style]}>" if style else esc(text)
+                         for text, style in t.legend)
+        out.append(f"<h2>{esc(t.title)}</h2>" + _table_html(f"paired-{i}", t.columns, t.rows)
+                   + (f'<p class="legend">{legend}</p>' if legend else ""))
     if page.figures:
         out.append("<h2>Figures</h2>")
     for f in page.figures:
@@ -181,15 +193,33 @@ def _md_cell(text: str, emphasis: str) -> str:
     return f"**{e}**" if emphasis == "bold" else f"<u>{e}</u>" if emphasis == "underline" else e
 
 
+def _table_markdown(columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -> list[str]:
+    lines = ["| row | " + " | ".join(md_escape(h) for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
+    for r in rows:
+        cells = [r.cells.get(k) for k, _ in columns]
+        lines.append(f"| {md_escape(r.label)} | " + " | ".join(_md_cell(c.text, c.emphasis) if c else "–"
+                                                               for c in cells) + " |")
+    return lines
+
+
+def _md_legend_piece(text: str, style: str) -> str:
+    """A legend piece in Markdown: strong as **…**; code as a code span (shown as written, so not
+    escaped) only when it holds nothing to escape (no backtick, `<`, `&` or line break), else escaped text."""
+    if style == "code" and text.strip() and not any(ch in text for ch in "`<>&\n"):
+        return f"`{text}`"
+    # md_escape trims; the pieces' own spaces between them stay
+    lead, trail = " " * (text[:1].isspace()), " " * (text[-1:].isspace() and len(text.strip()) > 0)
+    return lead + (f"**{md_escape(text)}**" if style == "strong" else md_escape(text)) + trail
+
+
 def render_markdown(page: Page, links: Sequence[str]) -> str:
     """The page as Markdown; `links[i]`: the relative path of figure i's PNG."""
     lines = [f"# {md_escape(page.title)}", ""] + [f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in page.facts]
-    lines += ["", "| row | " + " | ".join(md_escape(h) for _, h in page.columns) + " |",
-              "|---|" + "---|" * len(page.columns)]
-    for r in page.rows:
-        cells = [r.cells.get(k) for k, _ in page.columns]
-        lines.append(f"| {md_escape(r.label)} | " + " | ".join(_md_cell(c.text, c.emphasis) if c else "–"
-                                                               for c in cells) + " |")
+    lines += [""] + _table_markdown(page.columns, page.rows)
+    for t in page.tables:
+        lines += ["", f"## {md_escape(t.title)}", ""] + _table_markdown(t.columns, t.rows)
+        if t.legend:
+            lines += ["", "".join(_md_legend_piece(text, style) for text, style in t.legend)]
     for f, link in zip(page.figures, links):
         lines += ["", f"## {md_escape(f.title)}", "", f"![{md_escape(f.title)}]({link.replace(' ', '%20')})", "",
                   md_escape(f.caption)]

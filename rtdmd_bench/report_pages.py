@@ -57,6 +57,20 @@ class Figure:
 
 
 @dataclass
+class SideTable:
+    """A further table of a page, under the main one (a results folder's paired differences)."""
+
+    title: str
+    """Heading above it (`Paired differences to dmd2`)."""
+    columns: list[tuple[str, str]]
+    """(key, header) per column, as Page.columns."""
+    rows: list[Row]
+    legend: list[tuple[str, str]] = field(default_factory=list)
+    """The sentence under it, as (text, style) pieces; style "", "strong" or "code"
+    (bench_tables.paired_legend_parts), so HTML and Markdown each set and escape it."""
+
+
+@dataclass
 class Page:
     name: str
     """File stem of the page (`toy2d`, `rtdmd-sd3m-table1`, `runs-toy2d`)."""
@@ -74,6 +88,8 @@ class Page:
     """Row label -> its run folders that exist here (for the training curves and sample grids)."""
     folder: Path | None = None
     """The results folder the page was read from (its PNGs are shown), if any."""
+    tables: list[SideTable] = field(default_factory=list)
+    """Further tables under the main one, in order (a results folder's paired.csv blocks)."""
 
 
 def number_text(mean: float, ci: float, n: int, digits: int = 3) -> str:
@@ -111,6 +127,47 @@ def read_table_csv(path: Path) -> tuple[list[str], list[tuple[str, dict[str, Cel
     return columns, rows
 
 
+def _row_seeds(path: Path) -> list[tuple[str, int]]:
+    """(row, its largest `_n`) per row of a report.Table CSV: 1 for a single evaluation (a teacher)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))[1:]
+    return [(line[0], max([int(_float(n) or 1) for n in line[3::3]] or [1])) for line in lines]
+
+
+def paired_tables(path: Path, seeds_of: dict[str, int]) -> list[SideTable]:
+    """bench_tables' paired.csv (`reference`, `row`, then `<column>_diff_mean`, `_diff_ci95`, `_n` per
+    column) -> a table per reference, in the file's order, its cells printed as paired.md prints them
+    (`*` where the CI excludes 0) and its legend bench_tables' own; `seeds_of`: table.csv's seeds per
+    row (a reference with more than one was paired seed by seed)."""
+    from rtdmd_bench.bench_tables import paired_legend_parts, paired_text
+
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    head = lines[0] if lines else []
+    if head[:2] != ["reference", "row"] or (len(head) - 2) % 3 or not all(
+            h.endswith(s) for h, s in zip(head[2:], ["_diff_mean", "_diff_ci95", "_n"] * len(head))):
+        raise UserError(f"{path}: not a paired table written by rtdmd-bench (expected `reference`, `row`, then "
+                        "<column>_diff_mean, _diff_ci95, _n per column)")
+    titles = [h[: -len("_diff_mean")] for h in head[2::3]]
+    blocks: dict[str, list[Row]] = {}
+    seeds: dict[str, int] = defaultdict(int)
+    for line in lines[1:]:
+        cells = {}
+        for i, title in enumerate(titles):
+            mean, ci, n = (line[2 + 3 * i: 5 + 3 * i] + ["", "", ""])[:3]
+            m, h, k = _float(mean), _float(ci), int(_float(n) or 0)
+            cells[title] = Cell("–") if m is None else Cell(paired_text((m, h or 0.0, k)), m, h or 0.0)
+            seeds[line[0]] = max(seeds[line[0]], k)
+        blocks.setdefault(line[0], []).append(Row(line[1], line[1], cells))
+    unknown = [r for r in blocks if r not in seeds_of]
+    if unknown:
+        raise UserError(f"{path}: reference rows {unknown} are not rows of table.csv beside it; rewrite both with "
+                        "the same `reproduce` run")
+    return [SideTable(f"Paired differences to {ref}", [(t, f"Δ {t}") for t in titles], rows,
+                      [(text, style) for text, style in paired_legend_parts(seeds[ref], ref, seeds_of[ref] > 1)])
+            for ref, rows in blocks.items()]
+
+
 def _md_headers(path: Path, count: int) -> list[str] | None:
     """The column headers of a Markdown table (they carry the ↑/↓ arrows the CSV lacks), or None."""
     if not path.exists():
@@ -140,6 +197,8 @@ def results_page(folder: Path, find_runs: bool = True) -> Page:
                 [(key_of.get(c, c), h) for c, h in zip(columns, headers)], rows,
                 runs={k: v for k, v in runs.items() if v}, folder=folder)
     page.notes.append(f"Cells: mean ± 95% CI over seeds (Student t), from {folder / 'table.csv'}.")
+    if (folder / "paired.csv").exists():
+        page.tables = paired_tables(folder / "paired.csv", {label: n for label, n in _row_seeds(folder / "table.csv")})
     _seed_values(page, meta.get("suite"))
     return page
 

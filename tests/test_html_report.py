@@ -16,7 +16,7 @@ from PIL import Image
 from rtdmd_bench.errors import UserError
 from rtdmd_bench.html_report import add_figures, choose_axes, md_escape, render_html, render_markdown, write_report
 from rtdmd_bench.report_figures import pareto_front
-from rtdmd_bench.report_pages import Cell, Figure, Page, Row, collect_pages
+from rtdmd_bench.report_pages import Cell, Figure, Page, Row, SideTable, collect_pages
 from rtdmd_bench.runs import RunDir, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def _md_cells(path):
 @pytest.mark.parametrize("bench", ["toy2d", "digits"])
 def test_results_table_holds_the_csv_numbers(bench):
     [page] = collect_pages([RESULTS[bench]], find_runs=False)
-    [table] = Dom(render_html(page)).tables
+    table = Dom(render_html(page)).tables[0]  # the paired tables follow it
     names, expected = _csv_expected(RESULTS[bench] / "table.csv")
     assert [h.rstrip(" ↑↓") for h in table[0][1:]] == names
     assert [r[0] for r in table[1:]] == [label for label, _ in expected]
@@ -98,6 +98,81 @@ def test_results_table_holds_the_csv_numbers(bench):
     assert [r[0] for r in md] == [r[0] for r in table[1:]]
     for ours, theirs in zip((c for r in table[1:] for c in r[1:]), (c for r in md for c in r[1:])):
         assert ours == theirs or _last_digit_apart(ours, theirs), (ours, theirs)
+
+
+def _paired_expected(path):
+    """paired.csv read by the test: per reference (in file order) its column names and, per row,
+    the label and per column (mean, ci, n) or None."""
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    names = [h[: -len("_diff_mean")] for h in lines[0][2::3]]
+    blocks = {}
+    for line in lines[1:]:
+        cells = [None if line[2 + 3 * i] == "" else (float(line[2 + 3 * i]), float(line[3 + 3 * i]), int(line[4 + 3 * i]))
+                 for i in range(len(names))]
+        blocks.setdefault(line[0], []).append((line[1], cells))
+    return names, blocks
+
+
+@pytest.mark.parametrize("bench", ["toy2d", "digits"])
+def test_paired_tables_hold_the_paired_csv_numbers(bench):
+    [page] = collect_pages([RESULTS[bench]], find_runs=False)
+    text = render_html(page)
+    tables = Dom(text).tables[1:]
+    names, blocks = _paired_expected(RESULTS[bench] / "paired.csv")
+    assert len(tables) == len(blocks) == 2  # the many-step teacher, then dmd2
+    md_blocks = (RESULTS[bench] / "paired.md").read_text().split("## Paired differences to ")[1:]
+    md = render_markdown(page, [])
+    stars = 0
+    for table, (ref, rows), md_block in zip(tables, blocks.items(), md_blocks):
+        assert f"<h2>Paired differences to {html.escape(ref)}</h2>" in text
+        assert f"\n## Paired differences to {md_escape(ref)}\n" in md
+        assert table[0][1:] == [f"Δ {n}" for n in names]
+        assert [r[0] for r in table[1:]] == [label for label, _ in rows]
+        for row, (label, cells) in zip(table[1:], rows):
+            for cell, want in zip(row[1:], cells):
+                if want is None:
+                    assert cell == "–", (ref, label, cell)
+                    continue
+                mean, ci, n = want
+                starred = cell.endswith(" *")
+                # the CI excludes 0 exactly when |mean| > half-width (one evaluation: no CI, no mark)
+                assert starred == (n >= 2 and abs(mean) > ci), (ref, label, cell, mean, ci)
+                stars += starred
+                parts = cell.removesuffix(" *").split(" ± ")
+                assert len(parts) == (2 if n >= 2 else 1), (ref, label, cell)
+                assert float(parts[0]) == pytest.approx(mean, rel=5e-3, abs=5e-4), (ref, label, cell, mean)
+                if n >= 2:
+                    assert float(parts[1]) == pytest.approx(ci, rel=5e-3, abs=5e-4), (ref, label, cell, ci)
+        # the legend is bench_tables' own: the Markdown twin prints paired.md's sentence as it stands
+        legend = md_block.strip().splitlines()[-1]
+        assert legend.startswith(f"Paired differences to **{ref}** (") and "\n" + legend + "\n" in md
+    assert stars > 0  # some difference is resolved: the marks were checked both ways
+
+
+def test_results_folder_without_paired_csv_renders_as_before(tmp_path):
+    folder = tmp_path / "toy2d"
+    folder.mkdir()
+    for name in ("table.csv", "table.md", "metadata.json"):
+        (folder / name).write_bytes((RESULTS["toy2d"] / name).read_bytes())
+    [page] = collect_pages([folder], find_runs=False)
+    assert page.tables == []
+    text, md = render_html(page), render_markdown(page, [])
+    assert len(Dom(text).tables) == 1 and "Paired" not in text and "Paired" not in md
+    with open(folder / "table.csv", newline="") as f:
+        assert [r[0] for r in Dom(text).tables[0][1:]] == [line[0] for line in list(csv.reader(f))[1:]]
+
+
+def test_bad_paired_csv_is_a_user_error(tmp_path):
+    folder = tmp_path / "toy2d"
+    folder.mkdir()
+    (folder / "table.csv").write_bytes((RESULTS["toy2d"] / "table.csv").read_bytes())
+    (folder / "paired.csv").write_text("row,a_mean,a_ci95,a_n\nx,1,0,1\n")
+    with pytest.raises(UserError, match="not a paired table"):
+        collect_pages([folder], find_runs=False)
+    (folder / "paired.csv").write_text("reference,row,a_diff_mean,a_diff_ci95,a_n\nnobody,dmd2,1,0.5,5\n")
+    with pytest.raises(UserError, match="'nobody'.* not rows of table.csv"):
+        collect_pages([folder], find_runs=False)
 
 
 def _last_digit_apart(a, b):
@@ -144,11 +219,15 @@ def test_hostile_text_is_escaped_in_html_and_markdown():
     page = Page("p", HOSTILE, [(HOSTILE, HOSTILE)], [("m", HOSTILE)],
                 [Row(HOSTILE, "dmd2", {"m": Cell(HOSTILE, 1.0, emphasis="bold")})], [HOSTILE],
                 [Figure(HOSTILE, HOSTILE, png.getvalue())])
+    page.tables = [SideTable(HOSTILE, [("m", HOSTILE)], [Row(HOSTILE, "dmd2", {"m": Cell(HOSTILE, 1.0)})],
+                             [(HOSTILE, ""), (HOSTILE, "strong"), (HOSTILE, "code")])]
     text = render_html(page)
     dom = Dom(text)
     assert "script" not in dom.tags and dom.tags.count("img") == 1  # only the figure's image is markup
     assert "<script>" not in text and html.escape(HOSTILE) in text
     assert dom.tables[0][1] == [HOSTILE, HOSTILE]  # the browser shows the text as written
+    assert dom.tables[1][0] == ["row", HOSTILE] and dom.tables[1][1] == [HOSTILE, HOSTILE]
+    assert dom.tags.count("strong") == 2 and dom.tags.count("code") == 1  # the bold cell and the legend's pieces
     md = render_markdown(page, ["p-figures/00.png"])
     assert "<script>" not in md and "<img" not in md
     assert md_escape(HOSTILE) == ('&lt;script&gt;alert("x")&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt; '
@@ -242,6 +321,7 @@ def test_report_in_headless_chromium(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     log = check.run(tmp_path, exe)
     assert sum("DOM has the results table" in line for line in log) == 2
+    assert sum("2 paired tables" in line for line in log) == 2  # to the many-step teacher and to dmd2
     for name in ("toy2d", "digits"):
         shot = Image.open(tmp_path / "screenshots" / f"{name}.png")
         assert shot.width == check.SCREENSHOT_WIDTH and len(shot.convert("RGB").getcolors(1 << 20)) > 2  # not blank
