@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rtdmd_bench.html_report import write_report  # noqa: E402
 
-SOURCES = (Path("results/toy2d"), Path("results/digits"))
+SOURCES = (Path("results/toy2d"), Path("results/digits"), Path("results/shapes"))
 """Relative to the repository root (the script runs there), so the pages name them as in the repository."""
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = (1400, 2400)

@@ -26,11 +26,13 @@ class Axis:
 
 
 REWARD_AXES = (Axis("mean_reward", "mean reward", True), Axis("reward.digit-ink", "digit-ink reward", True),
+               Axis("reward.shapes-partial", "exact partial credit (shapes)", True),
                Axis("hpsv3", "HPSv3", True), Axis("hpsv2", "HPSv2", True), Axis("hps", "HPS", True),
                Axis("imagereward", "ImageReward", True), Axis("pickscore", "PickScore", True))
 """Reward candidates in order of preference (the first the table has is plotted). On digits the
 ink reward is the one that pulls against fidelity (rtdmd_bench/recipes/digits.yaml): reward hacking
-shows as more ink at a worse FID."""
+shows as more ink at a worse FID. On shapes the exact partial credit (not the learned proxy, which
+the methods can game) is the reward."""
 FIDELITY_AXES = (Axis("kl_teacher", "KL to teacher", False), Axis("fid", "FID (real)", False),
                  Axis("fid_t", "FID-T (teacher)", False), Axis("fid_sd", "FID-SD", False))
 """Fidelity candidates (all distances: lower is better), in order of preference."""

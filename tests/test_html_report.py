@@ -320,9 +320,9 @@ def test_report_in_headless_chromium(tmp_path, monkeypatch):
         pytest.skip("no Chromium on PATH (chromium, chromium-browser, google-chrome); Debian: apt-get install chromium")
     monkeypatch.chdir(ROOT)
     log = check.run(tmp_path, exe)
-    assert sum("DOM has the results table" in line for line in log) == 2
-    assert sum("2 paired tables" in line for line in log) == 2  # to the many-step teacher and to dmd2
-    for name in ("toy2d", "digits"):
+    assert sum("DOM has the results table" in line for line in log) == len(check.SOURCES)
+    assert sum("2 paired tables" in line for line in log) == len(check.SOURCES)  # to the many-step teacher and to dmd2
+    for name in ("toy2d", "digits", "shapes"):
         shot = Image.open(tmp_path / "screenshots" / f"{name}.png")
         assert shot.width == check.SCREENSHOT_WIDTH and len(shot.convert("RGB").getcolors(1 << 20)) > 2  # not blank
 
