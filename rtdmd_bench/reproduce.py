@@ -331,10 +331,8 @@ def reproduce(what: str, out: Path, seeds: int | None, workers: int, runs_dir: P
         console.print(table.rich(title=f"{b}: {len(rows)} rows x {seeds} seeds, matched budget"))
         _plots(b, runs_dir, seeds, folder)
         cfg0 = json.loads((run_folder(runs_dir, b, rows[0][0], 0) / "result.json").read_text())
-        described = build_teacher(BENCHES[b].base).base.describe()
         atomic_write_json(folder / "metadata.json", {
-            # The base's measured checks (teacher accuracy, classifier / evaluator accuracy), not its cache paths.
-            "base_checks": {k: v for k, v in described.items() if k in BASE_CHECKS},
+            "base_checks": base_checks(build_teacher(BENCHES[b].base).base),
             "command": f"rtdmd-bench reproduce {what} --seeds {seeds}", "bench": b, "suite": BENCHES[b].suite,
             "rows": [{"label": label, "method": m, "overrides": list(extra)} for label, m, extra in rows],
             "seeds": list(range(seeds)), "paired_reference": reference, "budget": cfg0["budget"],
@@ -347,6 +345,13 @@ def reproduce(what: str, out: Path, seeds: int | None, workers: int, runs_dir: P
 
 
 BASE_CHECKS = ("teacher_check", "evaluator_accuracy", "classifier_held_out_accuracy")
+
+
+def base_checks(base: Any) -> dict[str, Any]:
+    """The base's measured checks (teacher accuracy, classifier / evaluator accuracy) from its
+    optional `describe()`, not its cache paths; {} for a base without one (toy2d: exact densities)."""
+    describe = getattr(base, "describe", None)
+    return {k: v for k, v in describe().items() if k in BASE_CHECKS} if describe is not None else {}
 
 
 def _prepare_caches(benches: tuple[str, ...], console: Any) -> None:

@@ -94,3 +94,14 @@ def test_a_folder_that_cannot_be_compared_is_set_aside_never_deleted(tmp_path):
         assert note == f"{folder}: no teacher_config.yaml to compare; rerunning it, the old one is now {aside}"
         assert (aside / "eval" / "toy-tilt.json").read_text() == f"run {n}" and not folder.exists()
     assert set_aside_if_stale(folder, {"run": {"seed": 0}}) == ""  # nothing there: nothing to do
+
+
+def test_base_checks_keep_the_measured_checks_and_a_base_without_describe_has_none():
+    from rtdmd_bench.reproduce import base_checks
+
+    class Described:
+        def describe(self):
+            return {"teacher_check": {"overall": 0.5}, "cache": "/somewhere", "evaluator_accuracy": 0.998}
+
+    assert base_checks(Described()) == {"teacher_check": {"overall": 0.5}, "evaluator_accuracy": 0.998}
+    assert base_checks(object()) == {}  # toy2d has no describe(): its metadata used to end in AttributeError
