@@ -101,13 +101,18 @@ def result_name(registry_name: str) -> str:
 def suites_for_metric(key: str) -> list[str]:
     """Suites of the registry that compute a metric named like `key` (e.g. 'fid_sd', 'hps'): a word of
     `key` is a word of the suite's name, of its module, or of a result key its family reports
-    (metric_definitions.DEFINITIONS), alone or with a version suffix ('hps' ~ 'hpsv21')."""
+    (metric_definitions.DEFINITIONS), alone or with a version suffix ('hps' ~ 'hpsv21'). The CPU
+    benchmarks' suites (toy-tilt, digits, shapes-geneval) score only their own base and are left out."""
     from rtdmd_bench import registry
     from rtdmd_bench.metric_definitions import DEFINITIONS, family
+    from rtdmd_bench.reproduce import BENCHES
 
+    cpu_only = {spec.suite for spec in BENCHES.values()}
     wanted = _words(key)
     found = []
     for name, entry in registry.table("suites").items():
+        if name in cpu_only:
+            continue
         fam = family(result_name(name))
         words = (_words(name) + _words(entry.target.split(":")[0].split(".")[-1])
                  + [w for f, metric in DEFINITIONS if f == fam for w in _words(metric)])

@@ -261,6 +261,8 @@ def score_official(scorer: OfficialScorer, images: Tensor, rows: Sequence[dict[s
         "failures": [{"index": i, "prompt": per_image[i]["prompt"], "reason": reason}
                      for i, (c, reason) in enumerate(result.verdicts) if not c][:50],
         "official": {**scorer.provenance(), "summary": result.figures, "summary_text": result.summary},
+        # per image, as the transformers suite gives it, so `compare` can pair two runs' verdicts
+        "per_image": {"correct_images": [1.0 if c else 0.0 for c, _ in result.verdicts]},
     }
 
 

@@ -70,6 +70,7 @@ def test_official_results_map_back_to_the_suites_figures(meta_file, official):
     assert "not official GenEval numbers" in r["note"] and r["partial"] and r["n_prompts"] == 3
     assert r["official"]["checkpoint_sha256"] == hashlib.sha256(CHECKPOINT_BYTES).hexdigest()
     assert r["official"]["python"] == os.path.abspath(sys.executable)
+    assert r["per_image"] == {"correct_images": [1.0 if v else 0.0 for v in VERDICTS]}  # for paired comparisons
 
 
 def test_official_result_has_every_key_of_the_transformers_result(meta_file, official):
